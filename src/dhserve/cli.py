@@ -1,0 +1,115 @@
+"""The `dhserve` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from dhserve import __version__
+from dhserve.config import LOOP_MODES, MULTIPLE_FACE_POLICIES, X264_PRESETS, Settings
+from dhserve.errors import DhserveError
+
+EXIT_INPUT_ERROR = 2
+
+
+def _settings(ctx: click.Context, **overrides) -> Settings:
+    try:
+        return Settings.from_env(data_dir=ctx.obj.get("data_dir"), **overrides)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="dhserve")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where dhserve keeps its files [env DHSERVE_DATA_DIR; default ./data].")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the engine does.")
+@click.pass_context
+def main(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
+    """dhserve: avatar video + speech in, lip-synced talking-head MP4 out."""
+    ctx.ensure_object(dict)
+    ctx.obj["data_dir"] = data_dir
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--video", required=True, type=click.Path(path_type=Path),
+              help="Avatar video or still image (the template).")
+@click.option("--audio", required=True, type=click.Path(path_type=Path),
+              help="Speech: wav, mp3, m4a, ogg, flac, or a video's soundtrack.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output MP4 [default: <data dir>/results/<video>-<audio>.mp4].")
+@click.option("--backend", default=None, help="Lip-sync backend [env DHSERVE_BACKEND].")
+@click.option("--loop", type=click.Choice(LOOP_MODES), default=None,
+              help="How the template repeats when the speech is longer [env DHSERVE_LOOP].")
+@click.option("--preset", "x264_preset", type=click.Choice(X264_PRESETS), default=None,
+              help="x264 speed/size preset [env DHSERVE_X264_PRESET].")
+@click.option("--crf", type=int, default=None, help="x264 quality, lower is better [18].")
+@click.option("--multiple-faces", type=click.Choice(MULTIPLE_FACE_POLICIES), default=None,
+              help="Several faces in the template: animate the largest, or refuse.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet: bool,
+           **choices) -> None:
+    """Render VIDEO lip-synced to AUDIO into an MP4."""
+    from dhserve.engine.face import AnalysisCache
+    from dhserve.engine.pipeline import RenderOptions, render as render_video
+    from dhserve.engine.progress import CallbackProgress
+
+    settings = _settings(ctx, **choices)
+    out = out or settings.results_dir / f"{video.stem}-{audio.stem}.mp4"
+    options = RenderOptions.from_settings(settings)
+    with _ProgressBar(quiet) as bar:
+        try:
+            result = render_video(video, audio, out, options,
+                                  AnalysisCache(settings.templates_dir),
+                                  CallbackProgress(bar.update))
+        except DhserveError as exc:
+            bar.finish()
+            click.echo(f"error {exc.code}: {exc.message}", err=True)
+            sys.exit(EXIT_INPUT_ERROR)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"{result.path}: {result.frames} frames, {result.width}x{result.height} "
+               f"@ {float(result.fps):g} fps, {result.duration:.2f} s of video in "
+               f"{result.elapsed:.2f} s ({result.render_fps:.1f} frames/s"
+               f"{', template analysis cached' if result.analysis_cached else ''})")
+
+
+class _ProgressBar:
+    """A terminal bar fed with (fraction, stage) updates; silent when quiet or not a TTY."""
+
+    def __init__(self, quiet: bool):
+        self.enabled = not quiet and sys.stderr.isatty()
+        self._bar = None
+        self._shown = 0
+
+    def __enter__(self) -> "_ProgressBar":
+        if self.enabled:
+            self._bar = click.progressbar(length=1000, label="starting", file=sys.stderr,
+                                          show_percent=True, width=30).__enter__()
+        return self
+
+    def update(self, fraction: float, stage: str) -> None:
+        if self._bar is None:
+            return
+        self._bar.label = f"{stage:<15}"
+        target = int(fraction * 1000)
+        self._bar.update(max(0, target - self._shown))
+        self._shown = max(self._shown, target)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def __exit__(self, *exc) -> None:
+        self.finish()
+
+
+if __name__ == "__main__":
+    main()

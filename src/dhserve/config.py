@@ -1,0 +1,96 @@
+"""Every setting dhserve has, read in one place: DHSERVE_* environment variables + overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "DHSERVE_"
+LOOP_MODES = ("pingpong", "restart")
+MULTIPLE_FACE_POLICIES = ("largest", "error")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """dhserve's configuration. Each field `name` is read from `DHSERVE_<NAME>`."""
+
+    data_dir: Path = Path("data")
+    backend: str = "classic"             # lip-sync backend used when a job names none
+    loop: str = "pingpong"               # template looping when the speech is longer
+    x264_preset: str = "veryfast"
+    crf: int = 18
+    batch_size: int = 16                 # frames per lip-sync batch (progress/cancel granularity)
+    multiple_faces: str = "largest"      # "largest": animate the biggest face; "error": refuse
+    max_input_mb: float = 2048.0         # per input file
+    max_video_seconds: float = 600.0     # template duration
+    max_audio_seconds: float = 3600.0    # speech duration (= output duration)
+    max_video_pixels: int = 3840 * 2160  # template width * height
+    frame_cache_mb: float = 512.0        # decoded template frames kept in RAM for ping-pong
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Settings from DHSERVE_* variables; non-None `overrides` (e.g. CLI flags) win."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> "Settings":
+        settings = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        _choice("loop", self.loop, LOOP_MODES)
+        _choice("multiple_faces", self.multiple_faces, MULTIPLE_FACE_POLICIES)
+        _choice("x264_preset", self.x264_preset, X264_PRESETS)
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"{ENV_PREFIX}CRF must be 0..51, got {self.crf}")
+        if self.batch_size < 1:
+            raise ValueError(f"{ENV_PREFIX}BATCH_SIZE must be >= 1, got {self.batch_size}")
+
+    @property
+    def templates_dir(self) -> Path:
+        """Per-avatar analysis cache, keyed by the template's content hash."""
+        return self.data_dir / "templates"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+
+def _parse(name: str, type_name: Any, raw: str) -> Any:
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "str")
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be one of {', '.join(allowed)}; "
+                         f"got {value!r}")
+
+
+def quiet_native_logging() -> None:
+    """Silences the C++ INFO/WARNING chatter of MediaPipe/TFLite before they are imported."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

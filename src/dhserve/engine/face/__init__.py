@@ -1,0 +1,6 @@
+"""Face analysis of templates: detection, Face Mesh landmarks, smoothing, on-disk cache."""
+
+from dhserve.engine.face.analysis import TemplateAnalysis, analyse_frames
+from dhserve.engine.face.cache import AnalysisCache, file_digest
+
+__all__ = ["TemplateAnalysis", "analyse_frames", "AnalysisCache", "file_digest"]

@@ -1,0 +1,100 @@
+"""Template frames in output order: looped to the speech length, decoded as a stream.
+
+`restart` re-decodes the template from the start each loop. `pingpong` plays it forwards then
+backwards; the backward passes read frames kept from the first forward pass, in memory up to a
+budget and otherwise in a raw spill file read back with positioned reads (not mmap, so resident
+memory does not grow with the template).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from dhserve.engine.media import read_frames
+
+
+def template_index(i: int, template_frames: int, loop: str) -> int:
+    """Which template frame output frame `i` shows."""
+    n = template_frames
+    if n <= 1:
+        return 0
+    if loop == "restart":
+        return i % n
+    period = 2 * n - 2
+    k = i % period
+    return k if k < n else period - k
+
+
+class _FrameStore:
+    """Decoded frames by index: a list while they fit the budget, then a raw file."""
+
+    def __init__(self, budget_bytes: int, spill_dir: Path | None):
+        self.budget = budget_bytes
+        self.spill_dir = spill_dir
+        self.frames: list[np.ndarray] = []
+        self.file = None
+        self.shape: tuple[int, ...] | None = None
+        self.count = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        if self.shape is None:
+            self.shape = frame.shape
+        if self.file is None and (self.count + 1) * frame.nbytes > self.budget:
+            self.file = tempfile.TemporaryFile(dir=self.spill_dir, prefix="dhserve-frames-")
+            for kept in self.frames:
+                self.file.write(kept.tobytes())
+            self.frames = []
+        if self.file is None:
+            self.frames.append(frame)
+        else:
+            self.file.write(np.ascontiguousarray(frame).tobytes())
+        self.count += 1
+
+    def get(self, index: int) -> np.ndarray:
+        if self.file is None:
+            return self.frames[index]
+        self.file.flush()
+        size = int(np.prod(self.shape))
+        data = os.pread(self.file.fileno(), size, index * size)
+        return np.frombuffer(data, dtype=np.uint8).reshape(self.shape)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.frames = []
+
+
+def looped_frames(video: Path, rotation: int, template_frames: int, total: int, loop: str,
+                  cache_bytes: int = 512 << 20,
+                  spill_dir: Path | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields (template index, RGB frame) for output frames 0..total-1."""
+    if loop == "restart" or total <= template_frames:
+        produced = 0
+        while produced < total:
+            before = produced
+            for frame in read_frames(video, rotation):
+                yield produced % template_frames, frame
+                produced += 1
+                if produced == total or produced % template_frames == 0:
+                    break
+            if produced == before:
+                return
+        return
+    store = _FrameStore(cache_bytes, spill_dir)
+    try:
+        decoded = read_frames(video, rotation)
+        for i in range(total):
+            index = template_index(i, template_frames, loop)
+            while store.count <= index:
+                frame = next(decoded, None)
+                if frame is None:  # fewer frames than analysed: hold the last one
+                    frame = store.get(store.count - 1)
+                store.add(frame)
+            yield index, store.get(index)
+    finally:
+        store.close()

@@ -1,0 +1,160 @@
+"""`classic`: mouth animation without weights, driven by the speech's loudness.
+
+The jaw and lower lip move down along the face's own axis by an amount that follows the
+per-frame mouth openness. The upper face never moves. Below the lip seam a smooth displacement
+field carries the lower lip, chin and jaw down (fading out towards the cheeks and below the
+chin); the gap that opens between the lips is shaded as the inside of a mouth. Everything is
+sampled with one `cv2.remap` over a small box around the lower face, and blended in with the
+feathered lower-face mask, so there is no visible rectangle.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from dhserve.engine.blend import FaceFrame, lower_face_mask, paste
+from dhserve.engine.face.landmarks import CHIN, LOWER_INNER_LIP, UPPER_INNER_LIP
+from dhserve.engine.lipsync.base import FrameBatch, LipSyncBackend, register
+
+MAX_OPENING = 0.34        # widest gap between the lips, as a fraction of mouth width
+GAP_HALF_WIDTH = 0.42     # the opening spans ±0.42 mouth widths: it closes before the corners
+JAW_TRANSITION = 0.8      # mouth widths below the seam where lip motion becomes jaw motion
+NECK_FADE = 0.8           # mouth widths below the chin over which the motion fades out
+JAW_HALF_WIDTH = (0.55, 1.15)  # mouth widths from the centre: full motion → none
+MOUTH_DARK = np.array([28, 9, 11], np.float32)     # deep inside the mouth, RGB
+MOUTH_EDGE = np.array([96, 42, 40], np.float32)    # near the lips
+SOLVER_STEPS = 5
+COARSE_STEP = 4           # pixels between the samples of the smooth motion field
+
+
+def _smoothstep(edge0, edge1, x):
+    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+class MouthWarp:
+    """The displacement field of one frame, in the face's own (u, v) coordinates (pixels)."""
+
+    def __init__(self, points: np.ndarray, openness: float, max_opening: float = MAX_OPENING):
+        self.face = FaceFrame.from_landmarks(points)
+        w = self.face.mouth_width
+        self.w = w
+        self.amount = float(openness) * max_opening * w
+        uu, vu = self.face.to_face(points[list(UPPER_INNER_LIP)])
+        ul, vl = self.face.to_face(points[list(LOWER_INNER_LIP)])
+        grid = np.linspace(-w / 2, w / 2, 17)
+        seam = (np.interp(grid, *_sorted(uu, vu)) + np.interp(grid, *_sorted(ul, vl))) / 2
+        self.seam_u, self.seam_v = grid, seam
+        _, self.chin_v = self.face.to_face(points[CHIN])
+
+    def seam(self, u: np.ndarray) -> np.ndarray:
+        """The line where the lips meet (v of the seam at each u); flat beyond the corners."""
+        return np.interp(u, self.seam_u, self.seam_v)
+
+    def gap(self, u: np.ndarray) -> np.ndarray:
+        """Height of the opening at u: an ellipse across the mouth, zero at the corners."""
+        r = u / (GAP_HALF_WIDTH * self.w)
+        return self.amount * np.sqrt(np.clip(1 - r * r, 0, 1))
+
+    def displacement(self, u: np.ndarray, below: np.ndarray) -> np.ndarray:
+        """How far the source point `below` px under the seam moves down (pixels)."""
+        w = self.w
+        t = _smoothstep(0.0, JAW_TRANSITION * w, below)
+        jaw = 1 - _smoothstep(JAW_HALF_WIDTH[0] * w, JAW_HALF_WIDTH[1] * w, np.abs(u))
+        lip = np.sqrt(np.clip(1 - (u / (GAP_HALF_WIDTH * w)) ** 2, 0, 1))
+        chin_below = self.chin_v - self.seam(u)
+        fade = 1 - _smoothstep(chin_below, chin_below + NECK_FADE * w, below)
+        return np.where(below > 0, self.amount * ((1 - t) * lip + t * jaw) * fade, 0.0)
+
+    def box(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """Pixel box (x0, y0, x1, y1) outside which the field is exactly zero."""
+        w = self.w
+        u = np.array([-1.25, 1.25, -1.25, 1.25]) * w
+        top = float(self.seam_v.min()) - 2
+        bottom = float(self.chin_v) + (NECK_FADE + 0.2) * w
+        v = np.array([top, top, bottom, bottom])
+        corners = self.face.to_image(u, v)
+        x0, y0 = np.floor(corners.min(0)).astype(int)
+        x1, y1 = np.ceil(corners.max(0)).astype(int) + 1
+        height, width = shape[:2]
+        return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+
+
+def _sorted(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(u)
+    return u[order], v[order]
+
+
+def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
+                  max_opening: float = MAX_OPENING) -> np.ndarray:
+    """The frame with the mouth opened by `openness` (0..1); the input is not modified."""
+    warp = MouthWarp(points, openness, max_opening)
+    if warp.amount < 0.25:
+        return frame
+    x0, y0, x1, y1 = warp.box(frame.shape)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return frame
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    u, v = warp.face.to_face_grid(xs, ys)
+    below_out = v - warp.seam(u)    # where each output pixel lies relative to the lip seam
+    gap = warp.gap(u)
+    # The motion is smooth everywhere but at the seam, so it is solved on a coarse grid and
+    # upsampled; only the seam's jump is decided per pixel.
+    step = COARSE_STEP
+    cu, cb, cg = u[::step, ::step], below_out[::step, ::step], gap[::step, ::step]
+    # Invert the forward motion v_src + d(v_src) = v_out by fixed-point steps; the field's
+    # slope stays well under 1, so this converges to well below a pixel.
+    below_src = cb - cg
+    for _ in range(SOLVER_STEPS):
+        below_src = cb - warp.displacement(cu, np.maximum(below_src, 1e-3))
+    coarse_shift = (cb - below_src).astype(np.float32)
+    shift = cv2.resize(coarse_shift, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    shift = np.where(below_out > 0, np.maximum(shift, 0), 0).astype(np.float32)
+    map_x = xs - shift * np.float32(warp.face.ey[0])
+    map_y = ys - shift * np.float32(warp.face.ey[1])
+    warped = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    warped = _shade_inner_mouth(warped, frame[y0:y1, x0:x1], below_out, gap)
+    mask = lower_face_mask(points, (x0, y0, x1, y1), extend_down=(NECK_FADE + 0.1) * warp.w,
+                           feather=max(1.0, 0.04 * warp.w))
+    out = frame.copy()
+    out[y0:y1, x0:x1] = paste(frame[y0:y1, x0:x1], warped, mask)
+    return out
+
+
+def _shade_inner_mouth(warped: np.ndarray, original: np.ndarray, below: np.ndarray,
+                       gap: np.ndarray) -> np.ndarray:
+    """Fills the opening between the lips: dark at its centre, lip-tinted at its edges,
+    scaled to the lighting of the face so a dim video gets a dim mouth."""
+    inside = np.clip(np.minimum(below, gap - below) + 0.5, 0.0, 1.0)
+    inside[gap < 0.5] = 0.0
+    rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+    if rows.size == 0:
+        return warped
+    box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    below, gap, alpha = below[box], gap[box], inside[box][..., None]
+    depth = np.clip(np.minimum(below, gap - below) / np.maximum(gap / 2, 1e-3), 0, 1)
+    light = np.clip(float(original[::4, ::4].mean()) / 160.0, 0.4, 1.3)
+    colour = (MOUTH_EDGE + (MOUTH_DARK - MOUTH_EDGE) * depth[..., None] ** 0.7) * light
+    region = warped[box].astype(np.float32)
+    warped[box] = np.clip(region + (colour - region) * alpha, 0, 255).astype(np.uint8)
+    return warped
+
+
+class ClassicLipSync(LipSyncBackend):
+    name = "classic"
+    needs_mel = False
+
+    def __init__(self, max_opening: float = MAX_OPENING):
+        self.max_opening = max_opening
+
+    def animate(self, batch: FrameBatch) -> list[np.ndarray]:
+        out = []
+        for frame, points, openness, face in zip(batch.frames, batch.landmarks,
+                                                 batch.openness, batch.has_face):
+            out.append(animate_mouth(frame, points, float(openness), self.max_opening)
+                       if face else frame)
+        return out
+
+
+register(ClassicLipSync.name, ClassicLipSync)

@@ -1,0 +1,33 @@
+"""Errors with stable codes; the edges (CLI, HTTP) turn them into answers."""
+
+from __future__ import annotations
+
+
+class DhserveError(Exception):
+    """Base of every error dhserve reports to a user; `code` is stable, `message` is human."""
+
+    code = "internal"
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(DhserveError):
+    """The user's input cannot be rendered; the message says which input and why."""
+
+    def __init__(self, code: str, field: str, reason: str):
+        super().__init__(code, f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class Canceled(DhserveError):
+    """The render was asked to stop; raised at the next batch boundary."""
+
+    def __init__(self, message: str = "render canceled"):
+        super().__init__("render.canceled", message)
