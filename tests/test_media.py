@@ -1,0 +1,47 @@
+"""Probe and MP4 writing through PyAV."""
+
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from dhserve.engine import media
+
+
+def test_probe_describes_the_example(example_avatar, example_speech):
+    info = media.probe(example_avatar, "video")
+    assert info.video.codec == "h264" and (info.video.width, info.video.height) == (512, 512)
+    assert info.video.fps == Fraction(25) and not info.video.is_image
+    assert abs(info.duration - 7.0) < 0.05 and info.audio is None
+    speech = media.probe(example_speech, "audio")
+    assert speech.video is None and speech.audio.channels == 1
+    assert abs(speech.audio.duration - 11.76) < 0.05
+
+
+def test_writer_makes_faststart_h264_aac_of_the_speech_length(tmp_path, short_speech):
+    out = tmp_path / "clip.mp4"
+    frames = 50   # 2.0 s at 25 fps, the length of short_speech
+    with media.Mp4Writer(out, 320, 241, Fraction(25), short_speech, "ultrafast", 18) as writer:
+        for i in range(frames):
+            writer.write(np.full((241, 320, 3), i * 5, np.uint8))
+    with av.open(str(out)) as container:
+        (video,), (sound,) = container.streams.video, container.streams.audio
+        assert video.codec_context.name == "h264" and sound.codec_context.name == "aac"
+        assert video.codec_context.pix_fmt == "yuv420p"
+        assert (video.width, video.height) == (320, 240)          # odd height made even
+        assert video.frames == frames
+        assert abs(float(sound.duration * sound.time_base) - 2.0) <= 1 / 25
+    head = out.read_bytes()[:200_000]
+    assert head.index(b"moov") < head.index(b"mdat")              # faststart: index first
+
+
+def test_still_image_is_a_template(tmp_path, template_frames):
+    import cv2
+
+    png = tmp_path / "portrait.png"
+    cv2.imwrite(str(png), cv2.cvtColor(template_frames[0], cv2.COLOR_RGB2BGR))
+    info = media.probe(png, "video")
+    assert info.video.is_image and info.video.frame_count == 1
+    assert (info.video.width, info.video.height) == (512, 512)
+    (frame,) = list(media.read_frames(png))
+    assert np.array_equal(frame, template_frames[0])
