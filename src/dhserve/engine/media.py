@@ -91,6 +91,9 @@ def probe(path: Path, field: str, max_mb: float | None = None) -> MediaInfo:
     """Describes a media file; the first frame of each stream is decoded to prove it reads."""
     path = check_file(path, field, max_mb)
     with open_input(path, field) as container:
+        if not container.streams.video and not container.streams.audio:
+            raise InputError("input.corrupt", field, "no audio or video stream can be read "
+                             f"from this {container.format.name} file")
         video = _probe_video(container, field) if container.streams.video else None
         audio = _probe_audio(container, field) if container.streams.audio else None
         duration = container.duration / av.time_base if container.duration else 0.0
@@ -142,12 +145,20 @@ def _probe_audio(container, field: str) -> AudioInfo:
                      first.layout.nb_channels, _stream_duration(stream, container))
 
 
-def read_frames(path: Path, rotation: int = 0) -> Iterator[np.ndarray]:
+def read_frames(path: Path, rotation: int = 0, field: str = "video") -> Iterator[np.ndarray]:
     """Decodes the first video stream as RGB uint8 arrays (H, W, 3), upright."""
-    with av.open(str(path)) as container:
+    with open_input(path, field) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames, None)
+            except av.error.FFmpegError as exc:
+                raise InputError("input.corrupt", field,
+                                 f"video stream breaks off while decoding ({exc})") from None
+            if frame is None:
+                return
             rgb = frame.to_ndarray(format="rgb24")
             yield np.ascontiguousarray(np.rot90(rgb, rotation // 90)) if rotation else rgb
 

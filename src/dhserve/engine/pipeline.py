@@ -121,6 +121,10 @@ def analyse_template(template: MediaInfo, options: RenderOptions, cache: Analysi
 
         analysis = analyse_frames(read_frames(template.path, template.video.rotation), "video",
                                   options.multiple_faces, expected, on_frame)
+        declared = template.video.frame_count
+        if declared and analysis.frame_count < 0.9 * declared - 1:
+            raise InputError("input.corrupt", "video", f"video is truncated: only "
+                             f"{analysis.frame_count} of its {declared} frames can be decoded")
         if cache:
             cache.put(digest, analysis)
     elif options.multiple_faces == "error" and analysis.face_counts.max() > 1:
