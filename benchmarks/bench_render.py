@@ -181,6 +181,7 @@ def main() -> None:
     print(f"template {SIZE[0]}x{SIZE[1]} {FPS} fps, {TEMPLATE_FRAMES} frames; speech "
           f"{args.seconds:g} s; x264 {args.preset} crf {CRF}; loop {args.loop}", flush=True)
     results: dict[str, dict] = {}
+    load = [os.getloadavg()[0]]  # another job on the machine skews every figure
     try:
         if "error" in run_phase("prepare", work, args):
             return
@@ -192,6 +193,7 @@ def main() -> None:
                 fig["fps"] = fig["frames"] / fig["wall_s"]
                 fig["rtf"] = fig["wall_s"] / fig["video_s"]
     finally:
+        load.append(os.getloadavg()[0])
         if tmp:
             tmp.cleanup()
 
@@ -214,14 +216,15 @@ def main() -> None:
     if args.long_minutes > 0:
         print(f"long ({args.long_minutes:g} min) peak RSS MiB "
               f"{verdict(summary['long_rss_mib'], TARGETS['long_rss_mib'])}")
-    print(f"CPUs: {info['cpus']}  machine: {info['platform']} ({info['cpu']})")
+    print(f"CPUs: {info['cpus']}  machine: {info['platform']} ({info['cpu']})  "
+          f"load average (1 min) before/after: {load[0]:.2f}/{load[1]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"machine": info, "settings": {"seconds": args.seconds, "preset": args.preset,
                                            "crf": CRF, "loop": args.loop, "size": SIZE,
                                            "fps": FPS, "template_frames": TEMPLATE_FRAMES,
                                            "long_minutes": args.long_minutes},
-             "phases": results, "summary": summary, "targets": TARGETS}, indent=2))
+             "load_before_after": load, "phases": results, "summary": summary, "targets": TARGETS}, indent=2))
 
 
 if __name__ == "__main__":

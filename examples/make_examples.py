@@ -37,7 +37,7 @@ def avatar_frames(width: int, height: int, seconds: float, fps: int):
     from skimage import data
 
     photo = data.astronaut()
-    n = int(round(seconds * fps))
+    n = round(seconds * fps)
     side = 300.0  # source pixels shown across the shorter output side
     for i in range(n):
         t = i / fps

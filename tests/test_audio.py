@@ -5,9 +5,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import write_wav
 
 from dhserve.engine import audio
-from conftest import write_wav
 
 DATA = Path(__file__).parent / "data"
 

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import write_wav
 
 from dhserve.engine.face import AnalysisCache
 from dhserve.engine.media import read_frames
 from dhserve.engine.pipeline import RenderOptions, render
 from dhserve.errors import InputError
-from conftest import write_wav
 
 
 @pytest.fixture

@@ -57,7 +57,8 @@ def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet
            **choices) -> None:
     """Render VIDEO lip-synced to AUDIO into an MP4."""
     from dhserve.engine.face import AnalysisCache
-    from dhserve.engine.pipeline import RenderOptions, render as render_video
+    from dhserve.engine.pipeline import RenderOptions
+    from dhserve.engine.pipeline import render as render_video
     from dhserve.engine.progress import CallbackProgress
 
     settings = _settings(ctx, **choices)
@@ -88,7 +89,7 @@ class _ProgressBar:
         self._bar = None
         self._shown = 0
 
-    def __enter__(self) -> "_ProgressBar":
+    def __enter__(self):
         if self.enabled:
             self._bar = click.progressbar(length=1000, label="starting", file=sys.stderr,
                                           show_percent=True, width=30).__enter__()

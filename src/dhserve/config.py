@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "DHSERVE_"
 LOOP_MODES = ("pingpong", "restart")
@@ -32,7 +33,7 @@ class Settings:
     frame_cache_mb: float = 512.0        # decoded template frames kept in RAM for ping-pong
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from DHSERVE_* variables; non-None `overrides` (e.g. CLI flags) win."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -45,7 +46,7 @@ class Settings:
         settings.validate()
         return settings
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         settings = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
         settings.validate()
         return settings

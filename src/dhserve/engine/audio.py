@@ -121,7 +121,7 @@ def mel_chunks(mel: np.ndarray, fps: float, start: int, count: int,
 
 def frame_count(samples: int, fps: float) -> int:
     """Video frames that cover `samples` of speech: the output ends within one frame of it."""
-    return max(1, int(round(samples / SAMPLE_RATE * fps)))
+    return max(1, round(samples / SAMPLE_RATE * fps))
 
 
 def loudness_db(wav: np.ndarray, fps: float, n_frames: int) -> np.ndarray:

@@ -20,7 +20,7 @@ class FaceFrame:
     mouth_width: float
 
     @classmethod
-    def from_landmarks(cls, points: np.ndarray) -> "FaceFrame":
+    def from_landmarks(cls, points: np.ndarray) -> FaceFrame:
         left, right = points[MOUTH_LEFT].astype(np.float64), points[MOUTH_RIGHT].astype(np.float64)
         width = float(np.linalg.norm(right - left))
         ex = (right - left) / max(width, 1e-6)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -45,7 +45,8 @@ class _FrameStore:
         if self.shape is None:
             self.shape = frame.shape
         if self.file is None and (self.count + 1) * frame.nbytes > self.budget:
-            self.file = tempfile.TemporaryFile(dir=self.spill_dir, prefix="dhserve-frames-")
+            self.file = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close()
+                dir=self.spill_dir, prefix="dhserve-frames-")
             for kept in self.frames:
                 self.file.write(kept.tobytes())
             self.frames = []

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import numpy as np
@@ -126,7 +126,7 @@ def _probe_video(container, field: str) -> VideoInfo:
         stream.codec_context.name in ("png", "mjpeg", "webp", "bmp", "tiff")
         and (stream.frames or 0) <= 1)
     first = _first_frame(container, stream, field)
-    rotation = int(round(getattr(first, "rotation", 0) or 0)) % 360
+    rotation = round(getattr(first, "rotation", 0) or 0) % 360
     width, height = first.width, first.height
     if rotation in (90, 270):
         width, height = height, width
@@ -245,7 +245,7 @@ class Mp4Writer:
                 pass
         self._audio_in = None
 
-    def __enter__(self) -> "Mp4Writer":
+    def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

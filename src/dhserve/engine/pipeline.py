@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from itertools import islice
 from dataclasses import dataclass, field
 from fractions import Fraction
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,7 @@ from dhserve.engine import audio as speech_audio
 from dhserve.engine.face import AnalysisCache, TemplateAnalysis, analyse_frames, file_digest
 from dhserve.engine.frames import looped_frames
 from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, create_backend
-from dhserve.engine.media import MediaInfo, Mp4Writer, even_size, probe, read_frames, \
-    remove_quietly
+from dhserve.engine.media import MediaInfo, Mp4Writer, even_size, probe, read_frames, remove_quietly
 from dhserve.engine.progress import Progress, no_progress
 from dhserve.errors import InputError
 
@@ -53,7 +52,7 @@ class RenderOptions:
     frame_cache_mb: float = 512.0
 
     @classmethod
-    def from_settings(cls, settings: Settings, **choices) -> "RenderOptions":
+    def from_settings(cls, settings: Settings, **choices) -> RenderOptions:
         names = cls.__dataclass_fields__
         values = {name: getattr(settings, name) for name in names}
         values.update({k: v for k, v in choices.items() if v is not None})

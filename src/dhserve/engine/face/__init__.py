@@ -3,4 +3,4 @@
 from dhserve.engine.face.analysis import TemplateAnalysis, analyse_frames
 from dhserve.engine.face.cache import AnalysisCache, file_digest
 
-__all__ = ["TemplateAnalysis", "analyse_frames", "AnalysisCache", "file_digest"]
+__all__ = ["AnalysisCache", "TemplateAnalysis", "analyse_frames", "file_digest"]

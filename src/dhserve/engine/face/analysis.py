@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class TemplateAnalysis:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "TemplateAnalysis | None":
+    def from_bytes(cls, data: bytes) -> TemplateAnalysis | None:
         """The stored analysis, or None when it was written by another analysis version."""
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             if int(stored["version"]) != ANALYSIS_VERSION:

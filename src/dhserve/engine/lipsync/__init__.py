@@ -1,5 +1,10 @@
 """Lip-sync backends: one interface (base.py), one module per backend."""
 
-from dhserve.engine.lipsync.base import FrameBatch, LipSyncBackend, available_backends, create_backend
+from dhserve.engine.lipsync.base import (
+    FrameBatch,
+    LipSyncBackend,
+    available_backends,
+    create_backend,
+)
 
 __all__ = ["FrameBatch", "LipSyncBackend", "available_backends", "create_backend"]

@@ -7,8 +7,9 @@ A backend sees one batch at a time (the pipeline streams), so it may run batched
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
