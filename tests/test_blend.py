@@ -11,7 +11,7 @@ def test_mask_covers_mouth_and_chin_not_eyes(template_frames):
     points = analyse_frames(template_frames[:1]).landmarks[0]
     h, w = template_frames[0].shape[:2]
     mask = lower_face_mask(points, (0, 0, w, h), extend_down=20, feather=3)
-    at = lambda p: mask[int(p[1]), int(p[0])]  # noqa: E731
+    at = lambda p: mask[int(p[1]), int(p[0])]
     mouth_centre = FaceFrame.from_landmarks(points).origin
     assert at(mouth_centre) > 0.99 and at(points[CHIN] - (0, 5)) > 0.99
     assert at(points[FOREHEAD]) == 0 and at(points[NOSE_TIP] - (0, 25)) == 0
