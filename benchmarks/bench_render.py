@@ -53,8 +53,9 @@ def peak_rss_mib() -> float:
 
 def write_wav(path: Path, wav, seconds: float) -> None:
     import wave
+
     import numpy as np
-    samples = int(round(seconds * 16000))
+    samples = round(seconds * 16000)
     tiled = np.resize(wav, samples)  # repeats the speech to the exact length
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
@@ -63,6 +64,7 @@ def write_wav(path: Path, wav, seconds: float) -> None:
 
 def phase_prepare(work: Path, args) -> dict:
     import cv2
+
     from dhserve.engine.audio import decode_speech
     from dhserve.engine.frames import template_index
     from dhserve.engine.media import Mp4Writer, read_frames
@@ -123,7 +125,8 @@ def run_phase(name: str, work: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--phase", name, "--keep", str(work), "--seconds",
            str(args.seconds), "--preset", args.preset, "--loop", args.loop,
            "--long-minutes", str(args.long_minutes)]
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
     if proc.returncode != 0 or not out.exists():
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         print(f"[{name}] failed (exit {proc.returncode}):\n{tail}", file=sys.stderr)
@@ -205,7 +208,10 @@ def main() -> None:
             continue
         print(f"{name:<9}{f['frames']:>8}{f['video_s']:>9.1f}{f['wall_s']:>9.2f}"
               f"{f['fps']:>10.1f}{f['rtf']:>8.3f}{f['peak_rss_mib']:>14.0f}")
-    get = lambda name, key: results.get(name, {}).get(key)  # noqa: E731
+
+    def get(name: str, key: str):
+        return results.get(name, {}).get(key)
+
     ratio = get("warm", "wall_s") / get("baseline", "wall_s") \
         if get("warm", "wall_s") and get("baseline", "wall_s") else None
     summary = {"warm_rtf": get("warm", "rtf"), "ratio": ratio, "cold_rtf": get("cold", "rtf"),
@@ -219,12 +225,12 @@ def main() -> None:
     print(f"CPUs: {info['cpus']}  machine: {info['platform']} ({info['cpu']})  "
           f"load average (1 min) before/after: {load[0]:.2f}/{load[1]:.2f}")
     if args.json:
+        settings = {"seconds": args.seconds, "preset": args.preset, "crf": CRF,
+                    "loop": args.loop, "size": SIZE, "fps": FPS,
+                    "template_frames": TEMPLATE_FRAMES, "long_minutes": args.long_minutes}
         Path(args.json).write_text(json.dumps(
-            {"machine": info, "settings": {"seconds": args.seconds, "preset": args.preset,
-                                           "crf": CRF, "loop": args.loop, "size": SIZE,
-                                           "fps": FPS, "template_frames": TEMPLATE_FRAMES,
-                                           "long_minutes": args.long_minutes},
-             "load_before_after": load, "phases": results, "summary": summary, "targets": TARGETS}, indent=2))
+            {"machine": info, "settings": settings, "load_before_after": load,
+             "phases": results, "summary": summary, "targets": TARGETS}, indent=2))
 
 
 if __name__ == "__main__":
