@@ -15,7 +15,7 @@ peak RSS (VmHWM, i.e. ru_maxrss of that process alone) is that phase's own.
 Targets on 2 cores: warm RTF <= 0.5, warm/baseline <= 1.5, cold RTF <= 0.8; a 10-minute render
 under 1.5 GB RSS. It measures, it does not judge: the exit status is always 0.
 
-    ./dev bench [--seconds 20] [--preset veryfast] [--loop pingpong] [--long-minutes 10]
+    ./dev bench [--seconds 20] [--preset superfast] [--loop pingpong] [--long-minutes 10]
     .venv/bin/python benchmarks/bench_render.py --json bench.json --keep /tmp/bench
 """
 
@@ -164,7 +164,8 @@ def verdict(value, target) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="speech length (s)")
-    parser.add_argument("--preset", default="veryfast", help="x264 preset")
+    parser.add_argument("--preset", default="superfast",
+                        help="x264 preset [superfast, the engine's default]")
     parser.add_argument("--loop", default="pingpong", choices=("pingpong", "restart"))
     parser.add_argument("--keep", metavar="DIR", help="work here and keep the outputs")
     parser.add_argument("--long-minutes", type=float, default=0.0,

@@ -45,3 +45,18 @@ def test_still_image_is_a_template(tmp_path, template_frames):
     assert (info.video.width, info.video.height) == (512, 512)
     (frame,) = list(media.read_frames(png))
     assert np.array_equal(frame, template_frames[0])
+
+
+def test_encoder_failure_reaches_the_caller(tmp_path):
+    """The encoder runs on its own thread; its errors must surface, not hang or vanish."""
+    import cv2
+    import pytest
+
+    writer = media.Mp4Writer(tmp_path / "bad.mp4", 64, 64, Fraction(25), None, "ultrafast")
+    writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.write(np.zeros((64, 64, 3), np.float64))          # not an 8-bit image
+    with pytest.raises(cv2.error):
+        for _ in range(50):
+            writer.write(np.zeros((64, 64, 3), np.uint8))
+        writer.close()
+    writer.abort()

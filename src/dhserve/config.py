@@ -22,7 +22,7 @@ class Settings:
     data_dir: Path = Path("data")
     backend: str = "classic"             # lip-sync backend used when a job names none
     loop: str = "pingpong"               # template looping when the speech is longer
-    x264_preset: str = "veryfast"
+    x264_preset: str = "superfast"       # veryfast: files ~55% smaller, encoding ~1.5x slower
     crf: int = 18
     batch_size: int = 16                 # frames per lip-sync batch (progress/cancel granularity)
     multiple_faces: str = "largest"      # "largest": animate the biggest face; "error": refuse

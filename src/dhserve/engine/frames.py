@@ -31,34 +31,34 @@ def template_index(i: int, template_frames: int, loop: str) -> int:
 
 
 class _FrameStore:
-    """Decoded frames by index: a list while they fit the budget, then a raw file."""
+    """Decoded template frames by index: one preallocated array when the whole template fits
+    the budget (no per-frame allocations to fragment the heap), else a raw spill file."""
 
-    def __init__(self, budget_bytes: int, spill_dir: Path | None):
-        self.budget = budget_bytes
-        self.spill_dir = spill_dir
-        self.frames: list[np.ndarray] = []
+    def __init__(self, capacity: int, budget_bytes: int, spill_dir: Path | None):
+        self.capacity, self.budget, self.spill_dir = capacity, budget_bytes, spill_dir
+        self.array: np.ndarray | None = None
         self.file = None
-        self.shape: tuple[int, ...] | None = None
         self.count = 0
 
     def add(self, frame: np.ndarray) -> None:
-        if self.shape is None:
+        if self.count == 0:
+            if self.capacity * frame.nbytes <= self.budget:
+                self.array = np.empty((self.capacity, *frame.shape), np.uint8)
+            else:
+                self.file = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close()
+                    dir=self.spill_dir, prefix="dhserve-frames-")
             self.shape = frame.shape
-        if self.file is None and (self.count + 1) * frame.nbytes > self.budget:
-            self.file = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close()
-                dir=self.spill_dir, prefix="dhserve-frames-")
-            for kept in self.frames:
-                self.file.write(kept.tobytes())
-            self.frames = []
-        if self.file is None:
-            self.frames.append(frame)
+        if self.count >= self.capacity:
+            return
+        if self.array is not None:
+            self.array[self.count] = frame
         else:
             self.file.write(np.ascontiguousarray(frame).tobytes())
         self.count += 1
 
     def get(self, index: int) -> np.ndarray:
-        if self.file is None:
-            return self.frames[index]
+        if self.array is not None:
+            return self.array[index]
         self.file.flush()
         size = int(np.prod(self.shape))
         data = os.pread(self.file.fileno(), size, index * size)
@@ -67,7 +67,7 @@ class _FrameStore:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
-        self.frames = []
+        self.array = None
 
 
 def looped_frames(video: Path, rotation: int, template_frames: int, total: int, loop: str,
@@ -86,7 +86,7 @@ def looped_frames(video: Path, rotation: int, template_frames: int, total: int, 
             if produced == before:
                 return
         return
-    store = _FrameStore(cache_bytes, spill_dir)
+    store = _FrameStore(template_frames, cache_bytes, spill_dir)
     try:
         decoded = read_frames(video, rotation)
         for i in range(total):
@@ -94,7 +94,7 @@ def looped_frames(video: Path, rotation: int, template_frames: int, total: int, 
             while store.count <= index:
                 frame = next(decoded, None)
                 if frame is None:  # fewer frames than analysed: hold the last one
-                    frame = store.get(store.count - 1)
+                    frame = store.get(store.count - 1).copy()
                 store.add(frame)
             yield index, store.get(index)
     finally:

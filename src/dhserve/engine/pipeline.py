@@ -39,17 +39,17 @@ SPAN_ANIMATE = (0.25, 0.99)
 class RenderOptions:
     """What one render may vary: the job's choices and the service's limits."""
 
-    backend: str = "classic"
-    loop: str = "pingpong"
-    x264_preset: str = "veryfast"
-    crf: int = 18
-    batch_size: int = 16
-    multiple_faces: str = "largest"
-    max_input_mb: float = 2048.0
-    max_video_seconds: float = 600.0
-    max_audio_seconds: float = 3600.0
-    max_video_pixels: int = 3840 * 2160
-    frame_cache_mb: float = 512.0
+    backend: str = Settings.backend
+    loop: str = Settings.loop
+    x264_preset: str = Settings.x264_preset
+    crf: int = Settings.crf
+    batch_size: int = Settings.batch_size
+    multiple_faces: str = Settings.multiple_faces
+    max_input_mb: float = Settings.max_input_mb
+    max_video_seconds: float = Settings.max_video_seconds
+    max_audio_seconds: float = Settings.max_audio_seconds
+    max_video_pixels: int = Settings.max_video_pixels
+    frame_cache_mb: float = Settings.frame_cache_mb
 
     @classmethod
     def from_settings(cls, settings: Settings, **choices) -> RenderOptions:

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from dhserve.config import quiet_native_logging
 from dhserve.engine.face.landmarks import N_LANDMARKS
 
 CROP_SCALE = 1.8
+# MediaPipe's models see 128-256 px inputs; handing them smaller images costs no accuracy and
+# saves the conversion of full-size frames (the bulk of the time on 720p and larger).
+DETECT_MAX_SIDE = 640
+MESH_MAX_SIDE = 256
+# The full-range detector runs on every DETECT_EVERY-th frame (and whenever tracking is lost);
+# in between, Face Mesh runs on a crop placed by the previous frame's landmarks, whose box is
+# within ~5% of the detector's. Halves the cost of analysing a template.
+DETECT_EVERY = 5
 
 
 @dataclass(frozen=True)
@@ -39,11 +48,26 @@ class MediaPipeFaceDetector:
             static_image_mode=False, max_num_faces=1, refine_landmarks=False,
             min_detection_confidence=min_confidence, min_tracking_confidence=0.5)
         self.frames_analysed = 0
+        self._tracked: FrameFaces | None = None
+        self._since_detection = 0
 
     def detect(self, rgb: np.ndarray) -> FrameFaces:
+        """Faces in one frame of a sequence (frames of one video, in order)."""
         self.frames_analysed += 1
+        if self._tracked is not None and self._since_detection < DETECT_EVERY - 1:
+            landmarks = self._mesh_in_crop(rgb, self._tracked.box)
+            if landmarks is not None:
+                self._since_detection += 1
+                self._tracked = FrameFaces(self._tracked.count, _box_of(landmarks), landmarks)
+                return self._tracked
+        found = self._detect_faces(rgb)
+        self._since_detection = 0
+        self._tracked = found if found.landmarks is not None else None
+        return found
+
+    def _detect_faces(self, rgb: np.ndarray) -> FrameFaces:
         height, width = rgb.shape[:2]
-        found = self._detector.process(rgb).detections or []
+        found = self._detector.process(_fit(rgb, DETECT_MAX_SIDE)).detections or []
         if not found:
             return FrameFaces(0, None, None)
         boxes = []
@@ -52,7 +76,9 @@ class MediaPipeFaceDetector:
             x0, y0 = rel.xmin * width, rel.ymin * height
             boxes.append((x0, y0, x0 + rel.width * width, y0 + rel.height * height))
         box = np.array(max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])), np.float32)
-        return FrameFaces(len(boxes), box, self._mesh_in_crop(rgb, box))
+        landmarks = self._mesh_in_crop(rgb, box)
+        return FrameFaces(len(boxes), box if landmarks is None else _box_of(landmarks),
+                          landmarks)
 
     def _mesh_in_crop(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray | None:
         height, width = rgb.shape[:2]
@@ -62,7 +88,7 @@ class MediaPipeFaceDetector:
         x1, y1 = int(min(width, cx + half)), int(min(height, cy + half))
         if x1 - x0 < 16 or y1 - y0 < 16:
             return None
-        crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        crop = _fit(rgb[y0:y1, x0:x1], MESH_MAX_SIDE)
         result = self._mesh.process(crop)
         if not result.multi_face_landmarks:
             return None
@@ -75,3 +101,18 @@ class MediaPipeFaceDetector:
     def close(self) -> None:
         self._detector.close()
         self._mesh.close()
+
+
+def _box_of(landmarks: np.ndarray) -> np.ndarray:
+    return np.concatenate([landmarks.min(0), landmarks.max(0)]).astype(np.float32)
+
+
+def _fit(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """The image shrunk so its longer side is at most `max_side` (contiguous, as MediaPipe
+    needs); positions relative to the image are unchanged."""
+    height, width = rgb.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return np.ascontiguousarray(rgb)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
