@@ -17,13 +17,13 @@ from dhserve.engine.blend import FaceFrame, lower_face_mask, paste
 from dhserve.engine.face.landmarks import CHIN, LOWER_INNER_LIP, UPPER_INNER_LIP
 from dhserve.engine.lipsync.base import FrameBatch, LipSyncBackend, register
 
-MAX_OPENING = 0.34        # widest gap between the lips, as a fraction of mouth width
-GAP_HALF_WIDTH = 0.42     # the opening spans ±0.42 mouth widths: it closes before the corners
+MAX_OPENING = 0.30        # widest gap between the lips, as a fraction of mouth width
+GAP_HALF_WIDTH = 0.38     # the opening spans ±0.38 mouth widths: it closes before the corners
 JAW_TRANSITION = 0.8      # mouth widths below the seam where lip motion becomes jaw motion
 NECK_FADE = 0.8           # mouth widths below the chin over which the motion fades out
 JAW_HALF_WIDTH = (0.55, 1.15)  # mouth widths from the centre: full motion → none
-MOUTH_DARK = np.array([28, 9, 11], np.float32)     # deep inside the mouth, RGB
-MOUTH_EDGE = np.array([96, 42, 40], np.float32)    # near the lips
+MOUTH_DARK = np.array([52, 20, 22], np.float32)     # deep inside the mouth, RGB
+MOUTH_EDGE = np.array([128, 60, 58], np.float32)   # near the lips
 SOLVER_STEPS = 5
 COARSE_STEP = 4           # pixels between the samples of the smooth motion field
 
