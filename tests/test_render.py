@@ -173,3 +173,23 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, short_speech):
     assert done.returncode == 2
     assert done.stderr.strip().endswith("error input.not_found: video: no such file: missing.mp4")
     assert "Traceback" not in done.stderr
+
+
+def test_rotated_template_renders_upright(tmp_path, template_frames, short_speech):
+    """Phones store portrait video sideways with a display rotation; the output is upright."""
+    sideways = tmp_path / "phone.mp4"
+    with av.open(str(sideways), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 512, 512, "yuv420p"
+        stream.set_display_rotation(90)           # counter-clockwise, as players apply it
+        for i, frame in enumerate(template_frames[:30]):
+            stored = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(frame, -1)),
+                                                format="rgb24")
+            stored.pts = i
+            container.mux(stream.encode(stored))
+        container.mux(stream.encode(None))
+    result = render(sideways, short_speech, tmp_path / "o.mp4", RenderOptions(),
+                    AnalysisCache(tmp_path / "cache"))
+    first = next(read_frames(result.path))
+    top = slice(0, 150)
+    assert _psnr(first[top], template_frames[0][top]) > 35   # upright, like the original
