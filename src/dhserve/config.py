@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -43,11 +42,6 @@ class Settings:
                 values[f.name] = _parse(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
-        settings.validate()
-        return settings
-
-    def replace(self, **changes: Any) -> Settings:
-        settings = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
         settings.validate()
         return settings
 

@@ -21,6 +21,7 @@ import numpy as np
 from dhserve.config import Settings
 from dhserve.engine import audio as speech_audio
 from dhserve.engine.face import AnalysisCache, TemplateAnalysis, analyse_frames, file_digest
+from dhserve.engine.face.analysis import multiple_faces_error
 from dhserve.engine.frames import looped_frames
 from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, create_backend
 from dhserve.engine.media import MediaInfo, Mp4Writer, even_size, probe, read_frames, remove_quietly
@@ -119,7 +120,7 @@ def analyse_template(template: MediaInfo, options: RenderOptions, cache: Analysi
                                 "analysing face")
 
         analysis = analyse_frames(read_frames(template.path, template.video.rotation), "video",
-                                  options.multiple_faces, expected, on_frame)
+                                  options.multiple_faces, on_frame)
         declared = template.video.frame_count
         if declared and analysis.frame_count < 0.9 * declared - 1:
             raise InputError("input.corrupt", "video", f"video is truncated: only "
@@ -128,9 +129,7 @@ def analyse_template(template: MediaInfo, options: RenderOptions, cache: Analysi
             cache.put(digest, analysis)
     elif options.multiple_faces == "error" and analysis.face_counts.max() > 1:
         frame = int(np.argmax(analysis.face_counts > 1))
-        raise InputError("video.multiple_faces", "video",
-                         f"{analysis.face_counts[frame]} faces in frame {frame}; the template "
-                         "must show one person (or allow the largest face to be used)")
+        raise multiple_faces_error("video", int(analysis.face_counts[frame]), frame)
     progress.update(SPAN_ANALYSE[1], "analysing face")
     return analysis, cached
 
@@ -157,7 +156,6 @@ def render(video: Path, audio: Path, out: Path, options: RenderOptions = RenderO
     own_backend = backend is None
     backend = backend or create_backend(options.backend)
     mel = speech_audio.mel_spectrogram(wav) if backend.needs_mel else None
-    speech_frames = total
     del wav
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,8 +180,7 @@ def render(video: Path, audio: Path, out: Path, options: RenderOptions = RenderO
                     landmarks=analysis.landmarks[indices],
                     openness=openness[done:done + count],
                     mel=None if mel is None else speech_audio.mel_chunks(
-                        mel, float(fps), done, count, speech_frames),
-                    first_index=done)
+                        mel, float(fps), done, count, total))
                 for frame in backend.animate(batch):
                     writer.write(frame)
                 done += count

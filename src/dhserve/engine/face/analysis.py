@@ -55,7 +55,7 @@ class TemplateAnalysis:
 
 
 def analyse_frames(frames: Iterable[np.ndarray], field_name: str = "video",
-                   multiple_faces: str = "largest", expected_frames: int = 0,
+                   multiple_faces: str = "largest",
                    on_frame: Callable[[int], None] | None = None,
                    detector: MediaPipeFaceDetector | None = None) -> TemplateAnalysis:
     """Detects the face in every frame; frames without a face keep NaN landmarks.
@@ -73,9 +73,7 @@ def analyse_frames(frames: Iterable[np.ndarray], field_name: str = "video",
             size = (rgb.shape[1], rgb.shape[0])
             found = detector.detect(rgb)
             if found.count > 1 and multiple_faces == "error":
-                raise InputError("video.multiple_faces", field_name,
-                                 f"{found.count} faces in frame {index}; the template must "
-                                 "show one person (or allow the largest face to be used)")
+                raise multiple_faces_error(field_name, found.count, index)
             counts.append(found.count)
             points.append(found.landmarks if found.landmarks is not None
                           else np.full((468, 2), np.nan, np.float32))
@@ -104,6 +102,12 @@ def analyse_frames(frames: Iterable[np.ndarray], field_name: str = "video",
         log.warning("%s: %s", field_name, message)
     return TemplateAnalysis(smooth_landmarks(landmarks), face_counts, size[0], size[1],
                             warnings)
+
+
+def multiple_faces_error(field_name: str, count: int, frame: int) -> InputError:
+    return InputError("video.multiple_faces", field_name,
+                      f"{count} faces in frame {frame}; the template must show one person "
+                      "(or allow the largest face to be used)")
 
 
 def smooth_landmarks(landmarks: np.ndarray, sigma: float = SMOOTHING_SIGMA) -> np.ndarray:

@@ -47,13 +47,11 @@ class MediaPipeFaceDetector:
         self._mesh = mp.solutions.face_mesh.FaceMesh(
             static_image_mode=False, max_num_faces=1, refine_landmarks=False,
             min_detection_confidence=min_confidence, min_tracking_confidence=0.5)
-        self.frames_analysed = 0
         self._tracked: FrameFaces | None = None
         self._since_detection = 0
 
     def detect(self, rgb: np.ndarray) -> FrameFaces:
         """Faces in one frame of a sequence (frames of one video, in order)."""
-        self.frames_analysed += 1
         if self._tracked is not None and self._since_detection < DETECT_EVERY - 1:
             landmarks = self._mesh_in_crop(rgb, self._tracked.box)
             if landmarks is not None:

@@ -24,7 +24,6 @@ class FrameBatch:
     landmarks: np.ndarray       # (B, 468, 2) float32 pixels; NaN rows where there is no face
     openness: np.ndarray        # (B,) 0..1 mouth openness from the speech loudness
     mel: np.ndarray | None      # (B, 80, 16) Wav2Lip mel chunks, when the backend needs_mel
-    first_index: int            # output frame number of frames[0]
 
     def __len__(self) -> int:
         return len(self.frames)
