@@ -8,10 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dhserve.config import quiet_native_logging
-
-quiet_native_logging()
-
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 

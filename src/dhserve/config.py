@@ -83,9 +83,3 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{ENV_PREFIX}{name.upper()} must be one of {', '.join(allowed)}; "
                          f"got {value!r}")
-
-
-def quiet_native_logging() -> None:
-    """Silences the C++ INFO/WARNING chatter of MediaPipe/TFLite before they are imported."""
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -21,8 +21,14 @@ MEL_FRAMES_PER_SECOND = SAMPLE_RATE / HOP   # 80
 MEL_STEP = 16                                # mel frames per video frame chunk (200 ms)
 
 
-def decode_speech(path: Path, field: str = "audio", max_mb: float | None = None) -> np.ndarray:
-    """Any audio FFmpeg reads (wav, mp3, m4a, ogg, flac, a video's soundtrack) → float32 mono."""
+def decode_speech(path: Path, field: str = "audio", max_mb: float | None = None,
+                  max_seconds: float | None = None) -> np.ndarray:
+    """Any audio FFmpeg reads (wav, mp3, m4a, ogg, flac, a video's soundtrack) → float32 mono.
+
+    Stops with audio.too_long as soon as `max_seconds` is passed, whatever the container
+    claimed, so a stream with no declared duration cannot fill the memory."""
+    limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
+    decoded = 0
     path = check_file(path, field, max_mb)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     chunks: list[np.ndarray] = []
@@ -32,7 +38,11 @@ def decode_speech(path: Path, field: str = "audio", max_mb: float | None = None)
         stream = container.streams.audio[0]
         try:
             for frame in container.decode(stream):
-                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+                for piece in resampler.resample(frame):
+                    chunks.append(piece.to_ndarray().reshape(-1))
+                    decoded += chunks[-1].size
+                if limit is not None and decoded > limit:
+                    raise too_long(field, decoded / SAMPLE_RATE, max_seconds)
         except av.error.FFmpegError as exc:
             raise InputError("input.corrupt", field,
                              f"audio stream cannot be decoded ({exc})") from None
@@ -41,6 +51,11 @@ def decode_speech(path: Path, field: str = "audio", max_mb: float | None = None)
     if samples.size < SAMPLE_RATE // 100:
         raise InputError("audio.empty", field, "audio stream is empty (no samples to speak)")
     return samples
+
+
+def too_long(field: str, seconds: float, limit: float) -> InputError:
+    return InputError("audio.too_long", field,
+                      f"{seconds:.1f} s is over the limit of {limit:g} s")
 
 
 def _hz_to_mel(f):

@@ -1,9 +1,9 @@
-"""Template frames in output order: looped to the speech length, decoded as a stream.
+"""Template frames in output order, looped to the speech length.
 
-`restart` re-decodes the template from the start each loop. `pingpong` plays it forwards then
-backwards; the backward passes read frames kept from the first forward pass, in memory up to a
-budget and otherwise in a raw spill file read back with positioned reads (not mmap, so resident
-memory does not grow with the template).
+`restart` plays the template again from its start; `pingpong` plays it forwards then
+backwards. Repeats read frames kept from the first pass: in one array up to a budget, beyond it
+in a raw spill file read back with positioned reads (not mmap, so resident memory does not grow
+with the template).
 """
 
 from __future__ import annotations
@@ -73,18 +73,15 @@ class _FrameStore:
 def looped_frames(video: Path, rotation: int, template_frames: int, total: int, loop: str,
                   cache_bytes: int = 512 << 20,
                   spill_dir: Path | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields (template index, RGB frame) for output frames 0..total-1."""
-    if loop == "restart" or total <= template_frames:
-        produced = 0
-        while produced < total:
-            before = produced
-            for frame in read_frames(video, rotation):
-                yield produced % template_frames, frame
-                produced += 1
-                if produced == total or produced % template_frames == 0:
-                    break
-            if produced == before:
-                return
+    """Yields (template index, RGB frame) for output frames 0..total-1.
+
+    A template at least as long as the speech is simply streamed. A shorter one is decoded
+    once into the frame store and replayed from it in either loop mode (a one-frame template
+    is decoded once, not once per output frame).
+    """
+    if total <= template_frames:
+        for index, frame in zip(range(total), read_frames(video, rotation)):
+            yield index, frame
         return
     store = _FrameStore(template_frames, cache_bytes, spill_dir)
     try:
@@ -97,5 +94,6 @@ def looped_frames(video: Path, rotation: int, template_frames: int, total: int, 
                     frame = store.get(store.count - 1).copy()
                 store.add(frame)
             yield index, store.get(index)
+        decoded.close()
     finally:
         store.close()

@@ -16,9 +16,10 @@ import numpy as np
 
 from dhserve.errors import InputError
 
-IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe",
-                 "gif", "gif_pipe"}
+# Demuxers of single pictures (an animated GIF or an MJPEG video is a video, not one of these).
+IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe"}
 STILL_IMAGE_FPS = Fraction(25)
+FULL_RANGE = 2  # AVCOL_RANGE_JPEG
 # First bytes of containers FFmpeg reads; a file with one of these that fails to open is
 # corrupt, a file with none of them is not media at all.
 MEDIA_SIGNATURES = ((4, b"ftyp"), (0, b"RIFF"), (0, b"ID3"), (0, b"\xff\xfb"), (0, b"\xff\xf3"),
@@ -90,18 +91,22 @@ def open_input(path: Path, field: str) -> av.container.InputContainer:
                          "not an audio, video or image file that can be read") from None
 
 
-def probe(path: Path, field: str, max_mb: float | None = None) -> MediaInfo:
-    """Describes a media file; the first frame of each stream is decoded to prove it reads."""
+def probe(path: Path, field: str, max_mb: float | None = None,
+          kind: str | None = None) -> MediaInfo:
+    """Describes a media file. The first frame of the stream(s) of `kind` ("video", "audio",
+    or None for both) is decoded to prove it reads; the other kind is not looked at, so a
+    broken soundtrack does not spoil a good template."""
     path = check_file(path, field, max_mb)
     with open_input(path, field) as container:
         if not container.streams.video and not container.streams.audio:
             raise InputError("input.corrupt", field, "no audio or video stream can be read "
                              f"from this {container.format.name} file")
-        video = _probe_video(container, field) if container.streams.video else None
-        audio = _probe_audio(container, field) if container.streams.audio else None
+        video = audio = None
+        if container.streams.video and kind in (None, "video"):
+            video = _probe_video(container, field)
+        if container.streams.audio and kind in (None, "audio"):
+            audio = _probe_audio(container, field)
         duration = container.duration / av.time_base if container.duration else 0.0
-        if video and not duration:
-            duration = video.duration
         return MediaInfo(path, container.format.name, path.stat().st_size,
                          max(duration, video.duration if video else 0.0,
                              audio.duration if audio else 0.0), video, audio)
@@ -125,16 +130,15 @@ def _first_frame(container, stream, field: str):
 
 def _probe_video(container, field: str) -> VideoInfo:
     stream = container.streams.video[0]
-    is_image = container.format.name in IMAGE_FORMATS or (
-        stream.codec_context.name in ("png", "mjpeg", "webp", "bmp", "tiff")
-        and (stream.frames or 0) <= 1)
+    is_image = container.format.name in IMAGE_FORMATS
     first = _first_frame(container, stream, field)
     rotation = round(getattr(first, "rotation", 0) or 0) % 360
     width, height = first.width, first.height
     if rotation in (90, 270):
         width, height = height, width
-    fps = STILL_IMAGE_FPS if is_image else Fraction(stream.average_rate or stream.guessed_rate
-                                                    or STILL_IMAGE_FPS)
+    # Variable frame rate: the average, as a rate an encoder takes (30000/1001 stays exact).
+    fps = STILL_IMAGE_FPS if is_image else Fraction(
+        stream.average_rate or stream.guessed_rate or STILL_IMAGE_FPS).limit_denominator(1001)
     duration = 1 / float(fps) if is_image else _stream_duration(stream, container)
     frames = 1 if is_image else int(stream.frames or 0)
     return VideoInfo(stream.codec_context.name, width, height, fps, frames, duration,
@@ -149,7 +153,9 @@ def _probe_audio(container, field: str) -> AudioInfo:
 
 
 def read_frames(path: Path, rotation: int = 0, field: str = "video") -> Iterator[np.ndarray]:
-    """Decodes the first video stream as RGB uint8 arrays (H, W, 3), upright."""
+    """Decodes the first video stream as RGB uint8 arrays (H, W, 3), upright. Every frame has
+    the first frame's size: a stream that changes resolution midway is scaled back to it."""
+    size = None
     with open_input(path, field) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -163,14 +169,21 @@ def read_frames(path: Path, rotation: int = 0, field: str = "video") -> Iterator
             if frame is None:
                 return
             rgb = frame_to_rgb(frame)
-            yield np.ascontiguousarray(np.rot90(rgb, rotation // 90)) if rotation else rgb
+            if rotation:
+                rgb = np.ascontiguousarray(np.rot90(rgb, rotation // 90))
+            if size is None:
+                size = rgb.shape
+            elif rgb.shape != size:
+                rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+            yield rgb
 
 
 def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
     """RGB uint8 of a decoded frame. The common case, limited-range yuv420p with even sides,
     goes through OpenCV's I420 conversion: the same BT.601 maths as swscale's default, at a
-    fraction of its cost."""
-    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+    fraction of its cost. Full-range and other formats go through swscale."""
+    if (frame.format.name == "yuv420p" and frame.color_range != FULL_RANGE
+            and frame.width % 2 == 0 and frame.height % 2 == 0):
         return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
     return frame.to_ndarray(format="rgb24")
 
@@ -283,10 +296,14 @@ class Mp4Writer:
         """Finishes the file: flushes the encoder, writes the rest of the speech."""
         self._queue.put(None)
         self._thread.join()
-        self._raise_failure()
-        self._container.mux(self._video.encode(None))
-        self._pump_audio(None)
-        self._container.close()
+        try:
+            self._raise_failure()
+            self._container.mux(self._video.encode(None))
+            self._pump_audio(None)
+            self._container.close()
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Stops without finishing; the caller removes the partial file."""

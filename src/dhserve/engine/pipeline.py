@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
+from contextlib import closing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import islice
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dhserve.config import Settings
+from dhserve.config import LOOP_MODES, MULTIPLE_FACE_POLICIES, X264_PRESETS, Settings
 from dhserve.engine import audio as speech_audio
 from dhserve.engine.face import AnalysisCache, TemplateAnalysis, analyse_frames, file_digest
 from dhserve.engine.face.analysis import multiple_faces_error
@@ -52,6 +54,18 @@ class RenderOptions:
     max_video_pixels: int = Settings.max_video_pixels
     frame_cache_mb: float = Settings.frame_cache_mb
 
+    def __post_init__(self) -> None:
+        """A job's choices are user input: a bad one is an InputError naming the option."""
+        for name, allowed in (("loop", LOOP_MODES), ("multiple_faces", MULTIPLE_FACE_POLICIES),
+                              ("x264_preset", X264_PRESETS)):
+            if getattr(self, name) not in allowed:
+                raise InputError("options.invalid", name, f"{getattr(self, name)!r} is not one "
+                                 f"of {', '.join(allowed)}")
+        if not 0 <= self.crf <= 51:
+            raise InputError("options.invalid", "crf", f"{self.crf} is not within 0..51")
+        if self.batch_size < 1:
+            raise InputError("options.invalid", "batch_size", "must be at least 1")
+
     @classmethod
     def from_settings(cls, settings: Settings, **choices) -> RenderOptions:
         names = cls.__dataclass_fields__
@@ -83,7 +97,7 @@ def _span(span: tuple[float, float], fraction: float) -> float:
 
 def probe_inputs(video: Path, audio: Path, options: RenderOptions) -> tuple[MediaInfo, MediaInfo]:
     """Checks both inputs against the limits before any heavy work."""
-    template = probe(video, "video", options.max_input_mb)
+    template = probe(video, "video", options.max_input_mb, kind="video")
     if template.video is None:
         raise InputError("video.no_video_stream", "video", "file has no video stream")
     v = template.video
@@ -92,15 +106,33 @@ def probe_inputs(video: Path, audio: Path, options: RenderOptions) -> tuple[Medi
                          f"{v.width}x{v.height} is over the limit of "
                          f"{options.max_video_pixels} pixels")
     if not v.is_image and v.duration > options.max_video_seconds:
-        raise InputError("video.too_long", "video", f"{v.duration:.1f} s is over the limit of "
-                         f"{options.max_video_seconds:g} s")
-    speech = probe(audio, "audio", options.max_input_mb)
+        raise _video_too_long(v.duration, options)
+    speech = probe(audio, "audio", options.max_input_mb, kind="audio")
     if speech.audio is None:
         raise InputError("audio.no_audio_stream", "audio", "file has no audio stream")
     if speech.audio.duration > options.max_audio_seconds:
-        raise InputError("audio.too_long", "audio", f"{speech.audio.duration:.1f} s is over the "
-                         f"limit of {options.max_audio_seconds:g} s")
+        raise speech_audio.too_long("audio", speech.audio.duration, options.max_audio_seconds)
     return template, speech
+
+
+def _video_too_long(seconds: float, options: RenderOptions) -> InputError:
+    return InputError("video.too_long", "video", f"{seconds:.1f} s is over the limit of "
+                      f"{options.max_video_seconds:g} s")
+
+
+def check_output(out: Path) -> Path:
+    """The output can be written, checked before minutes of rendering rather than after."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError("output.invalid", "out", f"{out} is a directory, not a file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError("output.invalid", "out", f"cannot create {out.parent}: "
+                         f"{exc.strerror}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise InputError("output.invalid", "out", f"{out.parent} is not writable")
+    return out
 
 
 def analyse_template(template: MediaInfo, options: RenderOptions, cache: AnalysisCache | None,
@@ -110,17 +142,21 @@ def analyse_template(template: MediaInfo, options: RenderOptions, cache: Analysi
     analysis = cache.get(digest) if cache else None
     cached = analysis is not None
     if analysis is None:
-        expected = max(template.video.frame_count, 1)
+        v = template.video
+        fps = float(v.fps)
+        expected = max(v.frame_count or round(template.duration * fps), 1)
         progress.update(SPAN_ANALYSE[0], "analysing face")
 
         def on_frame(done: int) -> None:
+            if not v.is_image and done > options.max_video_seconds * fps + 1:
+                raise _video_too_long(done / fps, options)  # the container did not say
             if done % 8 == 0:
                 progress.check_cancelled()
                 progress.update(_span(SPAN_ANALYSE, min(done / expected, 1.0)),
                                 "analysing face")
 
-        analysis = analyse_frames(read_frames(template.path, template.video.rotation), "video",
-                                  options.multiple_faces, on_frame)
+        with closing(read_frames(template.path, v.rotation)) as frames:
+            analysis = analyse_frames(frames, "video", options.multiple_faces, on_frame)
         declared = template.video.frame_count
         if declared and analysis.frame_count < 0.9 * declared - 1:
             raise InputError("input.corrupt", "video", f"video is truncated: only "
@@ -139,45 +175,56 @@ def render(video: Path, audio: Path, out: Path, options: RenderOptions = RenderO
            backend: LipSyncBackend | None = None) -> RenderResult:
     """Renders `video` lip-synced to `audio` into `out` (MP4, H.264 + AAC)."""
     started = time.monotonic()
-    out = Path(out)
+    out = check_output(out)
     progress.update(0.0, "probing")
     template, _ = probe_inputs(Path(video), Path(audio), options)
-    progress.update(_span(SPAN_PREPARE, 0.3), "decoding audio")
-    wav = speech_audio.decode_speech(Path(audio), "audio", options.max_input_mb)
-    if wav.size / speech_audio.SAMPLE_RATE > options.max_audio_seconds:
-        raise InputError("audio.too_long", "audio", f"{wav.size / 16000:.1f} s is over the "
-                         f"limit of {options.max_audio_seconds:g} s")
-    progress.check_cancelled()
-    analysis, cached = analyse_template(template, options, cache, progress)
-
-    fps = template.video.fps
-    total = speech_audio.frame_count(wav.size, float(fps))
-    openness = speech_audio.mouth_openness(wav, float(fps), total)
     own_backend = backend is None
     backend = backend or create_backend(options.backend)
-    mel = speech_audio.mel_spectrogram(wav) if backend.needs_mel else None
-    del wav
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
-    width, height = even_size(analysis.width, analysis.height)
     try:
-        with Mp4Writer(tmp, width, height, fps, Path(audio), options.x264_preset,
-                       options.crf) as writer:
-            frames = looped_frames(template.path, template.video.rotation,
-                                   analysis.frame_count, total, options.loop,
-                                   int(options.frame_cache_mb * 2**20), out.parent)
-            done = 0
+        progress.update(_span(SPAN_PREPARE, 0.3), "decoding audio")
+        wav = speech_audio.decode_speech(Path(audio), "audio", options.max_input_mb,
+                                         options.max_audio_seconds)
+        progress.check_cancelled()
+        analysis, cached = analyse_template(template, options, cache, progress)
+        fps = template.video.fps
+        total = speech_audio.frame_count(wav.size, float(fps))
+        openness = speech_audio.mouth_openness(wav, float(fps), total)
+        mel = speech_audio.mel_spectrogram(wav) if backend.needs_mel else None
+        del wav
+        done = _animate(template, analysis, backend, openness, mel, Path(audio), out, options,
+                        progress)
+    finally:
+        if own_backend:
+            backend.close()
+    progress.update(1.0, "done")
+    width, height = even_size(analysis.width, analysis.height)
+    return RenderResult(out, done, fps, width, height, done / float(fps),
+                        time.monotonic() - started, cached, list(analysis.warnings))
+
+
+def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBackend,
+             openness: np.ndarray, mel: np.ndarray | None, audio: Path, out: Path,
+             options: RenderOptions, progress: Progress) -> int:
+    """Streams template frames through the backend into the MP4; returns frames written."""
+    fps, total = template.video.fps, openness.size
+    # Unique per attempt: two deliveries of one job (same pid in two containers, say) never
+    # share a temporary file; the rename makes whichever finishes the result.
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.part")
+    done = 0
+    try:
+        with Mp4Writer(tmp, analysis.width, analysis.height, fps, audio, options.x264_preset,
+                       options.crf) as writer, closing(looped_frames(
+                template.path, template.video.rotation, analysis.frame_count, total,
+                options.loop, int(options.frame_cache_mb * 2**20), out.parent)) as frames:
             while done < total:
                 progress.check_cancelled()
                 chunk = list(islice(frames, options.batch_size))
                 if not chunk:
                     break
                 count = len(chunk)
-                indices = [index for index, _ in chunk]
                 batch = FrameBatch(
                     frames=[frame for _, frame in chunk],
-                    landmarks=analysis.landmarks[indices],
+                    landmarks=analysis.landmarks[[index for index, _ in chunk]],
                     openness=openness[done:done + count],
                     mel=None if mel is None else speech_audio.mel_chunks(
                         mel, float(fps), done, count, total))
@@ -190,10 +237,4 @@ def render(video: Path, audio: Path, out: Path, options: RenderOptions = RenderO
     except BaseException:
         remove_quietly(tmp)
         raise
-    finally:
-        if own_backend:
-            backend.close()
-    progress.update(1.0, "done")
-    return RenderResult(out, done, fps, width, height, done / float(fps),
-                        time.monotonic() - started, cached, list(analysis.warnings))
-
+    return done

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 from dhserve.engine.face.analysis import ANALYSIS_VERSION, TemplateAnalysis
@@ -37,7 +38,7 @@ class AnalysisCache:
             return None
         try:
             return TemplateAnalysis.from_bytes(data)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None  # damaged entry: analyse again and overwrite it
 
     def put(self, digest: str, analysis: TemplateAnalysis) -> Path:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from dhserve.config import quiet_native_logging
 from dhserve.engine.face.landmarks import N_LANDMARKS
 
 CROP_SCALE = 1.8
@@ -39,7 +38,6 @@ class MediaPipeFaceDetector:
     """Finds faces and their 468 landmarks in RGB frames. Not thread-safe: one per thread."""
 
     def __init__(self, min_confidence: float = 0.5):
-        quiet_native_logging()
         import mediapipe as mp  # heavy import, done only where faces are analysed
 
         self._detector = mp.solutions.face_detection.FaceDetection(
