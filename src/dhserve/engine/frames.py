@@ -53,16 +53,16 @@ class _FrameStore:
         if self.array is not None:
             self.array[self.count] = frame
         else:
-            self.file.write(np.ascontiguousarray(frame).tobytes())
+            self.file.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
         self.count += 1
 
     def get(self, index: int) -> np.ndarray:
         if self.array is not None:
             return self.array[index]
         self.file.flush()
-        size = int(np.prod(self.shape))
-        data = os.pread(self.file.fileno(), size, index * size)
-        return np.frombuffer(data, dtype=np.uint8).reshape(self.shape)
+        frame = np.empty(self.shape, np.uint8)
+        os.preadv(self.file.fileno(), [frame], index * frame.nbytes)
+        return frame
 
     def close(self) -> None:
         if self.file is not None:
