@@ -61,6 +61,10 @@ class MediaPipeFaceDetector:
         self._tracked = found if found.landmarks is not None else None
         return found
 
+    def reset(self) -> None:
+        """Forgets the tracked face: the next frame is not a continuation of the last one."""
+        self._tracked = None
+
     def _detect_faces(self, rgb: np.ndarray) -> FrameFaces:
         height, width = rgb.shape[:2]
         found = self._detector.process(_fit(rgb, DETECT_MAX_SIDE)).detections or []
