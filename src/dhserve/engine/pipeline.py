@@ -8,7 +8,6 @@ renamed into place, so a reader never sees a half-written file.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 import uuid
@@ -29,8 +28,6 @@ from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, create_backend
 from dhserve.engine.media import MediaInfo, Mp4Writer, even_size, probe, read_frames, remove_quietly
 from dhserve.engine.progress import Progress, no_progress
 from dhserve.errors import InputError
-
-log = logging.getLogger(__name__)
 
 # Share of the progress bar each stage takes.
 SPAN_PREPARE = (0.0, 0.03)
