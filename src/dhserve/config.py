@@ -12,6 +12,20 @@ ENV_PREFIX = "DHSERVE_"
 LOOP_MODES = ("pingpong", "restart")
 MULTIPLE_FACE_POLICIES = ("largest", "error")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
+CHOICES = {"loop": LOOP_MODES, "multiple_faces": MULTIPLE_FACE_POLICIES,
+           "x264_preset": X264_PRESETS}
+
+
+def option_problem(name: str, value: Any) -> str | None:
+    """Why `value` is not valid for the render option `name`, or None when it is. Shared by
+    the service's settings and a job's own choices, which report problems differently."""
+    if name in CHOICES and value not in CHOICES[name]:
+        return f"must be one of {', '.join(CHOICES[name])}; got {value!r}"
+    if name == "crf" and not 0 <= value <= 51:
+        return f"must be 0..51, got {value}"
+    if name == "batch_size" and value < 1:
+        return f"must be >= 1, got {value}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -47,13 +61,10 @@ class Settings:
 
     def validate(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
-        _choice("loop", self.loop, LOOP_MODES)
-        _choice("multiple_faces", self.multiple_faces, MULTIPLE_FACE_POLICIES)
-        _choice("x264_preset", self.x264_preset, X264_PRESETS)
-        if not 0 <= self.crf <= 51:
-            raise ValueError(f"{ENV_PREFIX}CRF must be 0..51, got {self.crf}")
-        if self.batch_size < 1:
-            raise ValueError(f"{ENV_PREFIX}BATCH_SIZE must be >= 1, got {self.batch_size}")
+        for f in fields(self):
+            problem = option_problem(f.name, getattr(self, f.name))
+            if problem:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()} {problem}")
 
     @property
     def templates_dir(self) -> Path:
@@ -78,8 +89,3 @@ def _parse(name: str, type_name: Any, raw: str) -> Any:
     except ValueError:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
 
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be one of {', '.join(allowed)}; "
-                         f"got {value!r}")

@@ -45,10 +45,11 @@ class FaceFrame:
         return self.origin + np.multiply.outer(u, self.ex) + np.multiply.outer(v, self.ey)
 
 
-def lower_face_polygon(points: np.ndarray, extend_down: float) -> np.ndarray:
+def lower_face_polygon(points: np.ndarray, extend_down: float,
+                       face: FaceFrame | None = None) -> np.ndarray:
     """Convex outline of the face below the nose tip, stretched `extend_down` px past the chin
     so that a jaw that drops stays inside it."""
-    face = FaceFrame.from_landmarks(points)
+    face = face or FaceFrame.from_landmarks(points)
     oval = points[list(FACE_OVAL)].astype(np.float64)
     _, v = face.to_face(oval)
     _, v_nose = face.to_face(points[NOSE_TIP])
@@ -58,10 +59,11 @@ def lower_face_polygon(points: np.ndarray, extend_down: float) -> np.ndarray:
 
 
 def lower_face_mask(points: np.ndarray, box: tuple[int, int, int, int], extend_down: float,
-                    feather: float) -> np.ndarray:
-    """Float mask (h, w) over `box` (x0, y0, x1, y1): 1 on the lower face, feathered edges."""
+                    feather: float, face: FaceFrame | None = None) -> np.ndarray:
+    """Float mask (h, w) over `box` (x0, y0, x1, y1): 1 on the lower face, feathered edges.
+    `face`: the face's axes when the caller has them already."""
     x0, y0, x1, y1 = box
-    polygon = lower_face_polygon(points, extend_down) - (x0, y0)
+    polygon = lower_face_polygon(points, extend_down, face) - (x0, y0)
     mask = np.zeros((y1 - y0, x1 - x0), np.float32)
     cv2.fillConvexPoly(mask, np.round(polygon * 4).astype(np.int32), 1.0, cv2.LINE_AA, shift=2)
     if feather > 0:

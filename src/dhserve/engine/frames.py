@@ -38,6 +38,7 @@ class _FrameStore:
         self.capacity, self.budget, self.spill_dir = capacity, budget_bytes, spill_dir
         self.array: np.ndarray | None = None
         self.file = None
+        self.shape: tuple[int, ...] | None = None
         self.count = 0
 
     def add(self, frame: np.ndarray) -> None:

@@ -216,7 +216,6 @@ class Mp4Writer:
         self.path = Path(path)
         self.width, self.height = even_size(width, height)
         self.fps = Fraction(fps)
-        self.frames_written = 0
         self._container = av.open(str(self.path), "w", format="mp4",
                                   options={"movflags": "+faststart"})
         self._video = self._container.add_stream("libx264", rate=self.fps)
@@ -252,7 +251,6 @@ class Mp4Writer:
         """Queues one frame; the array must not be modified afterwards."""
         self._raise_failure()
         self._queue.put(rgb)
-        self.frames_written += 1
 
     def _encode_loop(self) -> None:
         index = 0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dhserve.config import LOOP_MODES, MULTIPLE_FACE_POLICIES, X264_PRESETS, Settings
+from dhserve.config import Settings, option_problem
 from dhserve.engine import audio as speech_audio
 from dhserve.engine.face import AnalysisCache, TemplateAnalysis, analyse_frames, file_digest
 from dhserve.engine.face.analysis import multiple_faces_error
@@ -53,15 +53,10 @@ class RenderOptions:
 
     def __post_init__(self) -> None:
         """A job's choices are user input: a bad one is an InputError naming the option."""
-        for name, allowed in (("loop", LOOP_MODES), ("multiple_faces", MULTIPLE_FACE_POLICIES),
-                              ("x264_preset", X264_PRESETS)):
-            if getattr(self, name) not in allowed:
-                raise InputError("options.invalid", name, f"{getattr(self, name)!r} is not one "
-                                 f"of {', '.join(allowed)}")
-        if not 0 <= self.crf <= 51:
-            raise InputError("options.invalid", "crf", f"{self.crf} is not within 0..51")
-        if self.batch_size < 1:
-            raise InputError("options.invalid", "batch_size", "must be at least 1")
+        for name in self.__dataclass_fields__:
+            problem = option_problem(name, getattr(self, name))
+            if problem:
+                raise InputError("options.invalid", name, problem)
 
     @classmethod
     def from_settings(cls, settings: Settings, **choices) -> RenderOptions:

@@ -57,14 +57,21 @@ class MouthWarp:
         r = u / (GAP_HALF_WIDTH * self.w)
         return self.amount * np.sqrt(np.clip(1 - r * r, 0, 1))
 
-    def displacement(self, u: np.ndarray, below: np.ndarray) -> np.ndarray:
-        """How far the source point `below` px under the seam moves down (pixels)."""
+    def columns(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What the motion needs of each u, whatever the depth: lip and jaw profiles and how
+        far under the seam the chin lies. The solver evaluates the motion many times per
+        frame on the same grid, so these are computed once."""
         w = self.w
-        t = _smoothstep(0.0, JAW_TRANSITION * w, below)
-        jaw = 1 - _smoothstep(JAW_HALF_WIDTH[0] * w, JAW_HALF_WIDTH[1] * w, np.abs(u))
         lip = np.sqrt(np.clip(1 - (u / (GAP_HALF_WIDTH * w)) ** 2, 0, 1))
-        chin_below = self.chin_v - self.seam(u)
-        fade = 1 - _smoothstep(chin_below, chin_below + NECK_FADE * w, below)
+        jaw = 1 - _smoothstep(JAW_HALF_WIDTH[0] * w, JAW_HALF_WIDTH[1] * w, np.abs(u))
+        return lip, jaw, self.chin_v - self.seam(u)
+
+    def displacement(self, u: np.ndarray, below: np.ndarray,
+                     columns: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+        """How far the source point `below` px under the seam moves down (pixels)."""
+        lip, jaw, chin_below = columns if columns is not None else self.columns(u)
+        t = _smoothstep(0.0, JAW_TRANSITION * self.w, below)
+        fade = 1 - _smoothstep(chin_below, chin_below + NECK_FADE * self.w, below)
         return np.where(below > 0, self.amount * ((1 - t) * lip + t * jaw) * fade, 0.0)
 
     def source_below(self, u: np.ndarray, below_out: np.ndarray,
@@ -75,10 +82,11 @@ class MouthWarp:
         slope: 3 steps leave < 0.05 px at a wide-open mouth, where five plain fixed-point
         steps still left 1.4 px. Meaningful below the opening (below_out > gap).
         """
+        columns = self.columns(u)
         below_src = below_out - gap
         for _ in range(SOLVER_STEPS):
-            moved = self.displacement(u, np.maximum(below_src, 1e-3))
-            ahead = self.displacement(u, np.maximum(below_src + 0.5, 1e-3))
+            moved = self.displacement(u, np.maximum(below_src, 1e-3), columns)
+            ahead = self.displacement(u, np.maximum(below_src + 0.5, 1e-3), columns)
             slope = np.maximum(1 + (ahead - moved) / 0.5, 0.2)
             below_src = below_src - (below_src + moved - below_out) / slope
         return below_src
@@ -127,7 +135,7 @@ def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
     warped = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     warped = _shade_inner_mouth(warped, frame[y0:y1, x0:x1], below_out, gap)
     mask = lower_face_mask(points, (x0, y0, x1, y1), extend_down=(NECK_FADE + 0.1) * warp.w,
-                           feather=max(1.0, 0.04 * warp.w))
+                           feather=max(1.0, 0.04 * warp.w), face=warp.face)
     out = frame.copy()
     out[y0:y1, x0:x1] = paste(frame[y0:y1, x0:x1], warped, mask)
     return out
