@@ -22,7 +22,7 @@ def test_flags_win_over_env():
 @pytest.mark.parametrize("env, message", [
     ({"DHSERVE_CRF": "high"}, "DHSERVE_CRF='high' is not a valid int"),
     ({"DHSERVE_LOOP": "bounce"}, "DHSERVE_LOOP must be one of pingpong, restart"),
-    ({"DHSERVE_BATCH_SIZE": "0"}, "DHSERVE_BATCH_SIZE must be >= 1"),
+    ({"DHSERVE_BATCH_SIZE": "0"}, "DHSERVE_BATCH_SIZE must be > 0"),
 ])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -12,8 +13,14 @@ ENV_PREFIX = "DHSERVE_"
 LOOP_MODES = ("pingpong", "restart")
 MULTIPLE_FACE_POLICIES = ("largest", "error")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
+GPU_PROVIDERS = ("cuda", "tensorrt")
+CUDNN_CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 CHOICES = {"loop": LOOP_MODES, "multiple_faces": MULTIPLE_FACE_POLICIES,
-           "x264_preset": X264_PRESETS}
+           "x264_preset": X264_PRESETS, "gpu_provider": GPU_PROVIDERS,
+           "cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCHES}
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
+POSITIVE = ("batch_size", "lease_seconds", "heartbeat_seconds", "max_attempts", "max_queued",
+            "poll_seconds", "download_timeout_seconds")
 
 
 def option_problem(name: str, value: Any) -> str | None:
@@ -23,8 +30,10 @@ def option_problem(name: str, value: Any) -> str | None:
         return f"must be one of {', '.join(CHOICES[name])}; got {value!r}"
     if name == "crf" and not 0 <= value <= 51:
         return f"must be 0..51, got {value}"
-    if name == "batch_size" and value < 1:
-        return f"must be >= 1, got {value}"
+    if name in POSITIVE and value <= 0:
+        return f"must be > 0, got {value}"
+    if name == "device" and not DEVICE_PATTERN.fullmatch(value):
+        return f"must be cpu, cuda or cuda:N; got {value!r}"
     return None
 
 
@@ -33,7 +42,8 @@ class Settings:
     """dhserve's configuration. Each field `name` is read from `DHSERVE_<NAME>`."""
 
     data_dir: Path = Path("data")
-    backend: str = "classic"             # lip-sync backend used when a job names none
+    backend: str = "auto"                # lip-sync backend when a job names none; auto: wav2lip
+                                         # when its model file is present, else classic
     loop: str = "pingpong"               # template looping when the speech is longer
     x264_preset: str = "superfast"       # veryfast: files ~55% smaller, encoding ~1.5x slower
     crf: int = 18
@@ -44,6 +54,24 @@ class Settings:
     max_audio_seconds: float = 3600.0    # speech duration (= output duration)
     max_video_pixels: int = 3840 * 2160  # template width * height
     frame_cache_mb: float = 512.0        # decoded template frames kept in RAM for ping-pong
+    # neural backends (ONNX Runtime)
+    device: str = "cpu"                  # cpu, cuda (= cuda:0) or cuda:N, for render workers
+    gpu_provider: str = "cuda"           # on a cuda device: cuda, or tensorrt (engine cache)
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    gpu_mem_limit_mb: float = 0.0        # ONNX Runtime CUDA arena limit; 0 = no limit
+    models_dir: Path | None = None       # default <data dir>/models
+    wav2lip_model: str = "wav2lip_gan_96.onnx"   # file name in the models dir
+    restore_model: str = "GFPGANv1.4.onnx"        # face restoration (chaofen=1)
+    # job store and render workers
+    database_url: str = ""               # default sqlite:///<data dir>/dhserve.db
+    lease_seconds: float = 60.0          # a claimed job is the worker's until this expires
+    heartbeat_seconds: float = 10.0      # how often a worker renews its lease
+    max_attempts: int = 3                # claims per job before it fails as "worker lost"
+    max_queued: int = 1000               # queued jobs; over it, submit answers "busy"
+    retention_days: float = 7.0          # finished jobs and their files are pruned after this
+    poll_seconds: float = 1.0            # idle worker's longest wait between claim attempts
+    stop_grace_seconds: float = 30.0     # SIGTERM: time the current render gets to finish
+    download_timeout_seconds: float = 300.0  # http(s) inputs: whole download, per file
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -75,9 +103,20 @@ class Settings:
     def results_dir(self) -> Path:
         return self.data_dir / "results"
 
+    @property
+    def models_path(self) -> Path:
+        """Where model files are looked up: DHSERVE_MODELS_DIR, else <data dir>/models."""
+        return Path(self.models_dir) if self.models_dir else self.data_dir / "models"
+
+    @property
+    def database(self) -> str:
+        """The job store's SQLAlchemy URL: DHSERVE_DATABASE_URL, else SQLite in the data dir."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'dhserve.db').resolve()}"
+
 
 def _parse(name: str, type_name: Any, raw: str) -> Any:
     kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "str")
+    kind = kind.removesuffix(" | None")
     try:
         if kind == "int":
             return int(raw)

@@ -59,6 +59,8 @@ def available_backends() -> list[str]:
 
 def create_backend(name: str) -> LipSyncBackend:
     _load_builtin()
+    if name == "auto":      # only classic exists so far; wav2lip takes over when its model is there
+        name = "classic"
     if name not in _REGISTRY:
         raise InputError("options.unknown_backend", "backend",
                          f"unknown lip-sync backend {name!r}; available: "
