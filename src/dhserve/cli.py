@@ -32,6 +32,7 @@ def main(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
     """dhserve: avatar video + speech in, lip-synced talking-head MP4 out."""
     ctx.ensure_object(dict)
     ctx.obj["data_dir"] = data_dir
+    ctx.obj["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
@@ -79,6 +80,29 @@ def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet
                f"@ {float(result.fps):g} fps, {result.duration:.2f} s of video in "
                f"{result.elapsed:.2f} s ({result.render_fps:.1f} frames/s"
                f"{', template analysis cached' if result.analysis_cached else ''})")
+
+
+@main.command()
+@click.option("--device", default=None,
+              help="cpu, cuda or cuda:N [env DHSERVE_DEVICE; default cpu].")
+@click.option("--database-url", default=None,
+              help="Job store [env DHSERVE_DATABASE_URL; default SQLite in the data dir].")
+@click.option("--backend", default=None, help="Default lip-sync backend [env DHSERVE_BACKEND].")
+@click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
+@click.pass_context
+def worker(ctx: click.Context, max_jobs: int | None, **overrides) -> None:
+    """Render jobs from the queue until stopped (SIGTERM/SIGINT: finish or hand back)."""
+    from dhserve.jobs.worker import RenderWorker
+
+    settings = _settings(ctx, **overrides)
+    logging.getLogger().handlers[0].setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("dhserve").setLevel(logging.DEBUG if ctx.obj["verbose"] else logging.INFO)
+    try:
+        RenderWorker(settings).run(max_jobs=max_jobs)
+    except DhserveError as exc:
+        click.echo(f"error {exc.code}: {exc.message}", err=True)
+        sys.exit(EXIT_INPUT_ERROR)
 
 
 class _ProgressBar:

@@ -83,16 +83,19 @@ class Settings:
             if raw is not None and raw != "":
                 values[f.name] = _parse(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return cls(**values)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        """Coerces paths and refuses bad values, however the settings were made."""
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         for f in fields(self):
             problem = option_problem(f.name, getattr(self, f.name))
             if problem:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()} {problem}")
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError(f"{ENV_PREFIX}HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be "
+                             f"at most half of {ENV_PREFIX}LEASE_SECONDS "
+                             f"({self.lease_seconds:g}), or leases expire between heartbeats")
 
     @property
     def templates_dir(self) -> Path:

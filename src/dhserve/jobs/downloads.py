@@ -1,0 +1,61 @@
+"""Fetches http(s) inputs for a job, within a size and a time limit."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from dhserve import __version__
+from dhserve.engine.media import remove_quietly
+from dhserve.errors import InputError
+
+CHUNK = 1 << 20
+
+
+def is_url(value: str) -> bool:
+    return urlsplit(value).scheme.lower() in ("http", "https")
+
+
+def download(url: str, field: str, folder: Path, max_bytes: int, timeout_s: float) -> Path:
+    """Saves `url` into `folder`; errors name the field and the reason, partial files go."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", unquote(Path(urlsplit(url).path).name))[-100:]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{field}-{name or 'input'}"
+    part = path.with_name(path.name + ".part")
+    deadline = time.monotonic() + timeout_s
+    request = urllib.request.Request(url, headers={"User-Agent": f"dhserve/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=min(timeout_s, 30.0)) as response, \
+                open(part, "wb") as out:
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise _too_big(field, max_bytes)
+            size = 0
+            while chunk := response.read(CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _too_big(field, max_bytes)
+                if time.monotonic() > deadline:
+                    raise InputError("input.download_failed", field,
+                                     f"download took longer than {timeout_s:g} s")
+                out.write(chunk)
+        part.replace(path)
+        return path
+    except urllib.error.HTTPError as exc:
+        raise InputError("input.download_failed", field,
+                         f"{url} answered HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise InputError("input.download_failed", field,
+                         f"cannot download {url}: {reason}") from None
+    finally:
+        remove_quietly(part)
+
+
+def _too_big(field: str, max_bytes: int) -> InputError:
+    return InputError("input.too_large", field,
+                      f"download is over the limit of {max_bytes / 2**20:g} MB")

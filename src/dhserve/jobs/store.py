@@ -1,0 +1,364 @@
+"""The durable job queue: one SQL table, claimed with leases, on SQLite or PostgreSQL.
+
+Every time comes from the database's clock, so workers on several machines agree on when a
+lease expired. Writes on SQLite start with BEGIN IMMEDIATE: a transaction that reads and then
+writes can otherwise fail with "database is locked" without waiting for the busy timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from dhserve.config import Settings
+from dhserve.errors import DhserveError
+from dhserve.jobs import migrate
+from dhserve.jobs.model import (
+    FINISHED,
+    Job,
+    JobSpec,
+    JobState,
+    WorkerInfo,
+    conflict,
+    not_cancelable,
+    not_found,
+    queue_full,
+)
+from dhserve.jobs.schema import jobs, workers
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "dhserve_jobs"
+WORKER_LOST = "worker.lost"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What a worker learns when it renews its lease or reports progress."""
+
+    held: bool                  # False: the job is no longer this worker's (reaped, finished)
+    cancel_requested: bool = False
+
+
+class JobStore:
+    """Submit, claim, report and finish jobs; shared by the web tier and the render workers."""
+
+    def __init__(self, url: str, *, lease_seconds: float = 60.0, max_attempts: int = 3,
+                 max_queued: int = 1000, upgrade: bool = True):
+        self.url = url
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.max_queued = max_queued
+        self.engine = _create_engine(url)
+        self.dialect = self.engine.dialect.name
+        if upgrade:
+            try:
+                with self._write() as conn:
+                    migrate.upgrade(conn)
+            except sa.exc.OperationalError as exc:
+                self.engine.dispose()
+                shown = self.engine.url.render_as_string(hide_password=True)
+                raise DhserveError("store.unreachable", f"cannot open the job store {shown}: "
+                                   f"{str(exc.orig).strip().splitlines()[0]}") from None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> JobStore:
+        if not settings.database_url:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        values = {"lease_seconds": settings.lease_seconds, "max_attempts": settings.max_attempts,
+                  "max_queued": settings.max_queued, **overrides}
+        return cls(settings.database, **values)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions -----------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(dhserve_write=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _now(self) -> sa.ColumnElement[float]:
+        """The database's clock in epoch seconds."""
+        if self.dialect == "postgresql":
+            return sa.cast(sa.func.extract("epoch", sa.func.clock_timestamp()), sa.Float(53))
+        return (sa.func.julianday("now") - 2440587.5) * 86400.0
+
+    def now(self) -> float:
+        with self._read() as conn:
+            return float(conn.execute(sa.select(self._now())).scalar_one())
+
+    def _notify(self, conn: Connection) -> None:
+        if self.dialect == "postgresql":
+            conn.execute(sa.text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+    # -- the client's side -----------------------------------------------------------
+
+    def submit(self, job_id: str, spec: JobSpec) -> tuple[Job, bool]:
+        """Queues a job; returns (job, created). The same id with the same spec returns the
+        existing job (a retried request); with another spec it is a conflict."""
+        payload = _normalised(spec.payload())
+        for _ in range(3):
+            existing = self._find(job_id)
+            if existing is not None:
+                if _normalised(existing.spec.payload()) != payload:
+                    raise conflict(job_id)
+                return existing, False
+            try:
+                with self._write() as conn:
+                    depth = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
+                        jobs.c.state == JobState.QUEUED.value)).scalar_one()
+                    if depth >= self.max_queued:
+                        raise queue_full(self.max_queued)
+                    conn.execute(jobs.insert().values(
+                        id=job_id, state=JobState.QUEUED.value, priority=spec.priority,
+                        progress=0, stage="queued", spec=payload, attempts=0,
+                        created_at=self._now(), cancel_requested=False))
+                    self._notify(conn)
+                return self.get(job_id), True
+            except sa.exc.IntegrityError:
+                continue        # someone inserted the same id between our read and write
+        raise conflict(job_id)
+
+    def get(self, job_id: str) -> Job:
+        job = self._find(job_id)
+        if job is None:
+            raise not_found(job_id)
+        return job
+
+    def _find(self, job_id: str) -> Job | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+        return _job(row) if row else None
+
+    def list(self, state: JobState | None = None, limit: int = 50) -> list[Job]:
+        """Most recent first."""
+        query = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
+        if state is not None:
+            query = query.where(jobs.c.state == JobState(state).value)
+        with self._read() as conn:
+            return [_job(row) for row in conn.execute(query)]
+
+    def counts(self) -> dict[JobState, int]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state))
+            found = {JobState(state): n for state, n in rows}
+        return {state: found.get(state, 0) for state in JobState}
+
+    def queue_depth(self) -> int:
+        return self.counts()[JobState.QUEUED]
+
+    def cancel(self, job_id: str) -> Job:
+        """A queued job is canceled at once; a running one stops at its next batch."""
+        with self._write() as conn:
+            row = conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).first()
+            if row is None:
+                raise not_found(job_id)
+            state = JobState(row.state)
+            if state is JobState.QUEUED:
+                conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                    state=JobState.CANCELED.value, stage="canceled", cancel_requested=True,
+                    finished_at=self._now()))
+            elif state is JobState.RUNNING:
+                conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                    cancel_requested=True, stage="canceling"))
+        job = self.get(job_id)
+        if state.finished:
+            raise not_cancelable(job)
+        return job
+
+    # -- the worker's side -------------------------------------------------------------
+
+    def has_queued(self) -> bool:
+        with self._read() as conn:
+            return conn.execute(sa.select(jobs.c.id).where(
+                jobs.c.state == JobState.QUEUED.value).limit(1)).first() is not None
+
+    def claim(self, worker_id: str) -> Job | None:
+        """Takes the next queued job (highest priority, then oldest) with a fresh lease."""
+        with self._write() as conn:
+            row = conn.execute(
+                sa.select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value)
+                .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(1)
+                .with_for_update(skip_locked=True)).first()
+            if row is None:
+                return None
+            conn.execute(jobs.update().where(jobs.c.id == row.id).values(
+                state=JobState.RUNNING.value, worker_id=worker_id,
+                attempts=jobs.c.attempts + 1, started_at=self._now(),
+                lease_expires_at=self._now() + self.lease_seconds, progress=0,
+                stage="starting", error_code=None, error_message=None))
+            job = _job(conn.execute(sa.select(jobs).where(jobs.c.id == row.id)).one())
+        return job
+
+    def _mine(self, job_id: str, worker_id: str) -> sa.ColumnElement[bool]:
+        return sa.and_(jobs.c.id == job_id, jobs.c.worker_id == worker_id,
+                       jobs.c.state == JobState.RUNNING.value)
+
+    def renew(self, job_id: str, worker_id: str, progress: int | None = None,
+              stage: str | None = None) -> Lease:
+        """Extends the lease (and records progress); says whether the job is still ours and
+        whether someone asked to cancel it."""
+        values: dict[str, Any] = {"lease_expires_at": self._now() + self.lease_seconds}
+        if progress is not None:
+            values["progress"] = max(0, min(int(progress), 100))
+        if stage is not None:
+            values["stage"] = stage[:64]
+        with self._write() as conn:
+            updated = conn.execute(jobs.update().where(self._mine(job_id, worker_id))
+                                   .values(**values).returning(jobs.c.cancel_requested)).first()
+        return Lease(False) if updated is None else Lease(True, bool(updated.cancel_requested))
+
+    def succeed(self, job_id: str, worker_id: str, result: str,
+                info: dict[str, Any] | None = None) -> bool:
+        return self._finish(job_id, worker_id, state=JobState.SUCCEEDED.value, progress=100,
+                            stage="done", result=result, result_info=info or {})
+
+    def fail(self, job_id: str, worker_id: str, code: str, message: str) -> bool:
+        return self._finish(job_id, worker_id, state=JobState.FAILED.value, stage="failed",
+                            error_code=code, error_message=message)
+
+    def mark_canceled(self, job_id: str, worker_id: str) -> bool:
+        return self._finish(job_id, worker_id, state=JobState.CANCELED.value, stage="canceled",
+                            error_code="render.canceled", error_message="canceled on request")
+
+    def _finish(self, job_id: str, worker_id: str, **values: Any) -> bool:
+        """Records the outcome, only while the lease is still this worker's."""
+        with self._write() as conn:
+            done = conn.execute(jobs.update().where(self._mine(job_id, worker_id)).values(
+                finished_at=self._now(), lease_expires_at=None, **values)).rowcount
+        return done == 1
+
+    def release(self, job_id: str, worker_id: str) -> bool:
+        """Hands a job back (the worker is stopping): queued again at once, and the
+        interrupted attempt does not count against the retry limit."""
+        with self._write() as conn:
+            done = conn.execute(jobs.update().where(self._mine(job_id, worker_id)).values(
+                state=JobState.QUEUED.value, worker_id=None, lease_expires_at=None,
+                attempts=sa.func.max(jobs.c.attempts - 1, 0) if self.dialect == "sqlite"
+                else sa.func.greatest(jobs.c.attempts - 1, 0),
+                progress=0, stage="requeued: worker stopped")).rowcount
+            self._notify(conn)
+        return done == 1
+
+    def reap(self) -> int:
+        """Jobs whose lease expired: canceled if that was asked, requeued while attempts
+        remain, else failed as "worker lost". Returns how many rows changed."""
+        expired = sa.and_(jobs.c.state == JobState.RUNNING.value,
+                          jobs.c.lease_expires_at < self._now())
+        with self._write() as conn:
+            changed = conn.execute(jobs.update().where(expired, jobs.c.cancel_requested).values(
+                state=JobState.CANCELED.value, stage="canceled", finished_at=self._now(),
+                lease_expires_at=None)).rowcount
+            changed += conn.execute(jobs.update().where(
+                expired, jobs.c.attempts >= self.max_attempts).values(
+                state=JobState.FAILED.value, stage="failed", finished_at=self._now(),
+                lease_expires_at=None, error_code=WORKER_LOST,
+                error_message=f"the render worker stopped answering; gave up after "
+                              f"{self.max_attempts} attempts")).rowcount
+            requeued = conn.execute(jobs.update().where(expired).values(
+                state=JobState.QUEUED.value, worker_id=None, lease_expires_at=None,
+                progress=0, stage="requeued: worker lost")).rowcount
+            if requeued:
+                self._notify(conn)
+        if changed + requeued:
+            log.warning("lease expired: %d job(s) requeued, %d finished", requeued, changed)
+        return changed + requeued
+
+    def prune(self, retention_seconds: float) -> list[Job]:
+        """Deletes finished jobs older than the retention; returns them so the caller can
+        remove their files. Also forgets workers silent for as long."""
+        old = sa.and_(jobs.c.state.in_([s.value for s in FINISHED]),
+                      jobs.c.finished_at < self._now() - retention_seconds)
+        with self._write() as conn:
+            gone = [_job(row) for row in conn.execute(sa.select(jobs).where(old))]
+            if gone:
+                conn.execute(jobs.delete().where(jobs.c.id.in_([job.id for job in gone])))
+            conn.execute(workers.delete().where(
+                workers.c.heartbeat_at < self._now() - retention_seconds))
+        return gone
+
+    # -- render workers ----------------------------------------------------------------
+
+    def register_worker(self, worker_id: str, host: str, pid: int, device: str) -> None:
+        with self._write() as conn:
+            conn.execute(workers.delete().where(workers.c.id == worker_id))
+            conn.execute(workers.insert().values(
+                id=worker_id, host=host, pid=pid, device=device, backend="", state="starting",
+                job_id=None, ready=False, started_at=self._now(), heartbeat_at=self._now()))
+
+    def worker_heartbeat(self, worker_id: str, state: str, job_id: str | None = None,
+                         ready: bool | None = None, backend: str | None = None) -> None:
+        values: dict[str, Any] = {"state": state, "job_id": job_id,
+                                  "heartbeat_at": self._now()}
+        if ready is not None:
+            values["ready"] = ready
+        if backend is not None:
+            values["backend"] = backend
+        with self._write() as conn:
+            conn.execute(workers.update().where(workers.c.id == worker_id).values(**values))
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(workers.delete().where(workers.c.id == worker_id))
+
+    def workers(self) -> list[WorkerInfo]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(workers).order_by(workers.c.started_at))
+            return [WorkerInfo(**row._mapping) for row in rows]
+
+
+def _create_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S,
+                                                     "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record) -> None:
+            dbapi_connection.isolation_level = None     # we emit BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("dhserve_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _normalised(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload as the database gives it back, so a resubmit compares equal."""
+    return json.loads(json.dumps(payload, sort_keys=True))
+
+
+def _job(row: sa.Row) -> Job:
+    m = row._mapping
+    spec = m["spec"]
+    return Job(
+        id=m["id"], state=JobState(m["state"]),
+        spec=JobSpec(video=spec["video"], audio=spec["audio"], output=spec.get("output"),
+                     options=spec.get("options") or {}, priority=spec.get("priority", 0)),
+        progress=m["progress"], stage=m["stage"], result=m["result"],
+        result_info=m["result_info"] or {}, error_code=m["error_code"],
+        error_message=m["error_message"], attempts=m["attempts"], created_at=m["created_at"],
+        started_at=m["started_at"], finished_at=m["finished_at"], worker_id=m["worker_id"],
+        lease_expires_at=m["lease_expires_at"], cancel_requested=bool(m["cancel_requested"]))

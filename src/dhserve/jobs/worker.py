@@ -1,0 +1,311 @@
+"""The render worker: loads the engine once in its own process, then claims and renders jobs.
+
+It never forks after loading models. A heartbeat thread keeps the lease of the running job and
+the worker's own row fresh; progress is written at most about once a second. Stopping (SIGTERM,
+SIGINT, or stop()) stops claiming, gives the running render a grace period, then hands the job
+back so another worker takes it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from dhserve.config import Settings
+from dhserve.engine.face import AnalysisCache
+from dhserve.engine.lipsync import LipSyncBackend, create_backend
+from dhserve.engine.media import remove_quietly
+from dhserve.engine.pipeline import RenderOptions, render
+from dhserve.engine.progress import Progress
+from dhserve.errors import Canceled, DhserveError, InputError
+from dhserve.jobs.downloads import download, is_url
+from dhserve.jobs.model import Job
+from dhserve.jobs.store import JobStore
+from dhserve.jobs.wakeup import Wakeup
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 1.0
+HOUSEKEEPING_INTERVAL_S = 3600.0
+STALE_PART_S = 3600.0
+# Service limits stay the operator's; a job may only choose these.
+NOT_JOB_OPTIONS = frozenset({"max_input_mb", "max_video_seconds", "max_audio_seconds",
+                             "max_video_pixels", "frame_cache_mb"})
+
+
+def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOptions:
+    """A job's options over the service's defaults; unknown or reserved names are refused."""
+    allowed = set(RenderOptions.__dataclass_fields__) - NOT_JOB_OPTIONS
+    for name in options:
+        if name not in allowed:
+            raise InputError("options.invalid", name,
+                             f"unknown option; a job may set {', '.join(sorted(allowed))}")
+    return RenderOptions.from_settings(settings, **options)
+
+
+class _Running:
+    """The job in hand and why it should stop, if it should."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.stop_reason: str | None = None       # "canceled", "handback" or "lost"
+        self.stopped = threading.Event()
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stopped.set()
+
+
+class _JobProgress(Progress):
+    """Writes progress to the store (throttled), renewing the lease as it goes."""
+
+    def __init__(self, worker: RenderWorker, running: _Running):
+        self.worker = worker
+        self.running = running
+        self._last_write = 0.0
+        self._last_stage = ""
+
+    def update(self, fraction: float, stage: str) -> None:
+        now = time.monotonic()
+        if now - self._last_write < PROGRESS_INTERVAL_S and (
+                stage == self._last_stage or now - self._last_write < 0.2):
+            return
+        self._last_write, self._last_stage = now, stage
+        self.worker.renew(self.running, min(int(fraction * 100), 99), stage)
+
+    def check_cancelled(self) -> None:
+        if self.running.stopped.is_set():
+            raise Canceled(f"render stopped: {self.running.stop_reason}")
+
+
+class RenderWorker:
+    """Claims jobs from `store` and renders them with engine objects made once, here."""
+
+    def __init__(self, settings: Settings, store: JobStore | None = None,
+                 worker_id: str | None = None):
+        self.settings = settings
+        self.store = store or JobStore.from_settings(settings)
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.cache = AnalysisCache(settings.templates_dir)
+        self._backends: dict[str, LipSyncBackend] = {}
+        self._running: _Running | None = None
+        self._stopping = threading.Event()
+        self._exited = threading.Event()
+        self._wakeup = Wakeup(self.store)
+        self._next_housekeeping = 0.0
+        self._next_reap = 0.0
+        self.jobs_done = 0
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Registers the worker and loads the default backend: models live in this process."""
+        self.store.register_worker(self.id, socket.gethostname(), os.getpid(),
+                                   self.settings.device)
+        backend = self._backend(self.settings.backend)
+        self.store.worker_heartbeat(self.id, "idle", ready=True, backend=backend.name)
+        log.info("worker %s ready on %s (backend %s)", self.id, self.settings.device,
+                 backend.name)
+
+    def run(self, max_jobs: int | None = None, install_signals: bool = True) -> int:
+        """Claims and renders until stopped (or after `max_jobs`); returns jobs processed."""
+        if install_signals:
+            self._install_signal_handlers()
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="dhserve-heartbeat",
+                                     daemon=True)
+        try:
+            self.load()
+            heartbeat.start()
+            while not self._stopping.is_set():
+                if max_jobs is not None and self.jobs_done >= max_jobs:
+                    break
+                self._housekeeping()
+                job = self.store.claim(self.id) if self.store.has_queued() else None
+                if job is None:
+                    self._wakeup.wait(self.settings.poll_seconds)
+                    continue
+                self._process(job)
+                self.jobs_done += 1
+        finally:
+            self._exited.set()
+            if heartbeat.is_alive():
+                heartbeat.join(timeout=5)
+            self._close()
+        return self.jobs_done
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stops claiming; the running render gets `grace` seconds, then its job is handed
+        back. Safe from signal handlers and other threads."""
+        grace = self.settings.stop_grace_seconds if grace is None else grace
+        already = self._stopping.is_set()
+        self._stopping.set()
+        self._wakeup.interrupt()
+        running = self._running
+        if running is None:
+            return
+        if grace <= 0 or already:
+            running.stop("handback")
+        else:
+            log.info("worker %s stopping: job %s gets %g s to finish", self.id,
+                     running.job.id, grace)
+            timer = threading.Timer(grace, running.stop, args=("handback",))
+            timer.daemon = True
+            timer.start()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def _close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+        try:
+            self.store.remove_worker(self.id)
+        except Exception:
+            log.warning("could not deregister worker %s", self.id, exc_info=True)
+        self._wakeup.close()
+        log.info("worker %s stopped after %d job(s)", self.id, self.jobs_done)
+
+    # -- one job -------------------------------------------------------------------------
+
+    def _backend(self, name: str) -> LipSyncBackend:
+        if name not in self._backends:
+            self._backends[name] = create_backend(name)
+        return self._backends[name]
+
+    def _process(self, job: Job) -> None:
+        running = _Running(job)
+        self._running = running
+        if self._stopping.is_set():         # stop() raced with the claim
+            running.stop("handback")
+        self.store.worker_heartbeat(self.id, "busy", job.id)
+        log.info("job %s claimed (attempt %d)", job.id, job.attempts)
+        downloads = self.settings.data_dir / "downloads" / f"{job.id}-{uuid.uuid4().hex[:8]}"
+        progress = _JobProgress(self, running)
+        try:
+            options = job_render_options(self.settings, job.spec.options)
+            video = self._input(job.spec.video, "video", downloads, progress, options)
+            audio = self._input(job.spec.audio, "audio", downloads, progress, options)
+            out = Path(job.spec.output) if job.spec.output else \
+                self.settings.results_dir / f"{job.id}.mp4"
+            result = render(video, audio, out, options, self.cache, progress,
+                            backend=self._backend(options.backend))
+            info = {"frames": result.frames, "width": result.width, "height": result.height,
+                    "fps": float(result.fps), "duration": result.duration,
+                    "elapsed": result.elapsed, "analysis_cached": result.analysis_cached,
+                    "warnings": result.warnings, "backend": self._backend(options.backend).name}
+            self._record(job, running, self.store.succeed(job.id, self.id, str(out), info))
+            log.info("job %s succeeded: %d frames in %.1f s", job.id, result.frames,
+                     result.elapsed)
+        except Canceled:
+            self._stopped(job, running)
+        except DhserveError as exc:
+            log.info("job %s failed: %s %s", job.id, exc.code, exc.message)
+            self._record(job, running, self.store.fail(job.id, self.id, exc.code, exc.message))
+        except Exception as exc:
+            log.exception("job %s: internal error", job.id)
+            self._record(job, running, self.store.fail(
+                job.id, self.id, "render.internal", f"internal error: {type(exc).__name__}: "
+                f"{exc}"))
+        finally:
+            self._running = None
+            shutil.rmtree(downloads, ignore_errors=True)
+            self.store.worker_heartbeat(self.id, "stopping" if self._stopping.is_set()
+                                        else "idle")
+
+    def _input(self, value: str, field: str, folder: Path, progress: _JobProgress,
+               options: RenderOptions) -> Path:
+        if not is_url(value):
+            return Path(value)
+        progress.update(0.0, "downloading")
+        progress.check_cancelled()
+        return download(value, field, folder, int(options.max_input_mb * 2**20),
+                        self.settings.download_timeout_seconds)
+
+    def _stopped(self, job: Job, running: _Running) -> None:
+        reason = running.stop_reason
+        if reason == "handback":
+            self.store.release(job.id, self.id)
+            log.info("job %s handed back: the worker is stopping", job.id)
+        elif reason == "canceled":
+            self.store.mark_canceled(job.id, self.id)
+            log.info("job %s canceled", job.id)
+        else:
+            log.warning("job %s: lease lost; another worker owns it now", job.id)
+
+    def _record(self, job: Job, running: _Running, recorded: bool) -> None:
+        if not recorded:
+            log.warning("job %s: outcome not recorded, the lease was lost (%s)", job.id,
+                        running.stop_reason or "expired")
+
+    # -- heartbeat and housekeeping --------------------------------------------------------
+
+    def renew(self, running: _Running, progress: int | None = None,
+              stage: str | None = None) -> None:
+        """Renews the running job's lease; flags the render to stop if it was canceled or
+        the lease went to another worker."""
+        try:
+            lease = self.store.renew(running.job.id, self.id, progress, stage)
+        except Exception:
+            log.warning("job %s: cannot reach the job store", running.job.id, exc_info=True)
+            return
+        if not lease.held:
+            running.stop("lost")
+        elif lease.cancel_requested:
+            running.stop("canceled")
+
+    def _heartbeat_loop(self) -> None:
+        while not self._exited.wait(self.settings.heartbeat_seconds):
+            running = self._running
+            try:
+                self.store.worker_heartbeat(
+                    self.id, "busy" if running else
+                    ("stopping" if self._stopping.is_set() else "idle"),
+                    running.job.id if running else None)
+            except Exception:
+                log.warning("worker %s: heartbeat failed", self.id, exc_info=True)
+            if running is not None:
+                self.renew(running)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_reap:
+            self._next_reap = now + max(self.settings.lease_seconds / 6, 0.5)
+            self.store.reap()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
+            prune_finished(self.store, self.settings)
+
+
+def prune_finished(store: JobStore, settings: Settings) -> int:
+    """Deletes finished jobs past the retention with their results, and temporary files
+    that a killed render left behind. Returns how many jobs went."""
+    gone = store.prune(settings.retention_days * 86400)
+    for job in gone:
+        if job.result:
+            remove_quietly(Path(job.result))
+    cutoff = time.time() - STALE_PART_S
+    results, downloads = settings.results_dir, settings.data_dir / "downloads"
+    for path in results.glob(".*.part") if results.is_dir() else ():
+        if path.stat().st_mtime < cutoff:
+            remove_quietly(path)
+    for path in downloads.iterdir() if downloads.is_dir() else ():
+        if path.stat().st_mtime < cutoff:
+            shutil.rmtree(path, ignore_errors=True)
+    if gone:
+        log.info("pruned %d finished job(s) older than %g days", len(gone),
+                 settings.retention_days)
+    return len(gone)
+
