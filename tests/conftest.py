@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import uuid
 import wave
 from pathlib import Path
 
@@ -29,6 +33,22 @@ def speech_excerpt(path: Path, start: float, seconds: float) -> Path:
 
     wav = decode_speech(EXAMPLES / "speech.wav")
     return write_wav(path, wav[int(start * 16000):int((start + seconds) * 16000)])
+
+
+def encode_video(path: Path, frames: list[np.ndarray], rate: int = 25) -> Path:
+    """An H.264 MP4 from RGB frames, written with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +102,69 @@ def output_landmarks(rendered_example):
         return [detector.detect(frame).landmarks for frame in read_frames(result.path)]
     finally:
         detector.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_template(tmp_path_factory, template_frames) -> Path:
+    """1 s of the example avatar at 256x256: the analysis and the render take a blink."""
+    import cv2
+
+    frames = [cv2.resize(frame, (256, 256), interpolation=cv2.INTER_AREA)
+              for frame in template_frames[:25]]
+    return encode_video(tmp_path_factory.mktemp("tiny") / "tiny.mp4", frames)
+
+
+@pytest.fixture(scope="session")
+def tiny_speech(tmp_path_factory) -> Path:
+    """0.6 s of real speech."""
+    return speech_excerpt(tmp_path_factory.mktemp("speech") / "tiny.wav", 0.5, 0.6)
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get("DHSERVE_TEST_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL server's URL; skipped, loudly, only where none can be reached."""
+    import psycopg
+
+    plain = POSTGRES_URL.replace("+psycopg", "")
+    try:
+        psycopg.connect(plain, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL NOT TESTED: cannot reach {plain}: {exc}")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A URL whose tables live in a fresh schema of their own, dropped afterwards."""
+    import psycopg
+
+    plain = postgres_server.replace("+psycopg", "")
+    schema = f"dhserve_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield f"{postgres_server}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Each job store test runs on both engines."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'dhserve.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def dhserve_process(*args: str, env: dict[str, str] | None = None, log: Path | None = None
+                    ) -> subprocess.Popen:
+    """`dhserve ARGS` as a fresh interpreter, the way an operator starts it."""
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (lives with the process)
+    return subprocess.Popen([sys.executable, "-m", "dhserve.cli", *args],
+                            env={**os.environ, **(env or {})}, stdout=out,
+                            stderr=subprocess.STDOUT)

@@ -1,0 +1,224 @@
+"""The job store's rules, on SQLite and on the PostgreSQL server (each test runs on both)."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from dhserve.errors import DhserveError
+from dhserve.jobs import JobError, JobSpec, JobState, JobStore
+from dhserve.jobs import migrate
+
+
+def spec(n: int = 0, **kw) -> JobSpec:
+    return JobSpec(video=f"/media/avatar{n}.mp4", audio=f"/media/speech{n}.wav", **kw)
+
+
+@pytest.fixture
+def store(database_url):
+    store = JobStore(database_url, lease_seconds=60, max_attempts=3, max_queued=20)
+    yield store
+    store.close()
+
+
+def expire_leases(store: JobStore) -> None:
+    """Moves every lease into the past, as if the workers had stopped answering."""
+    from dhserve.jobs.schema import jobs
+
+    with store.engine.begin() as conn:
+        conn.execute(jobs.update().where(jobs.c.state == "running").values(
+            lease_expires_at=jobs.c.lease_expires_at - 3600))
+
+
+def test_submit_is_idempotent_by_id(store):
+    job, created = store.submit("code-1", spec(options={"loop": "restart"}))
+    assert created and job.state is JobState.QUEUED and job.progress == 0
+    again, created = store.submit("code-1", spec(options={"loop": "restart"}))
+    assert not created and again == job
+    with pytest.raises(JobError) as info:
+        store.submit("code-1", spec(options={"loop": "pingpong"}))
+    assert info.value.code == "job.conflict"
+    assert store.get("code-1").spec.options == {"loop": "restart"}
+
+
+def test_submit_over_the_queue_limit_says_busy(store):
+    for n in range(20):
+        store.submit(f"j{n}", spec(n))
+    with pytest.raises(JobError) as info:
+        store.submit("one-too-many", spec(99))
+    assert info.value.code == "queue.full" and "busy" in info.value.message
+    assert store.queue_depth() == 20
+    store.claim("w")                        # a running job no longer counts as waiting
+    store.submit("now-fits", spec(99))
+
+
+def test_claims_take_priority_then_age_and_never_the_same_job(store):
+    store.submit("old", spec(1))
+    store.submit("urgent", spec(2, priority=5))
+    time.sleep(0.005)                       # SQLite's clock counts milliseconds
+    store.submit("new", spec(3))
+    claimed = [store.claim("w").id for _ in range(3)]
+    assert claimed == ["urgent", "old", "new"]
+    assert store.claim("w") is None
+    job = store.get("old")
+    assert job.state is JobState.RUNNING and job.worker_id == "w" and job.attempts == 1
+    assert job.lease_expires_at == pytest.approx(job.started_at + 60, abs=0.5)
+
+
+def test_concurrent_claims_hand_out_each_job_once(store):
+    for n in range(20):
+        store.submit(f"j{n}", spec(n))
+    claims: list[str] = []
+
+    def claimer(name):
+        while (job := store.claim(name)) is not None:
+            claims.append(job.id)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claims) == sorted(f"j{n}" for n in range(20))
+
+
+def test_lease_renewal_and_outcome_belong_to_the_lease_holder(store):
+    store.submit("j", spec())
+    store.claim("w1")
+    lease = store.renew("j", "w1", progress=40, stage="lip-sync")
+    assert lease.held and not lease.cancel_requested
+    assert (store.get("j").progress, store.get("j").stage) == (40, "lip-sync")
+    assert not store.renew("j", "intruder").held
+    assert not store.succeed("j", "intruder", "/x.mp4")
+    assert store.succeed("j", "w1", "/r.mp4", {"frames": 10})
+    job = store.get("j")
+    assert job.state is JobState.SUCCEEDED and job.progress == 100
+    assert job.result == "/r.mp4" and job.result_info == {"frames": 10}
+    assert job.finished_at >= job.started_at >= job.created_at
+    assert not store.renew("j", "w1").held      # finished: nothing left to hold
+
+
+def test_expired_lease_is_requeued_then_fails_as_worker_lost(store):
+    store.submit("j", spec())
+    for attempt in (1, 2, 3):
+        job = store.claim(f"w{attempt}")
+        assert job.id == "j" and job.attempts == attempt
+        expire_leases(store)
+        assert store.reap() == 1
+    job = store.get("j")
+    assert job.state is JobState.FAILED and job.error_code == "worker.lost"
+    assert "3 attempts" in job.error_message
+    assert not store.succeed("j", "w3", "/late.mp4")   # the lost worker cannot overwrite it
+
+
+def test_reaper_leaves_live_leases_alone(store):
+    store.submit("j", spec())
+    store.claim("w")
+    assert store.reap() == 0
+    assert store.get("j").state is JobState.RUNNING
+
+
+def test_cancel_queued_is_immediate_running_is_flagged(store):
+    store.submit("queued", spec(1))
+    store.submit("running", spec(2))
+    assert store.claim("w").id == "queued"          # claim takes the older one
+    store.submit("waiting", spec(3))
+    canceled = store.cancel("waiting")
+    assert canceled.state is JobState.CANCELED and canceled.finished_at is not None
+    assert store.claim("w").id == "running"
+    flagged = store.cancel("running")
+    assert flagged.state is JobState.RUNNING and flagged.cancel_requested
+    assert store.renew("running", "w").cancel_requested
+    assert store.mark_canceled("running", "w")
+    assert store.get("running").state is JobState.CANCELED
+    with pytest.raises(JobError) as info:
+        store.cancel("running")
+    assert info.value.code == "job.finished"
+    with pytest.raises(JobError) as info:
+        store.cancel("nope")
+    assert info.value.code == "job.not_found"
+
+
+def test_cancel_of_a_lost_job_is_honoured_by_the_reaper(store):
+    store.submit("j", spec())
+    store.claim("w")
+    store.cancel("j")
+    expire_leases(store)
+    store.reap()
+    assert store.get("j").state is JobState.CANCELED
+
+
+def test_release_requeues_without_using_an_attempt(store):
+    store.submit("j", spec())
+    store.claim("w1")
+    assert store.release("j", "w1")
+    job = store.get("j")
+    assert job.state is JobState.QUEUED and job.attempts == 0 and job.worker_id is None
+    assert store.claim("w2").attempts == 1
+
+
+def test_prune_removes_finished_jobs_past_retention_only(store):
+    for n in range(3):
+        store.submit(f"j{n}", spec(n))
+    store.claim("w")
+    store.fail("j0", "w", "video.no_face", "video: no face")
+    store.cancel("j1")
+    time.sleep(0.05)
+    assert store.prune(retention_seconds=3600) == []
+    gone = store.prune(retention_seconds=0.01)
+    assert sorted(job.id for job in gone) == ["j0", "j1"]
+    assert [job.id for job in store.list()] == ["j2"]
+
+
+def test_list_filters_by_state_newest_first(store):
+    for n in range(4):
+        store.submit(f"j{n}", spec(n))
+    store.claim("w")
+    assert [job.id for job in store.list()] == ["j3", "j2", "j1", "j0"]
+    assert [job.id for job in store.list(JobState.RUNNING)] == ["j0"]
+    assert [job.id for job in store.list(limit=2)] == ["j3", "j2"]
+    assert store.counts()[JobState.QUEUED] == 3
+
+
+def test_workers_are_registered_with_heartbeats(store):
+    store.register_worker("w1", "host", 42, "cuda:0")
+    store.worker_heartbeat("w1", "busy", "j", ready=True, backend="classic")
+    [worker] = store.workers()
+    assert (worker.device, worker.state, worker.job_id, worker.ready) == (
+        "cuda:0", "busy", "j", True)
+    assert worker.heartbeat_at == pytest.approx(store.now(), abs=5)
+    store.remove_worker("w1")
+    assert store.workers() == []
+
+
+def test_schema_is_migrated_once_and_restarts_are_harmless(database_url):
+    stores = [JobStore(database_url) for _ in range(2)]
+    with stores[0].engine.connect() as conn:
+        assert migrate.current(conn) == migrate.head()
+        tables = set(sa.inspect(conn).get_table_names())
+    assert {"dhserve_jobs", "dhserve_workers", "dhserve_alembic_version"} <= tables
+    stores[0].submit("kept", spec())
+    assert stores[1].get("kept").state is JobState.QUEUED
+    for s in stores:
+        s.close()
+
+
+def test_concurrent_first_starts_migrate_without_racing(database_url):
+    code = ("import sys; from dhserve.jobs import JobStore; "
+            "JobStore(sys.argv[1]).submit(sys.argv[2], "
+            "__import__('dhserve.jobs', fromlist=['JobSpec']).JobSpec('v', 'a'))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, database_url, f"p{i}"],
+                              stderr=subprocess.PIPE) for i in range(4)]
+    errors = [p.communicate(timeout=60)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    assert len(JobStore(database_url).list()) == 4
+
+
+def test_unreachable_database_is_a_clear_error():
+    with pytest.raises(DhserveError) as info:
+        JobStore("postgresql+psycopg://dhserve@127.0.0.1:1/none?connect_timeout=2")
+    assert info.value.code == "store.unreachable"
+    assert "127.0.0.1:1" in info.value.message
