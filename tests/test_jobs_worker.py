@@ -1,0 +1,325 @@
+"""Render workers against a real job store: real processes, real signals, real renders."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import dhserve_process, write_wav
+
+from dhserve.config import Settings
+from dhserve.engine.audio import decode_speech
+from dhserve.jobs import JobSpec, JobState, JobStore
+from dhserve.jobs.worker import RenderWorker
+
+FAST_LEASES = {"DHSERVE_LEASE_SECONDS": "3", "DHSERVE_HEARTBEAT_SECONDS": "1",
+               "DHSERVE_POLL_SECONDS": "0.5"}
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def assert_valid_mp4(path: str | Path, min_frames: int = 1) -> None:
+    with av.open(str(path)) as container:
+        assert container.streams.video and container.streams.audio
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames >= min_frames
+
+
+@pytest.fixture(scope="module")
+def long_speech(tmp_path_factory, example_speech) -> Path:
+    """30 s of speech: a render that runs long enough to watch, cancel and interrupt."""
+    wav = decode_speech(example_speech)
+    return write_wav(tmp_path_factory.mktemp("long") / "long.wav",
+                     np.tile(wav, 3)[: 30 * 16000])
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def sqlite_store(data_dir):
+    store = JobStore.from_settings(Settings(data_dir=data_dir))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def thread_worker(data_dir, sqlite_store):
+    """Starts a RenderWorker on a thread of this process (the all-in-one placement)."""
+    started: list[tuple[RenderWorker, threading.Thread]] = []
+
+    def start(**overrides) -> RenderWorker:
+        worker = RenderWorker(Settings(data_dir=data_dir, poll_seconds=0.2, **overrides))
+        thread = threading.Thread(target=worker.run, kwargs={"install_signals": False})
+        thread.start()
+        started.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in started:
+        worker.stop(grace=0)
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
+def finished(store: JobStore, *ids: str):
+    jobs = [store.get(i) for i in ids]
+    return jobs if all(job.state.finished for job in jobs) else None
+
+
+def test_worker_renders_and_survives_every_kind_of_bad_job(
+        sqlite_store, thread_worker, tiny_template, tiny_speech, tmp_path):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(os.urandom(5000))
+    jobs = {
+        "good": JobSpec(str(tiny_template), str(tiny_speech)),
+        "missing": JobSpec(str(tiny_template), str(tmp_path / "absent.wav")),
+        "corrupt": JobSpec(str(garbage), str(tiny_speech)),
+        "bad-option": JobSpec(str(tiny_template), str(tiny_speech), options={"crf": 99}),
+        "unknown-option": JobSpec(str(tiny_template), str(tiny_speech),
+                                  options={"max_audio_seconds": 1e9}),
+        "good-after": JobSpec(str(tiny_template), str(tiny_speech),
+                              output=str(tmp_path / "out" / "chosen.mp4"),
+                              options={"loop": "restart"}),
+    }
+    for job_id, spec in jobs.items():
+        sqlite_store.submit(job_id, spec)
+    thread_worker()
+    done = {job.id: job for job in wait_for(lambda: finished(sqlite_store, *jobs), 120,
+                                            "all jobs to finish")}
+    assert {i: (j.state.value, j.error_code) for i, j in done.items()} == {
+        "good": ("succeeded", None),
+        "missing": ("failed", "input.not_found"),
+        "corrupt": ("failed", "input.not_media"),
+        "bad-option": ("failed", "options.invalid"),
+        "unknown-option": ("failed", "options.invalid"),
+        "good-after": ("succeeded", None),
+    }
+    assert "crf" in done["bad-option"].error_message
+    assert "max_audio_seconds" in done["unknown-option"].error_message
+    assert done["good-after"].result == str(tmp_path / "out" / "chosen.mp4")
+    for job_id in ("good", "good-after"):
+        job = done[job_id]
+        assert_valid_mp4(job.result, min_frames=14)
+        assert job.progress == 100 and job.attempts == 1
+        assert job.result_info["width"] == 256 and job.result_info["frames"] == 15
+        assert job.result_info["backend"] == "classic"
+
+
+def test_progress_is_reported_and_cancel_stops_the_render(
+        data_dir, sqlite_store, example_avatar, long_speech, tiny_template, tiny_speech,
+        tmp_path):
+    worker = dhserve_process("--data-dir", str(data_dir), "worker", env=FAST_LEASES,
+                             log=tmp_path / "worker.log")
+    try:
+        sqlite_store.submit("long", JobSpec(str(example_avatar), str(long_speech)))
+        seen: list[tuple[int, str]] = []
+
+        def animating():
+            job = sqlite_store.get("long")
+            if not seen or seen[-1] != (job.progress, job.stage):
+                seen.append((job.progress, job.stage))
+            return job.stage == "lip-sync" and job.progress >= 40
+
+        wait_for(animating, 90, "the render to reach 40 %", every=0.05)
+        progress = [p for p, _ in seen]
+        assert progress == sorted(progress)             # never goes backwards
+        assert len({s for _, s in seen}) >= 2           # stages are named as they pass
+        assert sqlite_store.cancel("long").cancel_requested
+        job = wait_for(lambda: finished(sqlite_store, "long"), 15, "the cancel")[0]
+        assert job.state is JobState.CANCELED and job.result is None
+        results = data_dir / "results"
+        assert list(results.iterdir()) == []            # no result, no partial file
+        # the same worker process goes on with the next job
+        sqlite_store.submit("next", JobSpec(str(tiny_template), str(tiny_speech)))
+        job = wait_for(lambda: finished(sqlite_store, "next"), 60, "the next job")[0]
+        assert job.state is JobState.SUCCEEDED and worker.poll() is None
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def test_sigterm_lets_the_running_job_finish(data_dir, sqlite_store, example_avatar,
+                                             example_speech, tmp_path):
+    sqlite_store.submit("job", JobSpec(str(example_avatar), str(example_speech)))
+    worker = dhserve_process("--data-dir", str(data_dir), "worker", env=FAST_LEASES,
+                             log=tmp_path / "worker.log")
+    wait_for(lambda: sqlite_store.get("job").progress >= 30, 90, "the render to start")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    job = sqlite_store.get("job")
+    assert job.state is JobState.SUCCEEDED, (job, (tmp_path / "worker.log").read_text())
+    assert_valid_mp4(job.result, min_frames=290)
+    assert sqlite_store.workers() == []             # deregistered on the way out
+
+
+def test_stopping_everything_and_starting_again_loses_nothing(
+        data_dir, sqlite_store, example_avatar, long_speech, tiny_template, tiny_speech,
+        tmp_path):
+    env = {**FAST_LEASES, "DHSERVE_STOP_GRACE_SECONDS": "0"}
+    sqlite_store.submit("long", JobSpec(str(example_avatar), str(long_speech), priority=1))
+    for n in range(3):
+        sqlite_store.submit(f"short{n}", JobSpec(str(tiny_template), str(tiny_speech)))
+    worker = dhserve_process("--data-dir", str(data_dir), "worker", env=env,
+                             log=tmp_path / "first.log")
+    wait_for(lambda: sqlite_store.get("long").progress >= 30, 90, "the long render")
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(timeout=30) == 0
+    interrupted = sqlite_store.get("long")
+    assert interrupted.state is JobState.QUEUED and interrupted.attempts == 0
+    assert "worker stopped" in interrupted.stage
+    again = dhserve_process("--data-dir", str(data_dir), "worker", "--max-jobs", "4", env=env,
+                            log=tmp_path / "second.log")
+    assert again.wait(timeout=120) == 0
+    jobs = finished(sqlite_store, "long", "short0", "short1", "short2")
+    assert jobs and all(job.state is JobState.SUCCEEDED for job in jobs)
+    assert_valid_mp4(jobs[0].result, min_frames=740)
+
+
+def test_killed_worker_job_completes_on_another_worker(
+        data_dir, sqlite_store, example_avatar, long_speech, tmp_path):
+    sqlite_store.submit("job", JobSpec(str(example_avatar), str(long_speech)))
+    first = dhserve_process("--data-dir", str(data_dir), "worker", env=FAST_LEASES,
+                            log=tmp_path / "first.log")
+    wait_for(lambda: sqlite_store.get("job").progress >= 30, 90, "the render")
+    first.kill()
+    first.wait()
+    assert sqlite_store.get("job").state is JobState.RUNNING     # until its lease runs out
+    second = dhserve_process("--data-dir", str(data_dir), "worker", env=FAST_LEASES,
+                             log=tmp_path / "second.log")
+    try:
+        job = wait_for(lambda: finished(sqlite_store, "job"), 120, "the requeued job")[0]
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    assert job.state is JobState.SUCCEEDED and job.attempts == 2
+    results = [p for p in (data_dir / "results").iterdir() if not p.name.startswith(".")]
+    assert results == [Path(job.result)]
+    assert_valid_mp4(job.result, min_frames=740)
+
+
+def test_three_workers_on_postgres_render_thirty_jobs_exactly_once(
+        postgres_url, tmp_path, tiny_template, tiny_speech):
+    data_dir = tmp_path / "shared"
+    store = JobStore(postgres_url)
+    for n in range(30):
+        store.submit(f"job{n:02}", JobSpec(str(tiny_template), str(tiny_speech)))
+    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    workers = [dhserve_process("--data-dir", str(data_dir), "worker", "--database-url",
+                               postgres_url, env=FAST_LEASES, log=log) for log in logs]
+    ids = [f"job{n:02}" for n in range(30)]
+    try:
+        jobs = wait_for(lambda: finished(store, *ids), 240, "30 jobs", every=0.5)
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        codes = [w.wait(timeout=60) for w in workers]
+    assert codes == [0, 0, 0]
+    assert all(job.state is JobState.SUCCEEDED and job.attempts == 1 for job in jobs)
+    claims = [m for log in logs for m in re.findall(r"job (job\d\d) claimed", log.read_text())]
+    assert sorted(claims) == ids                        # each job claimed once, by one worker
+    assert len({job.worker_id for job in jobs}) >= 2    # the work was shared
+    assert len({job.result for job in jobs}) == 30
+    for job in jobs[::10]:
+        assert_valid_mp4(job.result, min_frames=14)
+    store.close()
+
+
+@pytest.fixture
+def media_server(tiny_template, tiny_speech):
+    """Serves the tiny media over real HTTP on an ephemeral port."""
+    folder = tiny_template.parent
+    (folder / "speech.wav").write_bytes(tiny_speech.read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_url_inputs_are_downloaded_within_limits(sqlite_store, thread_worker, media_server,
+                                                 data_dir):
+    sqlite_store.submit("urls", JobSpec(f"{media_server}/tiny.mp4",
+                                        f"{media_server}/speech.wav"))
+    sqlite_store.submit("404", JobSpec(f"{media_server}/missing.mp4",
+                                       f"{media_server}/speech.wav"))
+    thread_worker()
+    done = wait_for(lambda: finished(sqlite_store, "urls", "404"), 60, "the downloads")
+    assert done[0].state is JobState.SUCCEEDED, done[0]
+    assert_valid_mp4(done[0].result)
+    assert (done[1].error_code, "404") == ("input.download_failed", "404")
+    assert "video: " in done[1].error_message and "HTTP 404" in done[1].error_message
+    assert not any((data_dir / "downloads").iterdir())   # downloads are cleaned up
+
+
+def test_download_over_the_size_limit_is_refused(sqlite_store, thread_worker, media_server):
+    sqlite_store.submit("big", JobSpec(f"{media_server}/tiny.mp4",
+                                       f"{media_server}/speech.wav"))
+    thread_worker(max_input_mb=0.001)
+    job = wait_for(lambda: finished(sqlite_store, "big"), 60, "the refusal")[0]
+    assert job.error_code == "input.too_large" and "video" in job.error_message
+
+
+SUBMITTER = """
+import sys, time
+from dhserve.jobs import JobSpec, JobStore
+store = JobStore(sys.argv[1], max_queued=100000)
+me = sys.argv[2]
+for n in range(40):
+    store.submit(f"{me}-{n}", JobSpec("v.mp4", "a.wav"))
+    store.get(f"{me}-{n}")
+    store.list(limit=20)
+    store.counts()
+deadline = time.monotonic() + 60
+while any(not store.get(f"{me}-{n}").state.finished for n in range(40)):
+    assert time.monotonic() < deadline, "jobs did not finish"
+    time.sleep(0.01)
+"""
+
+
+def test_eight_processes_submitting_and_polling_on_sqlite_never_see_a_lock(data_dir,
+                                                                            sqlite_store):
+    url = sqlite_store.url
+    stop = threading.Event()
+
+    def claimer():          # finishes jobs as fast as they come, like a very quick worker
+        while not stop.is_set():
+            job = sqlite_store.claim("fast")
+            if job is None:
+                time.sleep(0.005)
+            else:
+                sqlite_store.succeed(job.id, "fast", "/dev/null")
+
+    thread = threading.Thread(target=claimer)
+    thread.start()
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", SUBMITTER, url, f"p{i}"],
+                                  stderr=subprocess.PIPE) for i in range(8)]
+        errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    finally:
+        stop.set()
+        thread.join()
+    assert [p.returncode for p in procs] == [0] * 8, errors
+    assert not any("locked" in e for e in errors)
+    assert sqlite_store.counts()[JobState.SUCCEEDED] == 320
