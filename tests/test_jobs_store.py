@@ -9,8 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from dhserve.errors import DhserveError
-from dhserve.jobs import JobError, JobSpec, JobState, JobStore
-from dhserve.jobs import migrate
+from dhserve.jobs import JobError, JobSpec, JobState, JobStore, migrate
 
 
 def spec(n: int = 0, **kw) -> JobSpec:
