@@ -88,3 +88,14 @@ def paste(base: np.ndarray, patch: np.ndarray, mask: np.ndarray,
         patch = match_colour(patch, base, mask)
     mask = mask.astype(np.float32, copy=False)
     return cv2.blendLinear(patch, base, mask, 1.0 - mask)
+
+
+def fade_edges(mask: np.ndarray, margin: float) -> np.ndarray:
+    """The mask tapered linearly to 0 over `margin` px at its borders: a patch pasted with it
+    meets the untouched frame without a seam, wherever the feathered shape was cut off."""
+    if margin <= 0:
+        return mask
+    h, w = mask.shape
+    ramp_y = np.clip(np.minimum(np.arange(h) + 0.5, h - 0.5 - np.arange(h)) / margin, 0, 1)
+    ramp_x = np.clip(np.minimum(np.arange(w) + 0.5, w - 0.5 - np.arange(w)) / margin, 0, 1)
+    return (mask * ramp_y[:, None].astype(np.float32) * ramp_x[None, :].astype(np.float32))

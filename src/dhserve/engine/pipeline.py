@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,11 +24,15 @@ from dhserve.config import Settings, option_problem
 from dhserve.engine import audio as speech_audio
 from dhserve.engine.face import AnalysisCache, TemplateAnalysis, analyse_frames, file_digest
 from dhserve.engine.face.analysis import multiple_faces_error
-from dhserve.engine.frames import looped_frames
-from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, create_backend
+from dhserve.engine.frames import looped_frames, template_index
+from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, create_backend, resolve_backend
 from dhserve.engine.media import MediaInfo, Mp4Writer, even_size, probe, read_frames, remove_quietly
 from dhserve.engine.progress import Progress, no_progress
 from dhserve.errors import InputError
+from dhserve.runtime.models import RESTORE, WAV2LIP, require_model
+
+if TYPE_CHECKING:   # restore.py needs ONNX Runtime; imported only when a render restores
+    from dhserve.engine.face.restore import FaceRestorer
 
 # Share of the progress bar each stage takes.
 SPAN_PREPARE = (0.0, 0.03)
@@ -50,6 +55,7 @@ class RenderOptions:
     max_audio_seconds: float = Settings.max_audio_seconds
     max_video_pixels: int = Settings.max_video_pixels
     frame_cache_mb: float = Settings.frame_cache_mb
+    face_restore: bool = False     # HeyGem's chaofen=1: restore the face after lip-sync
 
     def __post_init__(self) -> None:
         """A job's choices are user input: a bad one is an InputError naming the option."""
@@ -60,8 +66,9 @@ class RenderOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings, **choices) -> RenderOptions:
+        """The service's defaults for every option Settings has, then the job's `choices`."""
         names = cls.__dataclass_fields__
-        values = {name: getattr(settings, name) for name in names}
+        values = {name: getattr(settings, name) for name in names if hasattr(settings, name)}
         values.update({k: v for k, v in choices.items() if v is not None})
         return cls(**values)
 
@@ -110,6 +117,17 @@ def probe_inputs(video: Path, audio: Path, options: RenderOptions) -> tuple[Medi
 def _video_too_long(seconds: float, options: RenderOptions) -> InputError:
     return InputError("video.too_long", "video", f"{seconds:.1f} s is over the limit of "
                       f"{options.max_video_seconds:g} s")
+
+
+def check_models(options: RenderOptions, settings: Settings | None = None) -> None:
+    """The model files the job's choices need are there; InputError model.missing naming the
+    file ("needs models/GFPGANv1.4.onnx") otherwise. Looks at files only (loads nothing), so
+    a submit can be refused before it is queued."""
+    settings = settings or Settings()
+    if options.face_restore:
+        require_model(settings, RESTORE, "face_restore")
+    if resolve_backend(options.backend, settings) == "wav2lip":
+        require_model(settings, WAV2LIP, "backend")
 
 
 def check_output(out: Path) -> Path:
@@ -164,15 +182,32 @@ def analyse_template(template: MediaInfo, options: RenderOptions, cache: Analysi
 
 def render(video: Path, audio: Path, out: Path, options: RenderOptions = RenderOptions(),
            cache: AnalysisCache | None = None, progress: Progress = no_progress,
-           backend: LipSyncBackend | None = None) -> RenderResult:
-    """Renders `video` lip-synced to `audio` into `out` (MP4, H.264 + AAC)."""
+           backend: LipSyncBackend | None = None, restorer: FaceRestorer | None = None,
+           settings: Settings | None = None) -> RenderResult:
+    """Renders `video` lip-synced to `audio` into `out` (MP4, H.264 + AAC).
+
+    `backend` and `restorer`: loaded once by a worker and shared by its renders; when None
+    they are loaded for this render from `settings` (model files, device; default
+    Settings()) and released after it. The restorer is used when `options.face_restore`."""
     started = time.monotonic()
+    settings = settings or Settings()
     out = check_output(out)
+    # model files the job needs and the caller did not bring: checked before any heavy work
+    if options.face_restore and restorer is None:
+        require_model(settings, RESTORE, "face_restore")
+    if backend is None and resolve_backend(options.backend, settings) == "wav2lip":
+        require_model(settings, WAV2LIP, "backend")
     progress.update(0.0, "probing")
     template, _ = probe_inputs(Path(video), Path(audio), options)
-    own_backend = backend is None
-    backend = backend or create_backend(options.backend)
+    own_backend, own_restorer = backend is None, restorer is None and options.face_restore
+    backend = backend or create_backend(options.backend, settings)
     try:
+        if own_restorer:
+            from dhserve.engine.face.restore import FaceRestorer
+
+            restorer = FaceRestorer.from_settings(settings)
+        if not options.face_restore:
+            restorer = None
         progress.update(_span(SPAN_PREPARE, 0.3), "decoding audio")
         wav = speech_audio.decode_speech(Path(audio), "audio", options.max_input_mb,
                                          options.max_audio_seconds)
@@ -183,20 +218,30 @@ def render(video: Path, audio: Path, out: Path, options: RenderOptions = RenderO
         openness = speech_audio.mouth_openness(wav, float(fps), total)
         mel = speech_audio.mel_spectrogram(wav) if backend.needs_mel else None
         del wav
-        done = _animate(template, analysis, backend, openness, mel, Path(audio), out, options,
-                        progress)
+        done = _animate(template, analysis, backend, restorer, openness, mel, Path(audio), out,
+                        options, progress)
     finally:
         if own_backend:
             backend.close()
+        if own_restorer and restorer is not None:
+            restorer.close()
     progress.update(1.0, "done")
     width, height = even_size(analysis.width, analysis.height)
     return RenderResult(out, done, fps, width, height, done / float(fps),
                         time.monotonic() - started, cached, list(analysis.warnings))
 
 
+def _context(analysis: TemplateAnalysis, options: RenderOptions, frames: range,
+             total: int) -> np.ndarray:
+    """Landmarks of output frames `frames` (those within 0..total-1), in output order."""
+    indices = [template_index(i, analysis.frame_count, options.loop) for i in frames
+               if 0 <= i < total]
+    return analysis.landmarks[indices]
+
+
 def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBackend,
-             openness: np.ndarray, mel: np.ndarray | None, audio: Path, out: Path,
-             options: RenderOptions, progress: Progress) -> int:
+             restorer: FaceRestorer | None, openness: np.ndarray, mel: np.ndarray | None,
+             audio: Path, out: Path, options: RenderOptions, progress: Progress) -> int:
     """Streams template frames through the backend into the MP4; returns frames written."""
     fps, total = template.video.fps, openness.size
     # Unique per attempt: two deliveries of one job (same pid in two containers, say) never
@@ -214,13 +259,20 @@ def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBa
                 if not chunk:
                     break
                 count = len(chunk)
+                k = backend.context_frames
                 batch = FrameBatch(
                     frames=[frame for _, frame in chunk],
                     landmarks=analysis.landmarks[[index for index, _ in chunk]],
                     openness=openness[done:done + count],
                     mel=None if mel is None else speech_audio.mel_chunks(
-                        mel, float(fps), done, count, total))
-                for frame in backend.animate(batch):
+                        mel, float(fps), done, count, total),
+                    before=_context(analysis, options, range(done - k, done), total),
+                    after=_context(analysis, options, range(done + count, done + count + k),
+                                   total))
+                animated = backend.animate(batch)
+                if restorer is not None:
+                    animated = restorer.restore(animated, batch.landmarks)
+                for frame in animated:
                     writer.write(frame)
                 done += count
                 progress.update(_span(SPAN_ANIMATE, done / total), "lip-sync")

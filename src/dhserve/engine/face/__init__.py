@@ -1,4 +1,5 @@
-"""Face analysis of templates: detection, Face Mesh landmarks, smoothing, on-disk cache."""
+"""Face analysis of templates: detection, Face Mesh landmarks, smoothing, on-disk cache;
+face restoration of output frames (restore.py, loaded on demand: it needs ONNX Runtime)."""
 
 from dhserve.engine.face.analysis import TemplateAnalysis, analyse_frames
 from dhserve.engine.face.cache import AnalysisCache, file_digest

@@ -5,6 +5,8 @@ from dhserve.engine.lipsync.base import (
     LipSyncBackend,
     available_backends,
     create_backend,
+    resolve_backend,
 )
 
-__all__ = ["FrameBatch", "LipSyncBackend", "available_backends", "create_backend"]
+__all__ = ["FrameBatch", "LipSyncBackend", "available_backends", "create_backend",
+           "resolve_backend"]

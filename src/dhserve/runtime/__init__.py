@@ -1,0 +1,1 @@
+"""Runtime for neural models: ONNX Runtime sessions, providers, known model files."""

@@ -1,0 +1,261 @@
+"""ONNX Runtime sessions: one factory, providers from the settings, no silent CPU fallback.
+
+ONNX Runtime quietly builds a session on the CPU when the CUDA or cuDNN libraries cannot be
+loaded, and `run()` may fall back to the CPU after a GPU failure. A render that was meant for
+the GPU and runs 50x slower on the CPU looks like a hang to its users, so every session is
+checked after it is made: a GPU that was asked for and is not in use is an error that says what
+to install. Sessions are created in the process that uses them (never before a fork) and are
+shared by its threads (`InferenceSession.run` is thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from dhserve.config import Settings
+from dhserve.errors import DhserveError
+from dhserve.runtime.models import (
+    DTYPES,
+    ModelError,
+    ModelSpec,
+    TensorSpec,
+    check_signature,
+    require_model,
+)
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+_PROVIDER = {"cuda": CUDA, "tensorrt": TENSORRT}
+
+
+class GpuUnavailable(DhserveError):
+    """A GPU was asked for and ONNX Runtime cannot use it."""
+
+    def __init__(self, message: str):
+        super().__init__("runtime.gpu_unavailable", message)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How sessions run: device, GPU provider and its options. Built from Settings."""
+
+    device: str = "cpu"                      # cpu, cuda, cuda:N
+    gpu_provider: str = "cuda"               # cuda | tensorrt
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    gpu_mem_limit_mb: float = 0.0            # 0: no limit on ORT's CUDA arena
+    trt_cache_dir: Path | None = None        # TensorRT engines (minutes to build) live here
+    threads: int = 0                         # CPU intra-op threads; 0 = ORT's default (cores)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SessionConfig:
+        return cls(device=settings.device, gpu_provider=settings.gpu_provider,
+                   cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
+                   gpu_mem_limit_mb=settings.gpu_mem_limit_mb,
+                   trt_cache_dir=Path(settings.data_dir) / "trt-cache")
+
+    @property
+    def wants_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def device_id(self) -> int:
+        match = re.fullmatch(r"cuda:(\d+)", self.device)
+        return int(match.group(1)) if match else 0
+
+    @property
+    def gpu_provider_name(self) -> str | None:
+        """The execution provider that must be in use for this config, None on the CPU."""
+        return _PROVIDER[self.gpu_provider] if self.wants_gpu else None
+
+    def providers(self) -> list[tuple[str, dict[str, Any]]]:
+        """ONNX Runtime's provider list, most preferred first. The CPU provider stays last
+        on a GPU: shape arithmetic nodes normally run there by design."""
+        if not self.wants_gpu:
+            return [(CPU, {})]
+        cuda: dict[str, Any] = {
+            "device_id": self.device_id,
+            "arena_extend_strategy": "kSameAsRequested",   # no power-of-two over-allocation
+            "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
+        }
+        if self.gpu_mem_limit_mb > 0:
+            cuda["gpu_mem_limit"] = int(self.gpu_mem_limit_mb * 2**20)
+        chain = [(CUDA, cuda), (CPU, {})]
+        if self.gpu_provider == "tensorrt":
+            trt: dict[str, Any] = {"device_id": self.device_id, "trt_fp16_enable": True,
+                                   "trt_engine_cache_enable": True}
+            if self.trt_cache_dir is not None:
+                trt["trt_engine_cache_path"] = str(self.trt_cache_dir)
+            chain.insert(0, (TENSORRT, trt))
+        return chain
+
+
+def cuda_major_for_runtime(version: str = ort.__version__) -> int:
+    """CUDA major version the onnxruntime-gpu wheels of `version` are built for."""
+    major, minor = (int(p) for p in version.split(".")[:2])
+    return 13 if (major, minor) >= (1, 27) else 12
+
+
+def _install_hint() -> str:
+    cuda = cuda_major_for_runtime()
+    return (f"install onnxruntime-gpu {ort.__version__} in place of onnxruntime (never both: "
+            f"they share the module name) with CUDA {cuda} and cuDNN 9, e.g. "
+            f"pip uninstall onnxruntime && pip install \"onnxruntime-gpu[cuda,cudnn]=="
+            f"{ort.__version__}\"; or set DHSERVE_DEVICE=cpu")
+
+
+def check_available(config: SessionConfig) -> None:
+    """Refuses a GPU config before any session is made when ONNX Runtime was built without
+    the provider (the CPU-only `onnxruntime` wheel, say)."""
+    wanted = config.gpu_provider_name
+    if wanted is None:
+        return
+    compiled = ort.get_available_providers()
+    if wanted not in compiled:
+        raise GpuUnavailable(
+            f"device {config.device} asks for {wanted}, but this onnxruntime "
+            f"{ort.__version__} has only {', '.join(compiled)} compiled in: "
+            + _install_hint())
+    if wanted == TENSORRT and CUDA not in compiled:
+        raise GpuUnavailable(f"{TENSORRT} needs {CUDA} as well: " + _install_hint())
+
+
+def check_session(session: ort.InferenceSession, config: SessionConfig, what: str) -> None:
+    """After creation: the GPU that was asked for is really in use, and stays so."""
+    wanted = config.gpu_provider_name
+    if wanted is None:
+        return
+    in_use = session.get_providers()
+    if wanted not in in_use:
+        raise GpuUnavailable(
+            f"{what}: device {config.device} asks for {wanted}, but the session runs on "
+            f"{', '.join(in_use)}: the provider could not be loaded (ONNX Runtime's log above "
+            f"names the missing library, often libcudnn or libcublasLt for CUDA "
+            f"{cuda_major_for_runtime()}, or the GPU {config.device_id} does not exist); "
+            + _install_hint())
+    session.disable_fallback()   # a failing GPU run is an error, not a CPU rerun
+
+
+_preloaded = False
+
+
+def _preload_gpu_libraries() -> None:
+    """Loads CUDA/cuDNN from the nvidia-* wheels when they are installed (it only logs on
+    failure; the provider check after session creation is what decides)."""
+    global _preloaded
+    if not _preloaded and hasattr(ort, "preload_dlls"):
+        _preloaded = True
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # noqa: BLE001 - diagnostics only; check_session decides
+            log.warning("onnxruntime.preload_dlls failed: %s", exc)
+
+
+def session_options(config: SessionConfig, optimize: bool = True) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3         # errors only; a missing CUDA library is one
+    if config.threads > 0:
+        options.intra_op_num_threads = config.threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
+def create_session(path: Path, config: SessionConfig, what: str = "model",
+                   optimize: bool = True) -> ort.InferenceSession:
+    """An InferenceSession for the model file at `path`, on the configured device, checked.
+
+    Raises ModelError (model.missing, model.corrupt) for the file, GpuUnavailable for the
+    device. `what` names the model in messages ("wav2lip model")."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError("model.missing", path, f"{what} file not found")
+    check_available(config)
+    if config.wants_gpu:
+        _preload_gpu_libraries()
+        if config.trt_cache_dir is not None and config.gpu_provider == "tensorrt":
+            config.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        session = ort.InferenceSession(str(path), session_options(config, optimize),
+                                       providers=config.providers())
+    except ort.capi.onnxruntime_pybind11_state.EPFail as exc:
+        raise GpuUnavailable(f"{what}: {config.gpu_provider_name} failed to start: "
+                             f"{_first_line(exc)}; " + _install_hint()) from None
+    except Exception as exc:  # noqa: BLE001 - ORT raises several types for a damaged file
+        raise ModelError("model.corrupt", path, f"cannot be loaded as an ONNX {what} "
+                         f"({_first_line(exc)})") from None
+    check_session(session, config, what)
+    return session
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+class OnnxModel:
+    """A checked session with the caller's view: arrays by role in, float32 output out.
+
+    Splits a call into the model's fixed batch (padding the last piece), casts to and from
+    float16 for half-precision files. On CUDA the inputs go to the device once per call and
+    the output comes back once: every later stage (blend, encode) needs it on the host, so
+    binding outputs to device memory would only move the same copy elsewhere.
+    """
+
+    def __init__(self, spec: ModelSpec, path: Path, config: SessionConfig,
+                 optimize: bool = True):
+        self.spec, self.path, self.config = spec, Path(path), config
+        try:
+            self.session = create_session(self.path, config, spec.title, optimize)
+        except ModelError as exc:
+            if exc.code == "model.corrupt":
+                raise ModelError(exc.code, exc.path,
+                                 f"{exc.reason}. Expected {spec.describe()}") from None
+            raise
+        inputs = [TensorSpec(t.name, tuple(t.shape), t.type) for t in self.session.get_inputs()]
+        outputs = [TensorSpec(t.name, tuple(t.shape), t.type)
+                   for t in self.session.get_outputs()]
+        self.signature = check_signature(spec, inputs, outputs, self.path)
+        self.output_dtype = DTYPES[outputs[0].dtype]
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.providers[0] != CPU
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Output 0 for a batch of any size; `feeds` maps each role to an (n, ...) array."""
+        n = len(next(iter(feeds.values())))
+        step = self.signature.batch or n
+        pieces = []
+        for start in range(0, n, step):
+            part = {role: array[start:start + step] for role, array in feeds.items()}
+            count = len(next(iter(part.values())))
+            if count < step:   # a fixed batch: repeat the last item to fill it
+                part = {role: np.concatenate([a, np.repeat(a[-1:], step - count, 0)])
+                        for role, a in part.items()}
+            inputs = {self.signature.names[role]: np.ascontiguousarray(
+                      a, dtype=self.signature.dtypes[role]) for role, a in part.items()}
+            out = self.session.run([self.signature.output], inputs)[0]
+            pieces.append(out[:count])
+        out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        return out.astype(np.float32, copy=False)
+
+
+def load_model(settings: Settings, spec: ModelSpec, field: str,
+               config: SessionConfig | None = None) -> OnnxModel:
+    """The configured model of this kind, on the configured device, signature checked."""
+    path = require_model(settings, spec, field)
+    return OnnxModel(spec, path, config or SessionConfig.from_settings(settings))
