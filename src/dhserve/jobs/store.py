@@ -112,27 +112,30 @@ class JobStore:
         """Queues a job; returns (job, created). The same id with the same spec returns the
         existing job (a retried request); with another spec it is a conflict."""
         payload = _normalised(spec.payload())
-        for _ in range(3):
-            existing = self._find(job_id)
-            if existing is not None:
-                if _normalised(existing.spec.payload()) != payload:
-                    raise conflict(job_id)
-                return existing, False
-            try:
-                with self._write() as conn:
-                    depth = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
-                        jobs.c.state == JobState.QUEUED.value)).scalar_one()
-                    if depth >= self.max_queued:
-                        raise queue_full(self.max_queued)
+        try:
+            with self._write() as conn:
+                depth = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
+                    jobs.c.state == JobState.QUEUED.value)).scalar_one()
+                if depth >= self.max_queued:
+                    full = True
+                else:
+                    full = False
                     conn.execute(jobs.insert().values(
                         id=job_id, state=JobState.QUEUED.value, priority=spec.priority,
                         progress=0, stage="queued", spec=payload, attempts=0,
                         created_at=self._now(), cancel_requested=False))
                     self._notify(conn)
+        except sa.exc.IntegrityError:
+            full = False        # the id exists: a retried request, or a conflict
+        else:
+            if not full:
                 return self.get(job_id), True
-            except sa.exc.IntegrityError:
-                continue        # someone inserted the same id between our read and write
-        raise conflict(job_id)
+        existing = self._find(job_id)
+        if existing is None:
+            raise queue_full(self.max_queued)
+        if _normalised(existing.spec.payload()) != payload:
+            raise conflict(job_id)
+        return existing, False
 
     def get(self, job_id: str) -> Job:
         job = self._find(job_id)
