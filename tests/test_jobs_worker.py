@@ -21,7 +21,8 @@ from conftest import dhserve_process, write_wav
 from dhserve.config import Settings
 from dhserve.engine.audio import decode_speech
 from dhserve.jobs import JobSpec, JobState, JobStore
-from dhserve.jobs.worker import RenderWorker
+from dhserve.jobs.schema import jobs
+from dhserve.jobs.worker import RenderWorker, prune_finished
 
 FAST_LEASES = {"DHSERVE_LEASE_SECONDS": "3", "DHSERVE_HEARTBEAT_SECONDS": "1",
                "DHSERVE_POLL_SECONDS": "0.5"}
@@ -323,3 +324,25 @@ def test_eight_processes_submitting_and_polling_on_sqlite_never_see_a_lock(data_
     assert [p.returncode for p in procs] == [0] * 8, errors
     assert not any("locked" in e for e in errors)
     assert sqlite_store.counts()[JobState.SUCCEEDED] == 320
+
+
+def test_retention_prunes_finished_jobs_with_their_files(data_dir, sqlite_store):
+    results = data_dir / "results"
+    results.mkdir(parents=True)
+    kept_file, pruned_file = results / "new.mp4", results / "old.mp4"
+    for path in (kept_file, pruned_file):
+        path.write_bytes(b"mp4")
+    for job_id, path in (("old", pruned_file), ("new", kept_file)):
+        sqlite_store.submit(job_id, JobSpec("v", "a"))
+        sqlite_store.claim("w")
+        sqlite_store.succeed(job_id, "w", str(path))
+    with sqlite_store.engine.begin() as conn:      # "old" finished eight days ago
+        conn.execute(jobs.update().where(jobs.c.id == "old").values(
+            finished_at=jobs.c.finished_at - 8 * 86400))
+    stale, fresh = results / ".x.mp4.1.part", results / ".y.mp4.2.part"
+    stale.write_bytes(b"left by a killed render")
+    fresh.write_bytes(b"being written right now")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert prune_finished(sqlite_store, Settings(data_dir=data_dir)) == 1
+    assert [job.id for job in sqlite_store.list()] == ["new"]
+    assert sorted(p.name for p in results.iterdir()) == [fresh.name, "new.mp4"]
