@@ -69,7 +69,7 @@ def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet
         try:
             result = render_video(video, audio, out, options,
                                   AnalysisCache(settings.templates_dir),
-                                  CallbackProgress(bar.update))
+                                  CallbackProgress(bar.update), settings=settings)
         except DhserveError as exc:
             bar.finish()
             click.echo(f"error {exc.code}: {exc.message}", err=True)

@@ -21,7 +21,9 @@ from typing import Any
 
 from dhserve.config import Settings
 from dhserve.engine.face import AnalysisCache
+from dhserve.engine.face.restore import FaceRestorer
 from dhserve.engine.lipsync import LipSyncBackend, create_backend
+from dhserve.engine.lipsync.base import resolve_backend
 from dhserve.engine.media import remove_quietly
 from dhserve.engine.pipeline import RenderOptions, render
 from dhserve.engine.progress import Progress
@@ -97,6 +99,7 @@ class RenderWorker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.cache = AnalysisCache(settings.templates_dir)
         self._backends: dict[str, LipSyncBackend] = {}
+        self._restorer: FaceRestorer | None = None
         self._running: _Running | None = None
         self._stopping = threading.Event()
         self._exited = threading.Event()
@@ -171,6 +174,8 @@ class RenderWorker:
         for backend in self._backends.values():
             backend.close()
         self._backends.clear()
+        if self._restorer is not None:
+            self._restorer.close()
         try:
             self.store.remove_worker(self.id)
         except Exception:
@@ -181,9 +186,16 @@ class RenderWorker:
     # -- one job -------------------------------------------------------------------------
 
     def _backend(self, name: str) -> LipSyncBackend:
+        """Backends are made on first use and kept: their sessions serve every later job."""
+        name = resolve_backend(name, self.settings)
         if name not in self._backends:
-            self._backends[name] = create_backend(name)
+            self._backends[name] = create_backend(name, self.settings)
         return self._backends[name]
+
+    def _face_restorer(self, options: RenderOptions) -> FaceRestorer | None:
+        if options.face_restore and self._restorer is None:
+            self._restorer = FaceRestorer.from_settings(self.settings)
+        return self._restorer if options.face_restore else None
 
     def _process(self, job: Job) -> None:
         running = _Running(job)
@@ -200,12 +212,13 @@ class RenderWorker:
             audio = self._input(job.spec.audio, "audio", downloads, progress, options)
             out = Path(job.spec.output) if job.spec.output else \
                 self.settings.results_dir / f"{job.id}.mp4"
-            result = render(video, audio, out, options, self.cache, progress,
-                            backend=self._backend(options.backend))
+            backend = self._backend(options.backend)
+            result = render(video, audio, out, options, self.cache, progress, backend=backend,
+                            restorer=self._face_restorer(options), settings=self.settings)
             info = {"frames": result.frames, "width": result.width, "height": result.height,
                     "fps": float(result.fps), "duration": result.duration,
                     "elapsed": result.elapsed, "analysis_cached": result.analysis_cached,
-                    "warnings": result.warnings, "backend": self._backend(options.backend).name}
+                    "warnings": result.warnings, "backend": backend.name}
             self._record(job, running, self.store.succeed(job.id, self.id, str(out), info))
             log.info("job %s succeeded: %d frames in %.1f s", job.id, result.frames,
                      result.elapsed)
