@@ -205,6 +205,19 @@ def test_schema_is_migrated_once_and_restarts_are_harmless(database_url):
         s.close()
 
 
+def test_migrations_build_exactly_the_tables_the_code_uses(database_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from dhserve.jobs.schema import metadata
+
+    store = JobStore(database_url)
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": migrate.VERSION_TABLE})
+        assert compare_metadata(context, metadata) == []
+    store.close()
+
+
 def test_concurrent_first_starts_migrate_without_racing(database_url):
     code = ("import sys; from dhserve.jobs import JobStore; "
             "JobStore(sys.argv[1]).submit(sys.argv[2], "
