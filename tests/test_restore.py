@@ -98,6 +98,8 @@ def test_face_restore_is_off_unless_asked():
     settings = Settings()
     assert RenderOptions.from_settings(settings).face_restore is False
     assert RenderOptions.from_settings(settings, face_restore=True).face_restore is True
+    with pytest.raises(InputError, match="face_restore: must be true or false; got 1"):
+        RenderOptions(face_restore=1)
 
 
 def test_damaged_restore_model_is_a_model_error(tmp_path):

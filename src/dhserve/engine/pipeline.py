@@ -63,6 +63,9 @@ class RenderOptions:
             problem = option_problem(name, getattr(self, name))
             if problem:
                 raise InputError("options.invalid", name, problem)
+        if not isinstance(self.face_restore, bool):
+            raise InputError("options.invalid", "face_restore",
+                             f"must be true or false; got {self.face_restore!r}")
 
     @classmethod
     def from_settings(cls, settings: Settings, **choices) -> RenderOptions:

@@ -146,6 +146,8 @@ def check_session(session: ort.InferenceSession, config: SessionConfig, what: st
 
 
 _preloaded = False
+_GPU_FAILURE = re.compile(r"cuda|cudnn|cublas|tensorrt|nvinfer|execution provider",
+                          re.IGNORECASE)
 
 
 def _preload_gpu_libraries() -> None:
@@ -191,6 +193,9 @@ def create_session(path: Path, config: SessionConfig, what: str = "model",
         raise GpuUnavailable(f"{what}: {config.gpu_provider_name} failed to start: "
                              f"{_first_line(exc)}; " + _install_hint()) from None
     except Exception as exc:  # noqa: BLE001 - ORT raises several types for a damaged file
+        if config.wants_gpu and _GPU_FAILURE.search(str(exc)):
+            raise GpuUnavailable(f"{what}: {config.gpu_provider_name} failed: "
+                                 f"{_first_line(exc)}; " + _install_hint()) from None
         raise ModelError("model.corrupt", path, f"cannot be loaded as an ONNX {what} "
                          f"({_first_line(exc)})") from None
     check_session(session, config, what)
