@@ -346,3 +346,30 @@ def test_retention_prunes_finished_jobs_with_their_files(data_dir, sqlite_store)
     assert prune_finished(sqlite_store, Settings(data_dir=data_dir)) == 1
     assert [job.id for job in sqlite_store.list()] == ["new"]
     assert sorted(p.name for p in results.iterdir()) == [fresh.name, "new.mp4"]
+
+
+def test_neural_jobs_share_the_sessions_loaded_once(data_dir, sqlite_store, thread_worker,
+                                                    tiny_template, tiny_speech):
+    import onnx_models
+
+    def submit(job_id, **options):
+        sqlite_store.submit(job_id, JobSpec(str(tiny_template), str(tiny_speech),
+                                            options=options))
+
+    onnx_models.wav2lip_invert(data_dir / "models" / "wav2lip_gan_96.onnx")
+    submit("plain")
+    submit("restore-without-model", face_restore=True)
+    worker = thread_worker()
+    plain, refused = wait_for(lambda: finished(sqlite_store, "plain",
+                                               "restore-without-model"), 60, "two jobs")
+    assert plain.state is JobState.SUCCEEDED
+    assert plain.result_info["backend"] == "wav2lip"          # auto: the model file is there
+    assert refused.error_code == "model.missing"
+    assert "needs models/GFPGANv1.4.onnx" in refused.error_message
+    onnx_models.restore_invert(data_dir / "models" / "GFPGANv1.4.onnx")
+    submit("restore", face_restore=True)
+    submit("restore-again", face_restore=True, backend="wav2lip")
+    jobs = wait_for(lambda: finished(sqlite_store, "restore", "restore-again"), 60, "restores")
+    assert all(job.state is JobState.SUCCEEDED for job in jobs), jobs
+    assert list(worker._backends) == ["wav2lip"]        # one backend, its session made once
+    assert worker._restorer is not None

@@ -52,6 +52,10 @@ def main(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
 @click.option("--crf", type=int, default=None, help="x264 quality, lower is better [18].")
 @click.option("--multiple-faces", type=click.Choice(MULTIPLE_FACE_POLICIES), default=None,
               help="Several faces in the template: animate the largest, or refuse.")
+@click.option("--face-restore", is_flag=True, default=None,
+              help="Restore the face after lip-sync (needs models/GFPGANv1.4.onnx).")
+@click.option("--device", default=None,
+              help="cpu, cuda or cuda:N for the neural backends [env DHSERVE_DEVICE].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet: bool,
@@ -62,11 +66,12 @@ def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet
     from dhserve.engine.pipeline import render as render_video
     from dhserve.engine.progress import CallbackProgress
 
+    face_restore = choices.pop("face_restore")
     settings = _settings(ctx, **choices)
     out = out or settings.results_dir / f"{video.stem}-{audio.stem}.mp4"
-    options = RenderOptions.from_settings(settings)
     with _ProgressBar(quiet) as bar:
         try:
+            options = RenderOptions.from_settings(settings, face_restore=face_restore)
             result = render_video(video, audio, out, options,
                                   AnalysisCache(settings.templates_dir),
                                   CallbackProgress(bar.update), settings=settings)
@@ -103,6 +108,40 @@ def worker(ctx: click.Context, max_jobs: int | None, **overrides) -> None:
     except DhserveError as exc:
         click.echo(f"error {exc.code}: {exc.message}", err=True)
         sys.exit(EXIT_INPUT_ERROR)
+
+
+@main.command()
+@click.option("--no-checksum", is_flag=True, help="Skip the sha256 of each file.")
+@click.pass_context
+def models(ctx: click.Context, no_checksum: bool) -> None:
+    """List the model files dhserve knows, which are present and whether they are valid.
+
+    Exit status 0 when every present file is valid, 1 when one is not."""
+    from dhserve.runtime.models import model_statuses
+
+    settings = _settings(ctx)
+    statuses = model_statuses(settings, checksum=not no_checksum)
+    click.echo(f"models dir: {settings.models_path}")
+    for status in statuses:
+        if not status.present:
+            line = "absent"
+        elif status.valid:
+            batch = "dynamic batch" if status.batch is None else f"batch {status.batch}"
+            line = (f"ok ({status.size / 2**20:.1f} MiB, {status.dtype}, {batch}"
+                    f"{', sha256 ' + status.sha256[:16] if status.sha256 else ''})")
+        else:
+            line = f"INVALID: {status.problem}"
+        click.echo(f"  {status.kind:<8} {status.name:<24} "
+                   f"[DHSERVE_{status.setting.upper()}] {line}")
+    click.echo(f"default backend (DHSERVE_BACKEND={settings.backend}): "
+               f"{_resolved_backend(settings)}")
+    sys.exit(1 if any(s.present and not s.valid for s in statuses) else 0)
+
+
+def _resolved_backend(settings: Settings) -> str:
+    from dhserve.engine.lipsync.base import resolve_backend
+
+    return resolve_backend(settings.backend, settings)
 
 
 class _ProgressBar:
