@@ -11,13 +11,13 @@ model files exist, and resolve "auto", without loading any inference library.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dhserve.config import Settings
+from dhserve.engine.face.cache import file_digest
 from dhserve.errors import DhserveError, InputError
 
 DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
@@ -170,14 +170,6 @@ class ModelStatus:
     dtype: str | None = None   # "float32" | "float16"
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_statuses(settings: Settings, checksum: bool = True) -> list[ModelStatus]:
     """Every known model file: where it is looked for, whether it is there and loads with the
     right signature. Checks on the CPU without graph optimisation (fast, no GPU needed)."""
@@ -191,7 +183,7 @@ def model_statuses(settings: Settings, checksum: bool = True) -> list[ModelStatu
             statuses.append(ModelStatus(**base, present=False))
             continue
         size = path.stat().st_size
-        digest = sha256_of(path) if checksum else None
+        digest = file_digest(path) if checksum else None
         try:
             model = OnnxModel(spec, path, SessionConfig(), optimize=False)
         except ModelError as exc:
