@@ -49,7 +49,7 @@ def bare_insert_rate(url: str, n: int) -> float:
     for i in range(n):
         with store._write() as conn:
             conn.execute(jobs.insert().values(
-                id=f"bare-{i}", state="succeeded", priority=0, progress=0, stage="",
+                id=f"bare-{i}", seq=-1 - i, state="succeeded", priority=0, progress=0, stage="",
                 spec={}, attempts=0, created_at=0.0, cancel_requested=False))
     rate = n / (time.perf_counter() - start)
     with store.engine.begin() as conn:

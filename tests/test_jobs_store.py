@@ -54,10 +54,32 @@ def test_submit_over_the_queue_limit_says_busy(store):
     store.submit("now-fits", spec(99))
 
 
+def test_queue_bound_holds_under_concurrent_submits(database_url):
+    store = JobStore(database_url, max_queued=5)
+    barrier = threading.Barrier(16)
+    outcomes: list[str] = []
+
+    def submit(n):
+        barrier.wait()
+        try:
+            store.submit(f"j{n}", spec(n))
+            outcomes.append("queued")
+        except JobError as exc:
+            outcomes.append(exc.code)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["queue.full"] * 11 + ["queued"] * 5
+    assert store.queue_depth() == 5
+    store.close()
+
+
 def test_claims_take_priority_then_age_and_never_the_same_job(store):
     store.submit("old", spec(1))
     store.submit("urgent", spec(2, priority=5))
-    time.sleep(0.005)                       # SQLite's clock counts milliseconds
     store.submit("new", spec(3))
     claimed = [store.claim("w").id for _ in range(3)]
     assert claimed == ["urgent", "old", "new"]
@@ -157,6 +179,15 @@ def test_release_requeues_without_using_an_attempt(store):
     job = store.get("j")
     assert job.state is JobState.QUEUED and job.attempts == 0 and job.worker_id is None
     assert store.claim("w2").attempts == 1
+
+
+def test_release_of_a_job_asked_to_cancel_cancels_it(store):
+    store.submit("j", spec())
+    store.claim("w")
+    store.cancel("j")
+    assert store.release("j", "w")
+    assert store.get("j").state is JobState.CANCELED
+    assert store.claim("w2") is None
 
 
 def test_prune_removes_finished_jobs_past_retention_only(store):

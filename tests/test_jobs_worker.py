@@ -100,6 +100,8 @@ def test_worker_renders_and_survives_every_kind_of_bad_job(
         "bad-option": JobSpec(str(tiny_template), str(tiny_speech), options={"crf": 99}),
         "unknown-option": JobSpec(str(tiny_template), str(tiny_speech),
                                   options={"max_audio_seconds": 1e9}),
+        "operator-option": JobSpec(str(tiny_template), str(tiny_speech),
+                                   options={"batch_size": 10**6}),
         "good-after": JobSpec(str(tiny_template), str(tiny_speech),
                               output=str(tmp_path / "out" / "chosen.mp4"),
                               options={"loop": "restart"}),
@@ -115,6 +117,7 @@ def test_worker_renders_and_survives_every_kind_of_bad_job(
         "corrupt": ("failed", "input.not_media"),
         "bad-option": ("failed", "options.invalid"),
         "unknown-option": ("failed", "options.invalid"),
+        "operator-option": ("failed", "options.invalid"),
         "good-after": ("succeeded", None),
     }
     assert "crf" in done["bad-option"].error_message
@@ -245,6 +248,33 @@ def test_three_workers_on_postgres_render_thirty_jobs_exactly_once(
     for job in jobs[::10]:
         assert_valid_mp4(job.result, min_frames=14)
     store.close()
+
+
+def test_worker_rides_out_dropped_database_connections(postgres_url, tmp_path, tiny_template,
+                                                      tiny_speech):
+    """What a PostgreSQL restart does to a worker: every connection it holds is cut."""
+    import psycopg
+
+    store = JobStore(postgres_url)
+    worker = dhserve_process("--data-dir", str(tmp_path / "data"), "worker", "--database-url",
+                             postgres_url, env=FAST_LEASES, log=tmp_path / "worker.log")
+    try:
+        wait_for(lambda: any(w.ready for w in store.workers()), 60, "the worker")
+        with psycopg.connect(postgres_url.split("?")[0].replace("+psycopg", ""),
+                             autocommit=True) as conn:
+            cut = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                               " AND backend_type = 'client backend'").fetchall()
+        assert cut
+        store.engine.dispose()
+        store.submit("after-cut", JobSpec(str(tiny_template), str(tiny_speech)))
+        job = wait_for(lambda: finished(store, "after-cut"), 60, "the job after the cut")[0]
+        assert job.state is JobState.SUCCEEDED and worker.poll() is None
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        store.close()
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()
 
 
 @pytest.fixture

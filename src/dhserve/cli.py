@@ -97,6 +97,8 @@ def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet
 @click.pass_context
 def worker(ctx: click.Context, max_jobs: int | None, **overrides) -> None:
     """Render jobs from the queue until stopped (SIGTERM/SIGINT: finish or hand back)."""
+    from sqlalchemy.exc import DBAPIError
+
     from dhserve.jobs.worker import RenderWorker
 
     settings = _settings(ctx, **overrides)
@@ -107,6 +109,10 @@ def worker(ctx: click.Context, max_jobs: int | None, **overrides) -> None:
         RenderWorker(settings).run(max_jobs=max_jobs)
     except DhserveError as exc:
         click.echo(f"error {exc.code}: {exc.message}", err=True)
+        sys.exit(EXIT_INPUT_ERROR)
+    except DBAPIError as exc:
+        click.echo(f"error store.unreachable: {str(exc.orig).strip().splitlines()[0]}",
+                   err=True)
         sys.exit(EXIT_INPUT_ERROR)
 
 

@@ -12,6 +12,9 @@ Time = sa.Float(precision=53)
 jobs = sa.Table(
     "dhserve_jobs", metadata,
     sa.Column("id", sa.String(128), primary_key=True),
+    # Submission order: times tie within a clock tick, this never does. Assigned under the
+    # submit lock as max + 1.
+    sa.Column("seq", sa.BigInteger, nullable=False, unique=True),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("priority", sa.Integer, nullable=False, default=0),
     sa.Column("progress", sa.Integer, nullable=False, default=0),
@@ -28,7 +31,7 @@ jobs = sa.Table(
     sa.Column("worker_id", sa.String(128)),
     sa.Column("lease_expires_at", Time),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
-    sa.Index("ix_dhserve_jobs_claim", "state", "priority", "created_at"),
+    sa.Index("ix_dhserve_jobs_claim", "state", "priority", "seq"),
     sa.Index("ix_dhserve_jobs_lease", "state", "lease_expires_at"),
     sa.Index("ix_dhserve_jobs_finished", "finished_at"),
 )

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "dhserve_jobs"
 WORKER_LOST = "worker.lost"
 SQLITE_BUSY_TIMEOUT_S = 30.0
+SUBMIT_LOCK = 0x64687366     # PostgreSQL advisory lock that keeps the queue bound exact
 
 
 @dataclass(frozen=True)
@@ -114,14 +115,19 @@ class JobStore:
         payload = _normalised(spec.payload())
         try:
             with self._write() as conn:
+                if self.dialect == "postgresql":    # count-then-insert must not interleave
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": SUBMIT_LOCK})
                 depth = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
                     jobs.c.state == JobState.QUEUED.value)).scalar_one()
                 if depth >= self.max_queued:
                     full = True
                 else:
                     full = False
+                    seq = conn.execute(sa.select(sa.func.coalesce(
+                        sa.func.max(jobs.c.seq), 0) + 1)).scalar_one()
                     conn.execute(jobs.insert().values(
-                        id=job_id, state=JobState.QUEUED.value, priority=spec.priority,
+                        id=job_id, seq=seq, state=JobState.QUEUED.value, priority=spec.priority,
                         progress=0, stage="queued", spec=payload, attempts=0,
                         created_at=self._now(), cancel_requested=False))
                     self._notify(conn)
@@ -150,7 +156,7 @@ class JobStore:
 
     def list(self, state: JobState | None = None, limit: int = 50) -> list[Job]:
         """Most recent first."""
-        query = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
+        query = sa.select(jobs).order_by(jobs.c.seq.desc()).limit(limit)
         if state is not None:
             query = query.where(jobs.c.state == JobState(state).value)
         with self._read() as conn:
@@ -168,7 +174,8 @@ class JobStore:
     def cancel(self, job_id: str) -> Job:
         """A queued job is canceled at once; a running one stops at its next batch."""
         with self._write() as conn:
-            row = conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).first()
+            row = conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)
+                               .with_for_update()).first()
             if row is None:
                 raise not_found(job_id)
             state = JobState(row.state)
@@ -196,7 +203,7 @@ class JobStore:
         with self._write() as conn:
             row = conn.execute(
                 sa.select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value)
-                .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(1)
+                .order_by(jobs.c.priority.desc(), jobs.c.seq).limit(1)
                 .with_for_update(skip_locked=True)).first()
             if row is None:
                 return None
@@ -250,20 +257,26 @@ class JobStore:
         """Hands a job back (the worker is stopping): queued again at once, and the
         interrupted attempt does not count against the retry limit."""
         with self._write() as conn:
-            done = conn.execute(jobs.update().where(self._mine(job_id, worker_id)).values(
+            mine = self._mine(job_id, worker_id)
+            canceled = conn.execute(jobs.update().where(mine, jobs.c.cancel_requested).values(
+                state=JobState.CANCELED.value, stage="canceled", finished_at=self._now(),
+                lease_expires_at=None)).rowcount
+            done = conn.execute(jobs.update().where(mine).values(
                 state=JobState.QUEUED.value, worker_id=None, lease_expires_at=None,
                 attempts=sa.func.max(jobs.c.attempts - 1, 0) if self.dialect == "sqlite"
                 else sa.func.greatest(jobs.c.attempts - 1, 0),
                 progress=0, stage="requeued: worker stopped")).rowcount
             self._notify(conn)
-        return done == 1
+        return canceled + done == 1
 
     def reap(self) -> int:
         """Jobs whose lease expired: canceled if that was asked, requeued while attempts
         remain, else failed as "worker lost". Returns how many rows changed."""
-        expired = sa.and_(jobs.c.state == JobState.RUNNING.value,
-                          jobs.c.lease_expires_at < self._now())
         with self._write() as conn:
+            # one instant for all three statements, so no job slips between their conditions
+            now = conn.execute(sa.select(self._now())).scalar_one()
+            expired = sa.and_(jobs.c.state == JobState.RUNNING.value,
+                              jobs.c.lease_expires_at < now)
             changed = conn.execute(jobs.update().where(expired, jobs.c.cancel_requested).values(
                 state=JobState.CANCELED.value, stage="canceled", finished_at=self._now(),
                 lease_expires_at=None)).rowcount
@@ -273,7 +286,9 @@ class JobStore:
                 lease_expires_at=None, error_code=WORKER_LOST,
                 error_message=f"the render worker stopped answering; gave up after "
                               f"{self.max_attempts} attempts")).rowcount
-            requeued = conn.execute(jobs.update().where(expired).values(
+            requeued = conn.execute(jobs.update().where(
+                expired, ~jobs.c.cancel_requested,
+                jobs.c.attempts < self.max_attempts).values(
                 state=JobState.QUEUED.value, worker_id=None, lease_expires_at=None,
                 progress=0, stage="requeued: worker lost")).rowcount
             if requeued:

@@ -7,6 +7,7 @@ microseconds, so checking it every few milliseconds gives prompt claims for free
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -14,37 +15,62 @@ import time
 from dhserve.jobs.store import NOTIFY_CHANNEL, JobStore
 
 SQLITE_CHECK_S = 0.005
+log = logging.getLogger(__name__)
 
 
 class Wakeup:
-    """wait(timeout) returns early when the store may have changed or interrupt() is called."""
+    """wait(timeout) returns early when the store may have changed or interrupt() is called.
+
+    A broken LISTEN connection (the server restarted) degrades to timed waits and is
+    reconnected on the next wait: the worker then polls, and never stops for it."""
 
     def __init__(self, store: JobStore):
         self._interrupted = threading.Event()
+        self._url = store.engine.url
+        self._dialect = store.dialect
         self._pg = None
         self._sqlite = None
-        url = store.engine.url
-        if store.dialect == "postgresql":
-            import psycopg
-
-            plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._pg = psycopg.connect(plain, autocommit=True)
-            self._pg.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        elif store.dialect == "sqlite" and url.database not in (None, "", ":memory:"):
-            self._sqlite = sqlite3.connect(url.database, check_same_thread=False)
+        if self._dialect == "sqlite" and self._url.database not in (None, "", ":memory:"):
+            self._sqlite = sqlite3.connect(self._url.database, check_same_thread=False)
             self._version = self._data_version()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self._dialect != "postgresql" or self._pg is not None:
+            return
+        import psycopg
+
+        plain = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            self._pg = psycopg.connect(plain, autocommit=True, connect_timeout=5)
+            self._pg.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except psycopg.Error as exc:
+            log.warning("cannot LISTEN for new jobs (%s); polling instead", exc)
+            self._close_pg()
+
+    def _close_pg(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
 
     def _data_version(self) -> int:
         return self._sqlite.execute("PRAGMA data_version").fetchone()[0]
 
     def wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        self._listen()
         if self._pg is not None:
+            import psycopg
+
             # notifies() blocks in the socket; wake up in slices to honour interrupt().
-            while not self._interrupted.is_set() and time.monotonic() < deadline:
-                slice_s = min(0.25, max(deadline - time.monotonic(), 0.0))
-                for _ in self._pg.notifies(timeout=slice_s, stop_after=1):
-                    return
+            try:
+                while not self._interrupted.is_set() and time.monotonic() < deadline:
+                    slice_s = min(0.25, max(deadline - time.monotonic(), 0.0))
+                    for _ in self._pg.notifies(timeout=slice_s, stop_after=1):
+                        return
+            except psycopg.Error as exc:
+                log.warning("lost the LISTEN connection (%s); reconnecting", exc)
+                self._close_pg()
         elif self._sqlite is not None:
             while not self._interrupted.is_set() and time.monotonic() < deadline:
                 version = self._data_version()
@@ -52,16 +78,13 @@ class Wakeup:
                     self._version = version
                     return
                 self._interrupted.wait(SQLITE_CHECK_S)
-        else:
-            self._interrupted.wait(timeout)
+        self._interrupted.wait(max(deadline - time.monotonic(), 0.0))
         self._interrupted.clear()
 
     def interrupt(self) -> None:
         self._interrupted.set()
 
     def close(self) -> None:
-        for conn in (self._pg, self._sqlite):
-            if conn is not None:
-                conn.close()
-
-
+        self._close_pg()
+        if self._sqlite is not None:
+            self._sqlite.close()

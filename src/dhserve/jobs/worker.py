@@ -8,6 +8,7 @@ back so another worker takes it at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -16,8 +17,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
 
 from dhserve.config import Settings
 from dhserve.engine.face import AnalysisCache
@@ -40,7 +44,8 @@ HOUSEKEEPING_INTERVAL_S = 3600.0
 STALE_PART_S = 3600.0
 # Service limits stay the operator's; a job may only choose these.
 NOT_JOB_OPTIONS = frozenset({"max_input_mb", "max_video_seconds", "max_audio_seconds",
-                             "max_video_pixels", "frame_cache_mb"})
+                             "max_video_pixels", "frame_cache_mb", "batch_size"})
+STORE_ERRORS = (sa.exc.DBAPIError,)
 
 
 def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOptions:
@@ -132,7 +137,13 @@ class RenderWorker:
                 if max_jobs is not None and self.jobs_done >= max_jobs:
                     break
                 self._housekeeping()
-                job = self.store.claim(self.id) if self.store.has_queued() else None
+                try:
+                    job = self.store.claim(self.id) if self.store.has_queued() else None
+                except STORE_ERRORS as exc:
+                    log.error("job store unreachable: %s; retrying in %g s",
+                              _first_line(exc), self.settings.poll_seconds)
+                    self._stopping.wait(self.settings.poll_seconds)
+                    continue
                 if job is None:
                     self._wakeup.wait(self.settings.poll_seconds)
                     continue
@@ -202,9 +213,24 @@ class RenderWorker:
         self._running = running
         if self._stopping.is_set():         # stop() raced with the claim
             running.stop("handback")
-        self.store.worker_heartbeat(self.id, "busy", job.id)
         log.info("job %s claimed (attempt %d)", job.id, job.attempts)
         downloads = self.settings.data_dir / "downloads" / f"{job.id}-{uuid.uuid4().hex[:8]}"
+        try:
+            self._store_call(self.store.worker_heartbeat, self.id, "busy", job.id)
+            outcome = self._render(job, running, downloads)
+        finally:
+            self._running = None
+            shutil.rmtree(downloads, ignore_errors=True)
+        # Recorded only while the lease is ours; a store that cannot be reached now leaves
+        # the lease to expire, and the job is rendered again (delivery is at-least-once).
+        if self._store_call(outcome) is False:
+            log.warning("job %s: outcome not recorded, the lease was lost (%s)", job.id,
+                        running.stop_reason or "expired")
+        self._store_call(self.store.worker_heartbeat, self.id,
+                         "stopping" if self._stopping.is_set() else "idle")
+
+    def _render(self, job: Job, running: _Running, downloads: Path) -> Callable[[], bool]:
+        """Renders the job; returns how to record its outcome in the store."""
         progress = _JobProgress(self, running)
         try:
             options = job_render_options(self.settings, job.spec.options)
@@ -215,28 +241,30 @@ class RenderWorker:
             backend = self._backend(options.backend)
             result = render(video, audio, out, options, self.cache, progress, backend=backend,
                             restorer=self._face_restorer(options), settings=self.settings)
-            info = {"frames": result.frames, "width": result.width, "height": result.height,
-                    "fps": float(result.fps), "duration": result.duration,
-                    "elapsed": result.elapsed, "analysis_cached": result.analysis_cached,
-                    "warnings": result.warnings, "backend": backend.name}
-            self._record(job, running, self.store.succeed(job.id, self.id, str(out), info))
-            log.info("job %s succeeded: %d frames in %.1f s", job.id, result.frames,
-                     result.elapsed)
         except Canceled:
-            self._stopped(job, running)
+            return self._stopped(job, running)
         except DhserveError as exc:
             log.info("job %s failed: %s %s", job.id, exc.code, exc.message)
-            self._record(job, running, self.store.fail(job.id, self.id, exc.code, exc.message))
+            return functools.partial(self.store.fail, job.id, self.id, exc.code, exc.message)
         except Exception as exc:
             log.exception("job %s: internal error", job.id)
-            self._record(job, running, self.store.fail(
-                job.id, self.id, "render.internal", f"internal error: {type(exc).__name__}: "
-                f"{exc}"))
-        finally:
-            self._running = None
-            shutil.rmtree(downloads, ignore_errors=True)
-            self.store.worker_heartbeat(self.id, "stopping" if self._stopping.is_set()
-                                        else "idle")
+            return functools.partial(self.store.fail, job.id, self.id, "render.internal",
+                                     f"internal error: {type(exc).__name__}: {exc}")
+        log.info("job %s succeeded: %d frames in %.1f s", job.id, result.frames,
+                 result.elapsed)
+        info = {"frames": result.frames, "width": result.width, "height": result.height,
+                "fps": float(result.fps), "duration": result.duration,
+                "elapsed": result.elapsed, "analysis_cached": result.analysis_cached,
+                "warnings": result.warnings, "backend": backend.name}
+        return functools.partial(self.store.succeed, job.id, self.id, str(out), info)
+
+    def _store_call(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Runs a store call; an unreachable store is logged (None returned), never fatal."""
+        try:
+            return call(*args)
+        except STORE_ERRORS as exc:
+            log.error("job store unreachable: %s", _first_line(exc))
+            return None
 
     def _input(self, value: str, field: str, folder: Path, progress: _JobProgress,
                options: RenderOptions) -> Path:
@@ -247,21 +275,16 @@ class RenderWorker:
         return download(value, field, folder, int(options.max_input_mb * 2**20),
                         self.settings.download_timeout_seconds)
 
-    def _stopped(self, job: Job, running: _Running) -> None:
+    def _stopped(self, job: Job, running: _Running) -> Callable[[], bool | None]:
         reason = running.stop_reason
         if reason == "handback":
-            self.store.release(job.id, self.id)
             log.info("job %s handed back: the worker is stopping", job.id)
-        elif reason == "canceled":
-            self.store.mark_canceled(job.id, self.id)
+            return functools.partial(self.store.release, job.id, self.id)
+        if reason == "canceled":
             log.info("job %s canceled", job.id)
-        else:
-            log.warning("job %s: lease lost; another worker owns it now", job.id)
-
-    def _record(self, job: Job, running: _Running, recorded: bool) -> None:
-        if not recorded:
-            log.warning("job %s: outcome not recorded, the lease was lost (%s)", job.id,
-                        running.stop_reason or "expired")
+            return functools.partial(self.store.mark_canceled, job.id, self.id)
+        log.warning("job %s: lease lost; another worker owns it now", job.id)
+        return lambda: None
 
     # -- heartbeat and housekeeping --------------------------------------------------------
 
@@ -293,13 +316,17 @@ class RenderWorker:
                 self.renew(running)
 
     def _housekeeping(self) -> None:
+        """Reaping and pruning are maintenance: a failure is logged, never fatal."""
         now = time.monotonic()
-        if now >= self._next_reap:
-            self._next_reap = now + max(self.settings.lease_seconds / 6, 0.5)
-            self.store.reap()
-        if now >= self._next_housekeeping:
-            self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
-            prune_finished(self.store, self.settings)
+        try:
+            if now >= self._next_reap:
+                self._next_reap = now + max(self.settings.lease_seconds / 6, 0.5)
+                self.store.reap()
+            if now >= self._next_housekeeping:
+                self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
+                prune_finished(self.store, self.settings)
+        except (*STORE_ERRORS, OSError) as exc:
+            log.error("housekeeping failed: %s", _first_line(exc))
 
 
 def prune_finished(store: JobStore, settings: Settings) -> int:
@@ -312,13 +339,25 @@ def prune_finished(store: JobStore, settings: Settings) -> int:
     cutoff = time.time() - STALE_PART_S
     results, downloads = settings.results_dir, settings.data_dir / "downloads"
     for path in results.glob(".*.part") if results.is_dir() else ():
-        if path.stat().st_mtime < cutoff:
+        if _older_than(path, cutoff):
             remove_quietly(path)
     for path in downloads.iterdir() if downloads.is_dir() else ():
-        if path.stat().st_mtime < cutoff:
+        if _older_than(path, cutoff):
             shutil.rmtree(path, ignore_errors=True)
     if gone:
         log.info("pruned %d finished job(s) older than %g days", len(gone),
                  settings.retention_days)
     return len(gone)
 
+
+
+def _older_than(path: Path, cutoff: float) -> bool:
+    """False for a file that another process removed meanwhile (shared storage)."""
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -19,6 +19,7 @@ def upgrade() -> None:
     op.create_table(
         "dhserve_jobs",
         sa.Column("id", sa.String(128), primary_key=True),
+        sa.Column("seq", sa.BigInteger, nullable=False, unique=True),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("priority", sa.Integer, nullable=False),
         sa.Column("progress", sa.Integer, nullable=False),
@@ -36,7 +37,7 @@ def upgrade() -> None:
         sa.Column("lease_expires_at", Time),
         sa.Column("cancel_requested", sa.Boolean, nullable=False),
     )
-    op.create_index("ix_dhserve_jobs_claim", "dhserve_jobs", ["state", "priority", "created_at"])
+    op.create_index("ix_dhserve_jobs_claim", "dhserve_jobs", ["state", "priority", "seq"])
     op.create_index("ix_dhserve_jobs_lease", "dhserve_jobs", ["state", "lease_expires_at"])
     op.create_index("ix_dhserve_jobs_finished", "dhserve_jobs", ["finished_at"])
     op.create_table(
