@@ -8,7 +8,7 @@ import pytest
 from dhserve.config import Settings
 from dhserve.engine.face import AnalysisCache, analyse_frames
 from dhserve.engine.face.landmarks import NOSE_TIP
-from dhserve.engine.face.restore import FaceRestorer, alignment
+from dhserve.engine.face.restore import FaceRestorer, alignment, from_model, to_model
 from dhserve.engine.media import read_frames
 from dhserve.engine.pipeline import RenderOptions, check_models, render
 from dhserve.errors import InputError
@@ -108,3 +108,12 @@ def test_damaged_restore_model_is_a_model_error(tmp_path):
     with pytest.raises(ModelError) as err:
         FaceRestorer.from_settings(settings)
     assert err.value.code == "model.corrupt" and "(N,3,512,512)" in err.value.message
+
+
+def test_restoration_model_sees_rgb_in_minus_one_to_one():
+    crops = np.zeros((1, 8, 8, 3), np.uint8)
+    crops[..., 0] = 255                         # pure red
+    x = to_model(crops)
+    assert x.shape == (1, 3, 8, 8) and x.dtype == np.float32
+    assert (x[0, 0] == 1.0).all() and (x[0, 1:] == -1.0).all()
+    np.testing.assert_array_equal(from_model(x), crops)

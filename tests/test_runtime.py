@@ -80,6 +80,34 @@ def test_any_count_runs_in_the_models_batch(tmp_path, batch):
     np.testing.assert_allclose(out, 1 - face[:, 3:], atol=1e-6)
 
 
+class _ShapeRecorder:
+    """Wraps a real session and notes the batch size of every call it receives."""
+
+    def __init__(self, session):
+        self.session, self.batches = session, []
+
+    def run(self, outputs, feeds):
+        self.batches.append({len(a) for a in feeds.values()})
+        return self.session.run(outputs, feeds)
+
+
+def test_dynamic_batch_can_be_padded_to_one_shape(tmp_path):
+    """What a GPU gets (pad_batch = the batch size): one shape for every call, short last
+    pieces filled, results trimmed and unchanged; an empty call returns an empty array."""
+    model = OnnxModel(WAV2LIP, onnx_models.wav2lip_invert(tmp_path / "m.onnx"),
+                      SessionConfig(pad_batch=4))
+    model.session = recorder = _ShapeRecorder(model.session)
+    face = np.random.default_rng(3).random((7, 6, 96, 96), np.float32)
+    out = model.run({"mel": np.zeros((7, 1, 80, 16), np.float32), "face": face})
+    np.testing.assert_allclose(out, 1 - face[:, 3:], atol=1e-6)
+    assert recorder.batches == [{4}, {4}]
+    empty = model.run({"mel": np.zeros((0, 1, 80, 16), np.float32),
+                       "face": np.zeros((0, 6, 96, 96), np.float32)})
+    assert empty.shape == (0, 3, 96, 96)
+    assert SessionConfig.from_settings(Settings(device="cuda:1", batch_size=32)).pad_batch == 32
+    assert SessionConfig.from_settings(Settings(device="cpu")).pad_batch == 0
+
+
 def test_fp16_model_gets_and_gives_float32_to_the_caller(tmp_path):
     model = OnnxModel(WAV2LIP, onnx_models.wav2lip_invert(tmp_path / "h.onnx", half=True),
                       SessionConfig())

@@ -14,6 +14,8 @@ from dhserve.engine.lipsync import FrameBatch, create_backend, resolve_backend
 from dhserve.engine.lipsync.wav2lip import (
     FACE_SIZE,
     Wav2LipBackend,
+    face_input,
+    face_output,
     paste_mask,
     pixel_box,
     smoothed_boxes,
@@ -163,3 +165,24 @@ def test_asking_for_wav2lip_without_its_model_fails_before_work(tmp_path, short_
     assert err.value.code == "model.missing" and err.value.field == "backend"
     assert "needs models/wav2lip_gan_96.onnx" in err.value.message
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_face_input_follows_the_wav2lip_contract():
+    """BGR, /255, channels 0-2 = the face with rows 48+ zeroed, channels 3-5 = the face."""
+    crops = np.zeros((1, 96, 96, 3), np.uint8)
+    crops[..., 0] = 255                         # pure red (RGB)
+    crops[0, 10, 20] = (0, 0, 51)               # one blue pixel in the upper half
+    face = face_input(crops)
+    assert face.shape == (1, 6, 96, 96) and face.dtype == np.float32
+    assert face[0, 5, 60, 60] == 1.0 and face[0, 3, 60, 60] == 0.0    # red is channel 2
+    assert face[0, 3, 10, 20] == pytest.approx(0.2)                    # blue is channel 0
+    np.testing.assert_array_equal(face[0, :3, :48], face[0, 3:, :48])
+    assert not face[0, :3, 48:].any() and face[0, 3:, 48:].any()
+
+
+def test_face_output_is_read_as_bgr():
+    pred = np.zeros((1, 3, 96, 96), np.float32)
+    pred[:, 2] = 1.0                            # red, in the model's BGR
+    out = face_output(pred)
+    assert out.shape == (1, 96, 96, 3)
+    assert (out[..., 0] == 255).all() and not out[..., 1:].any()

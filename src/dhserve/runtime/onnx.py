@@ -55,13 +55,16 @@ class SessionConfig:
     gpu_mem_limit_mb: float = 0.0            # 0: no limit on ORT's CUDA arena
     trt_cache_dir: Path | None = None        # TensorRT engines (minutes to build) live here
     threads: int = 0                         # CPU intra-op threads; 0 = ORT's default (cores)
+    pad_batch: int = 0                       # dynamic-batch model: calls padded to this many
+                                             # items (GPU: one shape, one cuDNN search); 0: off
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionConfig:
         return cls(device=settings.device, gpu_provider=settings.gpu_provider,
                    cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
                    gpu_mem_limit_mb=settings.gpu_mem_limit_mb,
-                   trt_cache_dir=Path(settings.data_dir) / "trt-cache")
+                   trt_cache_dir=Path(settings.data_dir) / "trt-cache",
+                   pad_batch=settings.batch_size if settings.device != "cpu" else 0)
 
     @property
     def wants_gpu(self) -> bool:
@@ -243,12 +246,16 @@ class OnnxModel:
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Output 0 for a batch of any size; `feeds` maps each role to an (n, ...) array."""
         n = len(next(iter(feeds.values())))
-        step = self.signature.batch or n
+        if n == 0:
+            return np.zeros((0, *self.spec.output), np.float32)
+        # A dynamic batch on a GPU still gets one shape: each new shape costs cuDNN a fresh
+        # algorithm search (seconds with EXHAUSTIVE), and short last batches are common.
+        step = self.signature.batch or self.config.pad_batch or n
         pieces = []
         for start in range(0, n, step):
             part = {role: array[start:start + step] for role, array in feeds.items()}
             count = len(next(iter(part.values())))
-            if count < step:   # a fixed batch: repeat the last item to fill it
+            if count < step:   # a fixed shape: repeat the last item to fill it
                 part = {role: np.concatenate([a, np.repeat(a[-1:], step - count, 0)])
                         for role, a in part.items()}
             inputs = {self.signature.names[role]: np.ascontiguousarray(
