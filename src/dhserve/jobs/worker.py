@@ -31,9 +31,10 @@ from dhserve.engine.lipsync.base import resolve_backend
 from dhserve.engine.media import remove_quietly
 from dhserve.engine.pipeline import RenderOptions, render
 from dhserve.engine.progress import Progress
-from dhserve.errors import Canceled, DhserveError, InputError
+from dhserve.errors import Canceled, DhserveError
 from dhserve.jobs.downloads import download, is_url
 from dhserve.jobs.model import Job
+from dhserve.jobs.options import job_render_options
 from dhserve.jobs.store import JobStore
 from dhserve.jobs.wakeup import Wakeup
 
@@ -42,20 +43,7 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 1.0
 HOUSEKEEPING_INTERVAL_S = 3600.0
 STALE_PART_S = 3600.0
-# Service limits stay the operator's; a job may only choose these.
-NOT_JOB_OPTIONS = frozenset({"max_input_mb", "max_video_seconds", "max_audio_seconds",
-                             "max_video_pixels", "frame_cache_mb", "batch_size"})
 STORE_ERRORS = (sa.exc.DBAPIError,)
-
-
-def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOptions:
-    """A job's options over the service's defaults; unknown or reserved names are refused."""
-    allowed = set(RenderOptions.__dataclass_fields__) - NOT_JOB_OPTIONS
-    for name in options:
-        if name not in allowed:
-            raise InputError("options.invalid", name,
-                             f"unknown option; a job may set {', '.join(sorted(allowed))}")
-    return RenderOptions.from_settings(settings, **options)
 
 
 class _Running:
