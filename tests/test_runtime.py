@@ -14,6 +14,7 @@ from dhserve.runtime.onnx import (
     CUDA,
     TENSORRT,
     GpuUnavailable,
+    LoadedBeforeFork,
     OnnxModel,
     SessionConfig,
     check_session,
@@ -106,6 +107,31 @@ def test_dynamic_batch_can_be_padded_to_one_shape(tmp_path):
     assert empty.shape == (0, 3, 96, 96)
     assert SessionConfig.from_settings(Settings(device="cuda:1", batch_size=32)).pad_batch == 32
     assert SessionConfig.from_settings(Settings(device="cpu")).pad_batch == 0
+
+
+def test_a_model_loaded_before_fork_refuses_to_run_in_the_child(tmp_path):
+    """The classic Gunicorn trap (preload_app = True with a GPU model): caught by name,
+    instead of CUDA's "Cannot re-initialize CUDA in forked subprocess" or a hang."""
+    import os
+
+    model = OnnxModel(WAV2LIP, onnx_models.wav2lip_invert(tmp_path / "m.onnx"), SessionConfig())
+    feeds = {"mel": np.zeros((1, 1, 80, 16), np.float32),
+             "face": np.zeros((1, 6, 96, 96), np.float32)}
+    report = tmp_path / "child.txt"
+    pid = os.fork()
+    if pid == 0:                                        # the child: report, never return
+        try:
+            model.run(feeds)
+            report.write_text("ran")
+        except LoadedBeforeFork as exc:
+            report.write_text(f"{exc.code}: {exc.message}")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert report.read_text().startswith("runtime.loaded_before_fork: wav2lip model was "
+                                         f"loaded in process {os.getpid()}")
+    assert "preload_app = False" in report.read_text()
+    assert model.run(feeds).shape == (1, 3, 96, 96)     # the parent is unaffected
 
 
 def test_fp16_model_gets_and_gives_float32_to_the_caller(tmp_path):

@@ -11,6 +11,7 @@ shared by its threads (`InferenceSession.run` is thread-safe).
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,18 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 _PROVIDER = {"cuda": CUDA, "tensorrt": TENSORRT}
+
+
+class LoadedBeforeFork(DhserveError):
+    """A session used in a child of the process that made it: the CUDA-after-fork trap."""
+
+    def __init__(self, what: str, parent: int):
+        super().__init__(
+            "runtime.loaded_before_fork",
+            f"{what} was loaded in process {parent} and used in its forked child "
+            f"{os.getpid()}: CUDA state does not survive fork. Load models after the process "
+            f"starts (Gunicorn: preload_app = False, models loaded in post_worker_init or in "
+            f"a separate `dhserve worker`)")
 
 
 class GpuUnavailable(DhserveError):
@@ -222,6 +235,7 @@ class OnnxModel:
     def __init__(self, spec: ModelSpec, path: Path, config: SessionConfig,
                  optimize: bool = True):
         self.spec, self.path, self.config = spec, Path(path), config
+        self.pid = os.getpid()       # the fork guard: run() refuses in any other process
         try:
             self.session = create_session(self.path, config, spec.title, optimize)
         except ModelError as exc:
@@ -245,6 +259,8 @@ class OnnxModel:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Output 0 for a batch of any size; `feeds` maps each role to an (n, ...) array."""
+        if os.getpid() != self.pid:
+            raise LoadedBeforeFork(self.spec.title, self.pid)
         n = len(next(iter(feeds.values())))
         if n == 0:
             return np.zeros((0, *self.spec.output), np.float32)
