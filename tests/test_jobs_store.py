@@ -149,6 +149,7 @@ def test_cancel_queued_is_immediate_running_is_flagged(store):
     store.submit("waiting", spec(3))
     canceled = store.cancel("waiting")
     assert canceled.state is JobState.CANCELED and canceled.finished_at is not None
+    assert canceled.error_code == "render.canceled"
     assert store.claim("w").id == "running"
     flagged = store.cancel("running")
     assert flagged.state is JobState.RUNNING and flagged.cancel_requested

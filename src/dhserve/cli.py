@@ -150,6 +150,126 @@ def _resolved_backend(settings: Settings) -> str:
     return resolve_backend(settings.backend, settings)
 
 
+@main.group()
+@click.option("--database-url", default=None,
+              help="Job store [env DHSERVE_DATABASE_URL; default SQLite in the data dir].")
+@click.pass_context
+def jobs(ctx: click.Context, database_url: str | None) -> None:
+    """Look into and feed the job queue directly (the workers' side of the HTTP API)."""
+    ctx.obj["database_url"] = database_url
+
+
+def _store(ctx: click.Context):
+    from dhserve.jobs import JobStore
+
+    settings = _settings(ctx, database_url=ctx.obj.get("database_url"))
+    try:
+        return settings, JobStore.from_settings(settings)
+    except DhserveError as exc:
+        _fail(exc)
+
+
+def _fail(exc: DhserveError) -> None:
+    click.echo(f"error {exc.code}: {exc.message}", err=True)
+    sys.exit(EXIT_INPUT_ERROR)
+
+
+def _job_line(job) -> str:
+    what = (f"{job.progress:3d}% {job.stage}" if not job.state.finished else
+            job.result or f"{job.error_code}: {job.error_message}")
+    return f"{job.id:<24} {job.state.value:<9} attempts {job.attempts}  {what}"
+
+
+@jobs.command("submit")
+@click.option("--video", required=True, help="Template: a path or an http(s) URL.")
+@click.option("--audio", required=True, help="Speech: a path or an http(s) URL.")
+@click.option("--id", "job_id", default=None, help="Job id [default: a new UUID].")
+@click.option("--out", default=None, help="Result path [default: <data dir>/results/<id>.mp4].")
+@click.option("--priority", type=int, default=0, help="Higher runs first.")
+@click.option("--option", "pairs", multiple=True, metavar="NAME=VALUE",
+              help="Render option, e.g. loop=restart, face_restore=true (repeatable).")
+@click.pass_context
+def jobs_submit(ctx: click.Context, video: str, audio: str, job_id: str | None,
+                out: str | None, priority: int, pairs: tuple[str, ...]) -> None:
+    """Queue a render job; prints its id."""
+    import json
+    import uuid
+
+    from dhserve.jobs import JobSpec
+    from dhserve.jobs.downloads import is_url
+    from dhserve.jobs.options import check_job
+
+    options = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--option")
+        try:
+            options[name] = json.loads(raw)
+        except ValueError:
+            options[name] = raw
+    settings, store = _store(ctx)
+
+    def located(value: str) -> str:      # workers may run elsewhere: never a relative path
+        return value if is_url(value) else str(Path(value).resolve())
+
+    spec = JobSpec(located(video), located(audio), located(out) if out else None, options,
+                   priority)
+    try:
+        check_job(settings, spec)
+        job, created = store.submit(job_id or uuid.uuid4().hex, spec)
+    except DhserveError as exc:
+        _fail(exc)
+    click.echo(job.id if created else f"{job.id} (already queued: same id and inputs)")
+
+
+@jobs.command("list")
+@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed",
+                                            "canceled"]), default=None)
+@click.option("--limit", type=int, default=20)
+@click.pass_context
+def jobs_list(ctx: click.Context, state: str | None, limit: int) -> None:
+    """Recent jobs, newest first, then the queue and the workers."""
+    _, store = _store(ctx)
+    for job in store.list(state, limit):
+        click.echo(_job_line(job))
+    counts = ", ".join(f"{n} {s.value}" for s, n in store.counts().items() if n)
+    click.echo(f"-- {counts or 'no jobs'}")
+    now = store.now()
+    for w in store.workers():
+        click.echo(f"worker {w.id} on {w.device} ({w.backend or '-'}): {w.state}"
+                   f"{' ' + w.job_id if w.job_id else ''}, heartbeat "
+                   f"{now - w.heartbeat_at:.0f} s ago")
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@click.pass_context
+def jobs_show(ctx: click.Context, job_id: str) -> None:
+    """One job in full."""
+    import dataclasses
+    import json
+
+    _, store = _store(ctx)
+    try:
+        job = store.get(job_id)
+    except DhserveError as exc:
+        _fail(exc)
+    click.echo(json.dumps(dataclasses.asdict(job), indent=2, default=str))
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.pass_context
+def jobs_cancel(ctx: click.Context, job_id: str) -> None:
+    """Cancel a job: at once when queued, at the next frame batch when running."""
+    _, store = _store(ctx)
+    try:
+        click.echo(_job_line(store.cancel(job_id)))
+    except DhserveError as exc:
+        _fail(exc)
+
+
 class _ProgressBar:
     """A terminal bar fed with (fraction, stage) updates; silent when quiet or not a TTY."""
 

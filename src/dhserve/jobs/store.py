@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "dhserve_jobs"
 WORKER_LOST = "worker.lost"
+# How every canceled job reads, whichever path canceled it.
+CANCELED = {"state": JobState.CANCELED.value, "stage": "canceled",
+            "error_code": "render.canceled", "error_message": "canceled on request"}
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SUBMIT_LOCK = 0x64687366     # PostgreSQL advisory lock that keeps the queue bound exact
 
@@ -181,7 +184,7 @@ class JobStore:
             state = JobState(row.state)
             if state is JobState.QUEUED:
                 conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                    state=JobState.CANCELED.value, stage="canceled", cancel_requested=True,
+                    **CANCELED, cancel_requested=True,
                     finished_at=self._now()))
             elif state is JobState.RUNNING:
                 conn.execute(jobs.update().where(jobs.c.id == job_id).values(
@@ -243,8 +246,7 @@ class JobStore:
                             error_code=code, error_message=message)
 
     def mark_canceled(self, job_id: str, worker_id: str) -> bool:
-        return self._finish(job_id, worker_id, state=JobState.CANCELED.value, stage="canceled",
-                            error_code="render.canceled", error_message="canceled on request")
+        return self._finish(job_id, worker_id, **CANCELED)
 
     def _finish(self, job_id: str, worker_id: str, **values: Any) -> bool:
         """Records the outcome, only while the lease is still this worker's."""
@@ -259,7 +261,7 @@ class JobStore:
         with self._write() as conn:
             mine = self._mine(job_id, worker_id)
             canceled = conn.execute(jobs.update().where(mine, jobs.c.cancel_requested).values(
-                state=JobState.CANCELED.value, stage="canceled", finished_at=self._now(),
+                **CANCELED, finished_at=self._now(),
                 lease_expires_at=None)).rowcount
             done = conn.execute(jobs.update().where(mine).values(
                 state=JobState.QUEUED.value, worker_id=None, lease_expires_at=None,
@@ -278,7 +280,7 @@ class JobStore:
             expired = sa.and_(jobs.c.state == JobState.RUNNING.value,
                               jobs.c.lease_expires_at < now)
             changed = conn.execute(jobs.update().where(expired, jobs.c.cancel_requested).values(
-                state=JobState.CANCELED.value, stage="canceled", finished_at=self._now(),
+                **CANCELED, finished_at=self._now(),
                 lease_expires_at=None)).rowcount
             changed += conn.execute(jobs.update().where(
                 expired, jobs.c.attempts >= self.max_attempts).values(
