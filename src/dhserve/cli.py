@@ -4,15 +4,34 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from dhserve import __version__
 from dhserve.config import LOOP_MODES, MULTIPLE_FACE_POLICIES, X264_PRESETS, Settings
-from dhserve.errors import DhserveError
+from dhserve.errors import DhserveError, first_line
 
 EXIT_INPUT_ERROR = 2
+
+
+@contextmanager
+def _reported(before_exit: Callable[[], None] | None = None) -> Iterator[None]:
+    """dhserve's errors end the command as `error CODE: message` and exit status 2, with no
+    traceback; an unreachable database is one of them."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except (DhserveError, DBAPIError) as exc:
+        if before_exit:
+            before_exit()
+        code, message = ((exc.code, exc.message) if isinstance(exc, DhserveError)
+                         else ("store.unreachable", first_line(exc.orig)))
+        click.echo(f"error {code}: {message}", err=True)
+        sys.exit(EXIT_INPUT_ERROR)
 
 
 def _settings(ctx: click.Context, **overrides) -> Settings:
@@ -69,16 +88,10 @@ def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet
     face_restore = choices.pop("face_restore")
     settings = _settings(ctx, **choices)
     out = out or settings.results_dir / f"{video.stem}-{audio.stem}.mp4"
-    with _ProgressBar(quiet) as bar:
-        try:
-            options = RenderOptions.from_settings(settings, face_restore=face_restore)
-            result = render_video(video, audio, out, options,
-                                  AnalysisCache(settings.templates_dir),
-                                  CallbackProgress(bar.update), settings=settings)
-        except DhserveError as exc:
-            bar.finish()
-            click.echo(f"error {exc.code}: {exc.message}", err=True)
-            sys.exit(EXIT_INPUT_ERROR)
+    with _ProgressBar(quiet) as bar, _reported(bar.finish):
+        options = RenderOptions.from_settings(settings, face_restore=face_restore)
+        result = render_video(video, audio, out, options, AnalysisCache(settings.templates_dir),
+                              CallbackProgress(bar.update), settings=settings)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"{result.path}: {result.frames} frames, {result.width}x{result.height} "
@@ -97,23 +110,14 @@ def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet
 @click.pass_context
 def worker(ctx: click.Context, max_jobs: int | None, **overrides) -> None:
     """Render jobs from the queue until stopped (SIGTERM/SIGINT: finish or hand back)."""
-    from sqlalchemy.exc import DBAPIError
-
     from dhserve.jobs.worker import RenderWorker
 
     settings = _settings(ctx, **overrides)
     logging.getLogger().handlers[0].setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("dhserve").setLevel(logging.DEBUG if ctx.obj["verbose"] else logging.INFO)
-    try:
+    with _reported():
         RenderWorker(settings).run(max_jobs=max_jobs)
-    except DhserveError as exc:
-        click.echo(f"error {exc.code}: {exc.message}", err=True)
-        sys.exit(EXIT_INPUT_ERROR)
-    except DBAPIError as exc:
-        click.echo(f"error store.unreachable: {str(exc.orig).strip().splitlines()[0]}",
-                   err=True)
-        sys.exit(EXIT_INPUT_ERROR)
 
 
 @main.command()
@@ -163,15 +167,8 @@ def _store(ctx: click.Context):
     from dhserve.jobs import JobStore
 
     settings = _settings(ctx, database_url=ctx.obj.get("database_url"))
-    try:
+    with _reported():
         return settings, JobStore.from_settings(settings)
-    except DhserveError as exc:
-        _fail(exc)
-
-
-def _fail(exc: DhserveError) -> None:
-    click.echo(f"error {exc.code}: {exc.message}", err=True)
-    sys.exit(EXIT_INPUT_ERROR)
 
 
 def _job_line(job) -> str:
@@ -215,11 +212,9 @@ def jobs_submit(ctx: click.Context, video: str, audio: str, job_id: str | None,
 
     spec = JobSpec(located(video), located(audio), located(out) if out else None, options,
                    priority)
-    try:
+    with _reported():
         check_job(settings, spec)
         job, created = store.submit(job_id or uuid.uuid4().hex, spec)
-    except DhserveError as exc:
-        _fail(exc)
     click.echo(job.id if created else f"{job.id} (already queued: same id and inputs)")
 
 
@@ -251,10 +246,8 @@ def jobs_show(ctx: click.Context, job_id: str) -> None:
     import json
 
     _, store = _store(ctx)
-    try:
+    with _reported():
         job = store.get(job_id)
-    except DhserveError as exc:
-        _fail(exc)
     click.echo(json.dumps(dataclasses.asdict(job), indent=2, default=str))
 
 
@@ -264,10 +257,8 @@ def jobs_show(ctx: click.Context, job_id: str) -> None:
 def jobs_cancel(ctx: click.Context, job_id: str) -> None:
     """Cancel a job: at once when queued, at the next frame batch when running."""
     _, store = _store(ctx)
-    try:
+    with _reported():
         click.echo(_job_line(store.cancel(job_id)))
-    except DhserveError as exc:
-        _fail(exc)
 
 
 class _ProgressBar:

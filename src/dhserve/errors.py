@@ -17,6 +17,13 @@ class DhserveError(Exception):
         return self.message
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's text: what a log line or a message can carry of a
+    library's multi-line report (ONNX Runtime, database drivers)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 class InputError(DhserveError):
     """The user's input cannot be rendered; the message says which input and why."""
 

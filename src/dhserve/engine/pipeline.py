@@ -122,14 +122,16 @@ def _video_too_long(seconds: float, options: RenderOptions) -> InputError:
                       f"{options.max_video_seconds:g} s")
 
 
-def check_models(options: RenderOptions, settings: Settings | None = None) -> None:
-    """The model files the job's choices need are there; InputError model.missing naming the
-    file ("needs models/GFPGANv1.4.onnx") otherwise. Looks at files only (loads nothing), so
-    a submit can be refused before it is queued."""
+def check_models(options: RenderOptions, settings: Settings | None = None,
+                 have_backend: bool = False, have_restorer: bool = False) -> None:
+    """The model files the job's choices need (and the caller did not bring loaded) are
+    there; InputError model.missing naming the file ("needs models/GFPGANv1.4.onnx")
+    otherwise. Looks at files only (loads nothing), so a submit can be refused before it is
+    queued."""
     settings = settings or Settings()
-    if options.face_restore:
+    if options.face_restore and not have_restorer:
         require_model(settings, RESTORE, "face_restore")
-    if resolve_backend(options.backend, settings) == "wav2lip":
+    if not have_backend and resolve_backend(options.backend, settings) == "wav2lip":
         require_model(settings, WAV2LIP, "backend")
 
 
@@ -195,11 +197,9 @@ def render(video: Path, audio: Path, out: Path, options: RenderOptions = RenderO
     started = time.monotonic()
     settings = settings or Settings()
     out = check_output(out)
-    # model files the job needs and the caller did not bring: checked before any heavy work
-    if options.face_restore and restorer is None:
-        require_model(settings, RESTORE, "face_restore")
-    if backend is None and resolve_backend(options.backend, settings) == "wav2lip":
-        require_model(settings, WAV2LIP, "backend")
+    if not options.face_restore:
+        restorer = None
+    check_models(options, settings, backend is not None, restorer is not None)
     progress.update(0.0, "probing")
     template, _ = probe_inputs(Path(video), Path(audio), options)
     own_backend, own_restorer = backend is None, restorer is None and options.face_restore
@@ -209,8 +209,6 @@ def render(video: Path, audio: Path, out: Path, options: RenderOptions = RenderO
             from dhserve.engine.face.restore import FaceRestorer
 
             restorer = FaceRestorer.from_settings(settings)
-        if not options.face_restore:
-            restorer = None
         progress.update(_span(SPAN_PREPARE, 0.3), "decoding audio")
         wav = speech_audio.decode_speech(Path(audio), "audio", options.max_input_mb,
                                          options.max_audio_seconds)

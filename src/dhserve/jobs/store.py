@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dhserve.config import Settings
-from dhserve.errors import DhserveError
+from dhserve.errors import DhserveError, first_line
 from dhserve.jobs import migrate
 from dhserve.jobs.model import (
     FINISHED,
@@ -71,7 +71,7 @@ class JobStore:
                 self.engine.dispose()
                 shown = self.engine.url.render_as_string(hide_password=True)
                 raise DhserveError("store.unreachable", f"cannot open the job store {shown}: "
-                                   f"{str(exc.orig).strip().splitlines()[0]}") from None
+                                   f"{first_line(exc.orig)}") from None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> JobStore:
@@ -117,28 +117,26 @@ class JobStore:
         existing job (a retried request); with another spec it is a conflict."""
         payload = _normalised(spec.payload())
         try:
+            created = None
             with self._write() as conn:
                 if self.dialect == "postgresql":    # count-then-insert must not interleave
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
                                  {"key": SUBMIT_LOCK})
                 depth = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
                     jobs.c.state == JobState.QUEUED.value)).scalar_one()
-                if depth >= self.max_queued:
-                    full = True
-                else:
-                    full = False
+                if depth < self.max_queued:
                     seq = conn.execute(sa.select(sa.func.coalesce(
                         sa.func.max(jobs.c.seq), 0) + 1)).scalar_one()
-                    conn.execute(jobs.insert().values(
+                    created = _job(conn.execute(jobs.insert().values(
                         id=job_id, seq=seq, state=JobState.QUEUED.value, priority=spec.priority,
                         progress=0, stage="queued", spec=payload, attempts=0,
-                        created_at=self._now(), cancel_requested=False))
+                        created_at=self._now(), cancel_requested=False)
+                        .returning(*jobs.c)).one())
                     self._notify(conn)
+            if created is not None:
+                return created, True
         except sa.exc.IntegrityError:
-            full = False        # the id exists: a retried request, or a conflict
-        else:
-            if not full:
-                return self.get(job_id), True
+            pass                # the id exists: a retried request, or a conflict
         existing = self._find(job_id)
         if existing is None:
             raise queue_full(self.max_queued)

@@ -31,7 +31,7 @@ from dhserve.engine.lipsync.base import resolve_backend
 from dhserve.engine.media import remove_quietly
 from dhserve.engine.pipeline import RenderOptions, render
 from dhserve.engine.progress import Progress
-from dhserve.errors import Canceled, DhserveError
+from dhserve.errors import Canceled, DhserveError, first_line
 from dhserve.jobs.downloads import download, is_url
 from dhserve.jobs.model import Job
 from dhserve.jobs.options import job_render_options
@@ -129,7 +129,7 @@ class RenderWorker:
                     job = self.store.claim(self.id) if self.store.has_queued() else None
                 except STORE_ERRORS as exc:
                     log.error("job store unreachable: %s; retrying in %g s",
-                              _first_line(exc), self.settings.poll_seconds)
+                              first_line(exc), self.settings.poll_seconds)
                     self._stopping.wait(self.settings.poll_seconds)
                     continue
                 if job is None:
@@ -251,7 +251,7 @@ class RenderWorker:
         try:
             return call(*args)
         except STORE_ERRORS as exc:
-            log.error("job store unreachable: %s", _first_line(exc))
+            log.error("job store unreachable: %s", first_line(exc))
             return None
 
     def _input(self, value: str, field: str, folder: Path, progress: _JobProgress,
@@ -314,7 +314,7 @@ class RenderWorker:
                 self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
                 prune_finished(self.store, self.settings)
         except (*STORE_ERRORS, OSError) as exc:
-            log.error("housekeeping failed: %s", _first_line(exc))
+            log.error("housekeeping failed: %s", first_line(exc))
 
 
 def prune_finished(store: JobStore, settings: Settings) -> int:
@@ -345,7 +345,3 @@ def _older_than(path: Path, cutoff: float) -> bool:
         return path.stat().st_mtime < cutoff
     except FileNotFoundError:
         return False
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

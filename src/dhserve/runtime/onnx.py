@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dhserve.config import Settings
-from dhserve.errors import DhserveError
+from dhserve.errors import DhserveError, first_line
 from dhserve.runtime.models import (
     DTYPES,
     ModelError,
@@ -207,20 +207,15 @@ def create_session(path: Path, config: SessionConfig, what: str = "model",
                                        providers=config.providers())
     except ort.capi.onnxruntime_pybind11_state.EPFail as exc:
         raise GpuUnavailable(f"{what}: {config.gpu_provider_name} failed to start: "
-                             f"{_first_line(exc)}; " + _install_hint()) from None
+                             f"{first_line(exc)}; " + _install_hint()) from None
     except Exception as exc:  # noqa: BLE001 - ORT raises several types for a damaged file
         if config.wants_gpu and _GPU_FAILURE.search(str(exc)):
             raise GpuUnavailable(f"{what}: {config.gpu_provider_name} failed: "
-                                 f"{_first_line(exc)}; " + _install_hint()) from None
+                                 f"{first_line(exc)}; " + _install_hint()) from None
         raise ModelError("model.corrupt", path, f"cannot be loaded as an ONNX {what} "
-                         f"({_first_line(exc)})") from None
+                         f"({first_line(exc)})") from None
     check_session(session, config, what)
     return session
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 class OnnxModel:
