@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,9 @@ class Settings:
     models_dir: Path | None = None       # default <data dir>/models
     wav2lip_model: str = "wav2lip_gan_96.onnx"   # file name in the models dir
     restore_model: str = "GFPGANv1.4.onnx"        # face restoration (chaofen=1)
+    # overlays a job may ask for (HeyGem watermark_switch=1, digital_auth=1): PNG, alpha kept
+    watermark_image: Path | None = None  # drawn in the bottom-right corner
+    ai_label_image: Path | None = None   # the "AI-generated" label, drawn in the top-left corner
     # job store and render workers
     database_url: str = ""               # default sqlite:///<data dir>/dhserve.db
     lease_seconds: float = 60.0          # a claimed job is the worker's until this expires
@@ -72,6 +75,12 @@ class Settings:
     poll_seconds: float = 1.0            # idle worker's longest wait between claim attempts
     stop_grace_seconds: float = 30.0     # SIGTERM: time the current render gets to finish
     download_timeout_seconds: float = 300.0  # http(s) inputs: whole download, per file
+    # HTTP API
+    bind: str = "127.0.0.1:8383"         # loopback unless the operator says otherwise
+    api_key: str = field(default="", repr=False)  # set: every route but /livez needs
+                                                  # "Authorization: Bearer <key>"
+    input_roots: str = ""                # folders (os.pathsep-separated) whose files clients
+                                         # may name as inputs; default: the data dir
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -105,6 +114,22 @@ class Settings:
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "results"
+
+    @property
+    def temp_dir(self) -> Path:
+        """HeyGem's work folder: clients put inputs here and find <code>-r.mp4 here."""
+        return self.data_dir / "temp"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Files uploaded to /v1/jobs, named by their content hash."""
+        return self.data_dir / "uploads"
+
+    @property
+    def input_root_paths(self) -> list[Path]:
+        """The folders whose files a client may name as inputs."""
+        roots = [Path(p) for p in self.input_roots.split(os.pathsep) if p.strip()]
+        return roots or [self.data_dir]
 
     @property
     def models_path(self) -> Path:
