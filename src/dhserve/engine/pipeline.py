@@ -27,6 +27,15 @@ from dhserve.engine.face.analysis import multiple_faces_error
 from dhserve.engine.frames import looped_frames, template_index
 from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, create_backend, resolve_backend
 from dhserve.engine.media import MediaInfo, Mp4Writer, even_size, probe, read_frames, remove_quietly
+from dhserve.engine.overlay import (
+    OVERLAY_KINDS,
+    Overlay,
+    OverlayImage,
+    OverlayKind,
+    apply_overlays,
+    check_overlay_file,
+    overlay_path,
+)
 from dhserve.engine.progress import Progress, no_progress
 from dhserve.errors import InputError
 from dhserve.runtime.models import RESTORE, WAV2LIP, require_model
@@ -56,6 +65,8 @@ class RenderOptions:
     max_video_pixels: int = Settings.max_video_pixels
     frame_cache_mb: float = Settings.frame_cache_mb
     face_restore: bool = False     # HeyGem's chaofen=1: restore the face after lip-sync
+    watermark: bool = False        # HeyGem's watermark_switch=1: Settings.watermark_image
+    ai_label: bool = False         # HeyGem's digital_auth=1: Settings.ai_label_image
 
     def __post_init__(self) -> None:
         """A job's choices are user input: a bad one is an InputError naming the option."""
@@ -63,9 +74,10 @@ class RenderOptions:
             problem = option_problem(name, getattr(self, name))
             if problem:
                 raise InputError("options.invalid", name, problem)
-        if not isinstance(self.face_restore, bool):
-            raise InputError("options.invalid", "face_restore",
-                             f"must be true or false; got {self.face_restore!r}")
+        for name in ("face_restore", "watermark", "ai_label"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise InputError("options.invalid", name, f"must be true or false; got {value!r}")
 
     @classmethod
     def from_settings(cls, settings: Settings, **choices) -> RenderOptions:
@@ -135,6 +147,30 @@ def check_models(options: RenderOptions, settings: Settings | None = None,
         require_model(settings, WAV2LIP, "backend")
 
 
+def check_overlays(options: RenderOptions, settings: Settings | None = None
+                   ) -> list[tuple[OverlayKind, Path]]:
+    """The overlays the job's choices ask for, each with its image file, checked to be
+    configured (overlay.not_configured) and a readable image (overlay.invalid). Like
+    check_models it only looks at files, so a submit can be refused before it is queued."""
+    settings = settings or Settings()
+    wanted = []
+    for kind in OVERLAY_KINDS:
+        if getattr(options, kind.option):
+            path = overlay_path(settings, kind)
+            check_overlay_file(path, kind.option)
+            wanted.append((kind, path))
+    return wanted
+
+
+def load_overlays(options: RenderOptions, settings: Settings | None = None
+                  ) -> list[tuple[OverlayKind, OverlayImage]]:
+    """The overlays the job asks for, decoded once for the whole render; the same refusals
+    as check_overlays."""
+    settings = settings or Settings()
+    return [(kind, OverlayImage.read(overlay_path(settings, kind), kind.option))
+            for kind in OVERLAY_KINDS if getattr(options, kind.option)]
+
+
 def check_output(out: Path) -> Path:
     """The output can be written, checked before minutes of rendering rather than after."""
     out = Path(out)
@@ -193,13 +229,16 @@ def render(video: Path, audio: Path, out: Path, options: RenderOptions = RenderO
 
     `backend` and `restorer`: loaded once by a worker and shared by its renders; when None
     they are loaded for this render from `settings` (model files, device; default
-    Settings()) and released after it. The restorer is used when `options.face_restore`."""
+    Settings()) and released after it. The restorer is used when `options.face_restore`;
+    `options.watermark` and `options.ai_label` draw the images `settings` names for them over
+    every output frame, last, so lip-sync and restoration never touch them."""
     started = time.monotonic()
     settings = settings or Settings()
     out = check_output(out)
     if not options.face_restore:
         restorer = None
     check_models(options, settings, backend is not None, restorer is not None)
+    images = load_overlays(options, settings)
     progress.update(0.0, "probing")
     template, _ = probe_inputs(Path(video), Path(audio), options)
     own_backend, own_restorer = backend is None, restorer is None and options.face_restore
@@ -219,8 +258,10 @@ def render(video: Path, audio: Path, out: Path, options: RenderOptions = RenderO
         openness = speech_audio.mouth_openness(wav, float(fps), total)
         mel = speech_audio.mel_spectrogram(wav) if backend.needs_mel else None
         del wav
-        done = _animate(template, analysis, backend, restorer, openness, mel, Path(audio), out,
-                        options, progress)
+        size = even_size(analysis.width, analysis.height)   # what the encoder keeps
+        overlays = [image.place(*size, kind.corner) for kind, image in images]
+        done = _animate(template, analysis, backend, restorer, overlays, openness, mel,
+                        Path(audio), out, options, progress)
     finally:
         if own_backend:
             backend.close()
@@ -241,9 +282,11 @@ def _context(analysis: TemplateAnalysis, options: RenderOptions, frames: range,
 
 
 def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBackend,
-             restorer: FaceRestorer | None, openness: np.ndarray, mel: np.ndarray | None,
-             audio: Path, out: Path, options: RenderOptions, progress: Progress) -> int:
-    """Streams template frames through the backend into the MP4; returns frames written."""
+             restorer: FaceRestorer | None, overlays: list[Overlay], openness: np.ndarray,
+             mel: np.ndarray | None, audio: Path, out: Path, options: RenderOptions,
+             progress: Progress) -> int:
+    """Streams template frames through the backend (then the restorer and the overlays) into
+    the MP4; returns frames written."""
     fps, total = template.video.fps, openness.size
     # Unique per attempt: two deliveries of one job (same pid in two containers, say) never
     # share a temporary file; the rename makes whichever finishes the result.
@@ -273,6 +316,8 @@ def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBa
                 animated = backend.animate(batch)
                 if restorer is not None:
                     animated = restorer.restore(animated, batch.landmarks)
+                if overlays:
+                    animated = apply_overlays(overlays, animated)
                 for frame in animated:
                     writer.write(frame)
                 done += count

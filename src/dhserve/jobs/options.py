@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dhserve.config import Settings
-from dhserve.engine.pipeline import RenderOptions, check_models
+from dhserve.engine.pipeline import RenderOptions, check_models, check_overlays
 from dhserve.errors import InputError
 from dhserve.jobs.model import JobSpec
 
@@ -26,8 +26,10 @@ def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOpt
 
 
 def check_job(settings: Settings, spec: JobSpec) -> RenderOptions:
-    """What a submit checks before queueing: the options, and that the model files they need
-    are present ("needs models/GFPGANv1.4.onnx"). Reads files only; loads no model."""
+    """What a submit checks before queueing: the options, that the model files they need are
+    present ("needs models/GFPGANv1.4.onnx"), and that the overlays they ask for are
+    configured and readable images. Reads files only; loads no model."""
     options = job_render_options(settings, spec.options)
     check_models(options, settings)
+    check_overlays(options, settings)
     return options
