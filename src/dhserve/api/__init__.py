@@ -1,0 +1,72 @@
+"""dhserve's HTTP API: the Flask app factory. The app talks to the job store and the storage
+only (no models, no CUDA), so any number of web workers may serve it.
+
+    gunicorn -k gthread 'dhserve.api:create_app()'
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, g, request
+
+from dhserve import __version__
+from dhserve.api import auth, problems
+from dhserve.api.context import EXTENSION, ApiContext
+from dhserve.config import Settings
+from dhserve.jobs.store import JobStore
+
+access_log = logging.getLogger("dhserve.api.access")
+UPLOAD_SLACK_BYTES = 1 << 20        # form fields and multipart framing around the two files
+
+
+def create_app(settings: Settings | None = None, store: JobStore | None = None) -> Flask:
+    """The app, with its own job store connection (made here, so after Gunicorn forks)."""
+    settings = settings or Settings.from_env()
+    _default_logging()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = int(2 * settings.max_input_mb * 2**20) + \
+        UPLOAD_SLACK_BYTES
+    app.json.sort_keys = True           # HeyGem's envelopes have sorted keys
+    store = store or JobStore.from_settings(settings)
+    settings.temp_dir.mkdir(parents=True, exist_ok=True)
+    app.extensions[EXTENSION] = ApiContext(settings, store)
+
+    from dhserve.api import health, heygem, openapi, v1
+
+    problems.install(app)
+    auth.install(app, settings.api_key)
+    for module in (heygem, v1, health, openapi):
+        app.register_blueprint(module.blueprint)
+    _install_access_log(app)
+    app.logger.info("dhserve %s API: data dir %s, store %s", __version__,
+                    settings.data_dir.resolve(),
+                    store.engine.url.render_as_string(hide_password=True))
+    return app
+
+
+def _install_access_log(app: Flask) -> None:
+    """One line per request, with the job code where there is one."""
+
+    @app.before_request
+    def _start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _log(response: Response) -> Response:
+        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        job = g.get("job_id") or (request.view_args or {}).get("job_id") or \
+            request.args.get("code")
+        access_log.info("%s %s %d %.1fms%s", request.method, request.path,
+                        response.status_code, elapsed, f" job={job}" if job else "")
+        return response
+
+
+def _default_logging() -> None:
+    """Logs to stderr with the process id when no one configured logging."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: "
+                                   "%(message)s")

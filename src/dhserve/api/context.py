@@ -1,0 +1,63 @@
+"""What every request handler shares: the settings, the job store, and the submit path."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from flask import current_app
+
+from dhserve.config import Settings
+from dhserve.errors import InputError
+from dhserve.jobs.model import Job, JobSpec, WorkerInfo
+from dhserve.jobs.options import check_job
+from dhserve.jobs.store import JobStore
+
+EXTENSION = "dhserve"
+# A job id is a file name too (HeyGem's <code>-r.mp4), so it is kept to safe characters.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# A worker counts as alive while its last heartbeat is younger than this many intervals.
+HEARTBEAT_STALE_FACTOR = 3.0
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    store: JobStore
+
+    def submit(self, job_id: str, spec: JobSpec) -> tuple[Job, bool]:
+        """The one way a job enters the queue from HTTP: options and model files checked,
+        then an idempotent insert. Returns (job, created)."""
+        check_job(self.settings, spec)
+        return self.store.submit(job_id, spec)
+
+    def live_workers(self) -> tuple[float, list[WorkerInfo]]:
+        """(database time now, workers whose heartbeat is recent)."""
+        now = self.store.now()
+        limit = self.settings.heartbeat_seconds * HEARTBEAT_STALE_FACTOR
+        return now, [w for w in self.store.workers() if now - w.heartbeat_at <= limit]
+
+    def ready_workers(self) -> list[WorkerInfo]:
+        """Render workers with their models loaded that heartbeated recently."""
+        _, alive = self.live_workers()
+        return [w for w in alive if w.ready and w.state != "stopping"]
+
+
+def context() -> ApiContext:
+    return current_app.extensions[EXTENSION]
+
+
+def check_job_id(value: str, field: str) -> str:
+    if not JOB_ID.fullmatch(value):
+        raise InputError("request.invalid", field,
+                         "must be 1-128 letters, digits, '.', '_' or '-', starting with a "
+                         f"letter or digit; got {value[:40]!r}")
+    return value
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """An epoch time (the store's clock) as ISO 8601 UTC."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")

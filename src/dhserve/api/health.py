@@ -1,0 +1,55 @@
+"""Is the service up, can it render, and what is it doing: /livez, /readyz, /health."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from dhserve import __version__
+from dhserve.api.context import context, iso_time
+from dhserve.engine.lipsync.base import resolve_backend
+from dhserve.jobs.model import JobState
+from dhserve.runtime.gpu import gpu_summary
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/livez")
+def livez() -> Response:
+    """The process answers; touches nothing else (no store, no auth)."""
+    return jsonify({"status": "alive"})
+
+
+@blueprint.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """200 only while a render worker with its models loaded heartbeats: a load balancer
+    sends work here only when the work can be done."""
+    ready = context().ready_workers()
+    if ready:
+        return jsonify({"status": "ready", "workers": len(ready)}), 200
+    return jsonify({"status": "not ready",
+                    "reason": "no render worker with loaded models has sent a heartbeat "
+                              "recently; start one with `dhserve worker`"}), 503
+
+
+@blueprint.get("/health")
+def health() -> tuple[Response, int]:
+    ctx = context()
+    settings = ctx.settings
+    counts = ctx.store.counts()
+    now, alive = ctx.live_workers()
+    workers = [{"id": w.id, "host": w.host, "pid": w.pid, "device": w.device,
+                "backend": w.backend, "state": w.state, "job": w.job_id, "ready": w.ready,
+                "last_heartbeat": iso_time(w.heartbeat_at),
+                "heartbeat_age_seconds": round(max(now - w.heartbeat_at, 0.0), 3)}
+               for w in alive]
+    ready = any(w["ready"] and w["state"] != "stopping" for w in workers)
+    return jsonify({
+        "status": "ok" if ready else "degraded",
+        "version": __version__,
+        "device": settings.device,
+        "backend": resolve_backend(settings.backend, settings),
+        "queue": {"depth": counts[JobState.QUEUED],
+                  "jobs": {state.value: n for state, n in counts.items()}},
+        "workers": workers,
+        "gpu": gpu_summary(),
+    }), 200

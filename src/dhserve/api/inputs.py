@@ -1,0 +1,90 @@
+"""Where a client's inputs may come from: http(s) URLs, files inside the allowed folders, and
+uploads. Nothing outside the allowed folders is opened, not even to say whether it exists."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+from dhserve.config import Settings
+from dhserve.engine.media import probe, remove_quietly
+from dhserve.errors import InputError
+
+CHUNK = 1 << 20
+KINDS = ("video", "audio")
+
+
+def resolve_input(value: object, field: str, settings: Settings) -> str:
+    """An http(s) URL as given, or the absolute path of a file inside the allowed folders.
+    A bare name is looked up in the data dir's temp/ (where HeyGem clients put files); a
+    relative path is taken from the data dir."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError("request.invalid", field, "must be a non-empty string")
+    value = value.strip()
+    scheme = urlsplit(value).scheme.lower()
+    if scheme in ("http", "https"):
+        if not urlsplit(value).hostname:
+            raise InputError("input.invalid_url", field, f"URL has no host: {value[:200]}")
+        return value
+    if scheme and len(scheme) > 1:     # one letter would be a Windows drive, not a scheme
+        raise InputError("input.scheme_not_allowed", field,
+                         f"{scheme}:// inputs are not accepted; give an http(s) URL or a "
+                         "file inside the data dir")
+    if "\x00" in value:
+        raise InputError("input.path_not_allowed", field, "path contains a NUL byte")
+    if ".." in PurePosixPath(value).parts:
+        raise InputError("input.path_not_allowed", field, "'..' is not allowed in a path")
+    path = Path(value)
+    if not path.is_absolute():
+        base = settings.temp_dir if len(path.parts) == 1 else settings.data_dir
+        path = base / path
+    real = Path(os.path.realpath(path))      # symlinks followed before the check
+    roots = [Path(os.path.realpath(root)) for root in settings.input_root_paths]
+    if not any(real.is_relative_to(root) for root in roots):
+        raise InputError("input.path_not_allowed", field,
+                         f"{value} is outside the folders inputs may come from "
+                         "(the data dir, or DHSERVE_INPUT_ROOTS)")
+    return str(real)
+
+
+def check_media(value: str, field: str, kind: str, max_mb: float) -> None:
+    """A local input reads as media of `kind`, judged by its content (URLs are checked by
+    the worker after downloading)."""
+    if urlsplit(value).scheme.lower() in ("http", "https"):
+        return
+    info = probe(Path(value), field, max_mb, kind=kind)
+    if getattr(info, kind) is None:
+        raise InputError(f"{kind}.no_{kind}_stream", field, f"file has no {kind} stream")
+
+
+def save_upload(stream: BinaryIO, filename: str, field: str, folder: Path,
+                max_mb: float) -> tuple[Path, bool]:
+    """Stores an upload in the job's own folder, named by its content hash, so a retried
+    request names the same file (an idempotent resubmit is the same job). Over `max_mb` it is
+    refused and removed. Returns (path, whether this call created the file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / f".upload-{uuid.uuid4().hex}.part"
+    digest, size, limit = hashlib.sha256(), 0, max_mb * 2**20
+    try:
+        with open(part, "wb") as out:
+            while chunk := stream.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise InputError("input.too_large", field,
+                                     f"upload is over the limit of {max_mb:g} MB")
+                digest.update(chunk)
+                out.write(chunk)
+        if size == 0:
+            raise InputError("input.empty_file", field, "uploaded file is empty")
+        suffix = re.sub(r"[^A-Za-z0-9]", "", Path(filename or "").suffix)[:8].lower()
+        path = folder / f"{field}-{digest.hexdigest()[:24]}{'.' + suffix if suffix else ''}"
+        created = not path.exists()
+        os.replace(part, path)
+        return path, created
+    finally:
+        remove_quietly(part)

@@ -1,0 +1,235 @@
+"""/openapi.json: the OpenAPI 3.1 description of what the app does (the test suite checks
+the app's responses against it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from dhserve import __version__
+
+blueprint = Blueprint("openapi", __name__)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str, media: str = "application/json",
+          headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description,
+                                "content": {media: {"schema": schema}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    return {str(s): _json(_ref("Problem"), "problem details", "application/problem+json",
+                          {"Retry-After": {"schema": {"type": "string"}}} if s == 429 else None)
+            for s in statuses}
+
+
+NULLABLE_STR = {"type": ["string", "null"]}
+JOB_ID = {"name": "job_id", "in": "path", "required": True,
+          "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}}
+FLAG = {"type": ["integer", "string", "boolean"], "description": "0 or 1"}
+UNAUTHORIZED = _problems(401)
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object", "required": ["type", "title", "status", "code", "detail"],
+        "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                       "status": {"type": "integer"},
+                       "code": {"type": "string", "description": "stable error code"},
+                       "detail": {"type": "string"},
+                       "field": {"type": "string", "description": "the input at fault"}}},
+    "HeyGemSubmit": {
+        "type": "object", "required": ["audio_url", "video_url", "code"],
+        "properties": {"audio_url": {"type": "string"}, "video_url": {"type": "string"},
+                       "code": {"type": "string"}, "chaofen": FLAG, "watermark_switch": FLAG,
+                       "digital_auth": FLAG, "pn": FLAG}},
+    "HeyGemEnvelope": {
+        "type": "object", "required": ["code", "data", "msg", "success"],
+        "properties": {"code": {"enum": [10000, 10001, 10002, 10003, 10004, 10005, 9999]},
+                       "data": {"type": "object"},
+                       "msg": {"type": ["string", "integer"]},
+                       "success": {"type": "boolean"}}},
+    "HeyGemTask": {
+        "type": "object", "required": ["code", "status", "progress", "result", "msg"],
+        "properties": {"code": {"type": "string"},
+                       "status": {"enum": [1, 2, 3],
+                                  "description": "1 running (or queued), 2 done, 3 failed"},
+                       "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                       "result": {"type": "string",
+                                  "description": "on success: /<code>-r.mp4, relative to the "
+                                                 "data dir's temp/"},
+                       "msg": {"type": "string"},
+                       "cost": {"type": "number", "description": "render seconds"},
+                       "video_duration": {"type": "integer", "description": "milliseconds"},
+                       "width": {"type": "integer"}, "height": {"type": "integer"}}},
+    "JobRequest": {
+        "type": "object", "required": ["video", "audio"],
+        "properties": {"video": {"type": "string", "description": "http(s) URL, or a path "
+                                 "inside the data dir (a bare name: in temp/)"},
+                       "audio": {"type": "string"},
+                       "options": {"type": "object", "description": "backend, loop, "
+                                   "x264_preset, crf, multiple_faces, face_restore, "
+                                   "watermark, ai_label"},
+                       "priority": {"type": "integer"}}},
+    "JobUpload": {
+        "type": "object",
+        "properties": {"video": {"type": "string", "contentMediaType": "application/octet-stream"},
+                       "audio": {"type": "string", "contentMediaType": "application/octet-stream"},
+                       "options": {"type": "string", "description": "JSON object"},
+                       "priority": {"type": "string", "description": "JSON integer"}}},
+    "Job": {
+        "type": "object",
+        "required": ["id", "state", "progress", "stage", "attempts", "priority", "inputs",
+                     "options", "created_at", "started_at", "finished_at", "cancel_requested",
+                     "error", "result", "links"],
+        "properties": {
+            "id": {"type": "string"},
+            "state": {"enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+            "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+            "stage": {"type": "string"}, "attempts": {"type": "integer"},
+            "priority": {"type": "integer"},
+            "inputs": {"type": "object", "required": ["video", "audio"],
+                       "properties": {"video": {"type": "string"},
+                                      "audio": {"type": "string"}}},
+            "options": {"type": "object"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": NULLABLE_STR, "finished_at": NULLABLE_STR,
+            "cancel_requested": {"type": "boolean"},
+            "error": {"oneOf": [{"type": "null"}, {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"},
+                               "message": NULLABLE_STR}}]},
+            "result": {"oneOf": [{"type": "null"}, {
+                "type": "object", "required": ["url"],
+                "properties": {"url": {"type": "string"}, "frames": {"type": "integer"},
+                               "width": {"type": "integer"}, "height": {"type": "integer"},
+                               "fps": {"type": "number"}, "duration": {"type": "number"},
+                               "elapsed": {"type": "number"}, "backend": {"type": "string"},
+                               "analysis_cached": {"type": "boolean"},
+                               "warnings": {"type": "array", "items": {"type": "string"}}}}]},
+            "links": {"type": "object", "required": ["self"],
+                      "properties": {"self": {"type": "string"}}}}},
+    "JobList": {"type": "object", "required": ["jobs"],
+                "properties": {"jobs": {"type": "array", "items": _ref("Job")}}},
+    "Health": {
+        "type": "object",
+        "required": ["status", "version", "device", "backend", "queue", "workers", "gpu"],
+        "properties": {
+            "status": {"enum": ["ok", "degraded"]}, "version": {"type": "string"},
+            "device": {"type": "string"}, "backend": {"type": "string"},
+            "queue": {"type": "object", "required": ["depth", "jobs"],
+                      "properties": {"depth": {"type": "integer"}, "jobs": {"type": "object"}}},
+            "workers": {"type": "array", "items": {
+                "type": "object",
+                "required": ["id", "device", "state", "ready", "last_heartbeat",
+                             "heartbeat_age_seconds"],
+                "properties": {"id": {"type": "string"}, "host": {"type": "string"},
+                               "pid": {"type": "integer"}, "device": {"type": "string"},
+                               "backend": {"type": "string"}, "state": {"type": "string"},
+                               "job": NULLABLE_STR, "ready": {"type": "boolean"},
+                               "last_heartbeat": {"type": "string"},
+                               "heartbeat_age_seconds": {"type": "number"}}}},
+            "gpu": {"type": "object", "required": ["available"],
+                    "properties": {"available": {"type": "boolean"},
+                                   "reason": {"type": "string"},
+                                   "driver": {"type": "string"},
+                                   "devices": {"type": "array"}}}}},
+    "Status": {"type": "object", "required": ["status"],
+               "properties": {"status": {"type": "string"}, "reason": {"type": "string"},
+                              "workers": {"type": "integer"}}},
+}
+
+HEYGEM = _json(_ref("HeyGemEnvelope"), "HeyGem envelope; the outcome is in `code`")
+JOB = _json(_ref("Job"), "the job")
+LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "dhserve", "version": __version__,
+                 "description": "Talking-head video synthesis: HeyGem-compatible /easy API "
+                                "and the /v1 REST API."},
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "when DHSERVE_API_KEY "
+                                                                     "is set"}}},
+        "security": [{}, {"bearer": []}],
+        "paths": {
+            "/easy/submit": {"post": {
+                "summary": "HeyGem: queue a video synthesis task",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref("HeyGemSubmit")}}},
+                "responses": {"200": HEYGEM, **UNAUTHORIZED}}},
+            "/easy/query": {"get": {
+                "summary": "HeyGem: a task's status, progress and result",
+                "parameters": [{"name": "code", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": HEYGEM, **UNAUTHORIZED}}},
+            "/v1/jobs": {
+                "post": {
+                    "summary": "Submit a job (JSON with URLs/paths, or a multipart upload)",
+                    "parameters": [{"name": "Idempotency-Key", "in": "header",
+                                    "schema": {"type": "string"},
+                                    "description": "becomes the job id; a retry with the "
+                                                   "same request returns the same job"}],
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": _ref("JobRequest")},
+                        "multipart/form-data": {"schema": _ref("JobUpload")}}},
+                    "responses": {
+                        "202": {**JOB, "description": "queued", "headers": LOCATION},
+                        "200": {**JOB, "description": "the job this Idempotency-Key made",
+                                "headers": LOCATION},
+                        **_problems(400, 401, 409, 413, 422, 429, 503)}},
+                "get": {
+                    "summary": "Recent jobs, newest first",
+                    "parameters": [
+                        {"name": "state", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": _json(_ref("JobList"), "jobs"),
+                                  **_problems(400, 401, 503)}}},
+            "/v1/jobs/{job_id}": {
+                "parameters": [JOB_ID],
+                "get": {"summary": "One job", "responses": {"200": JOB,
+                                                            **_problems(401, 404, 503)}},
+                "delete": {"summary": "Cancel: at once when queued, at the next frame batch "
+                                      "when running",
+                           "responses": {"202": JOB, **_problems(401, 404, 409, 503)}}},
+            "/v1/jobs/{job_id}/result": {
+                "parameters": [JOB_ID],
+                "get": {"summary": "The MP4 (Range requests answer 206)",
+                        "responses": {
+                            "200": {"description": "the video",
+                                    "content": {"video/mp4": {}}},
+                            "206": {"description": "part of the video (Content-Range)",
+                                    "content": {"video/mp4": {}}},
+                            "304": {"description": "not modified"},
+                            "416": {"description": "range not satisfiable"},
+                            **_problems(401, 404, 409, 410, 503)}}},
+            "/health": {"get": {"summary": "Status, version, device, queue, workers, GPU",
+                                "responses": {"200": _json(_ref("Health"), "health"),
+                                              **_problems(401, 503)}}},
+            "/livez": {"get": {"summary": "The process is up", "security": [{}],
+                               "responses": {"200": _json(_ref("Status"), "alive")}}},
+            "/readyz": {"get": {"summary": "A render worker is ready",
+                                "responses": {"200": _json(_ref("Status"), "ready"),
+                                              "503": _json(_ref("Status"), "not ready"),
+                                              **UNAUTHORIZED}}},
+            "/openapi.json": {"get": {"summary": "This document",
+                                      "responses": {"200": {"description": "OpenAPI 3.1",
+                                                            "content": {"application/json": {
+                                                                "schema": {"type": "object"}}}},
+                                                    **UNAUTHORIZED}}},
+        },
+    }
+
+
+@blueprint.get("/openapi.json")
+def openapi_json() -> Response:
+    return jsonify(document())

@@ -1,0 +1,86 @@
+"""Errors as HTTP answers: RFC 9457 problem details carrying dhserve's stable codes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from dhserve.errors import DhserveError, InputError, first_line
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "application/problem+json"
+# Status for a code, by exact code, then by its family (the part before the dot).
+STATUS_BY_CODE = {"job.not_found": 404, "job.conflict": 409, "job.finished": 409,
+                  "job.not_ready": 409, "result.gone": 410, "queue.full": 429,
+                  "input.too_large": 413, "request.too_large": 413,
+                  "auth.required": 401, "store.unreachable": 503}
+STATUS_BY_FAMILY = {"request": 400, "input": 422, "options": 422, "video": 422, "audio": 422,
+                    "overlay": 422, "model": 422, "runtime": 503}
+TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
+          409: "Conflict", 410: "Gone", 413: "Content too large", 422: "Unprocessable input",
+          429: "Too many requests", 500: "Internal error", 503: "Service unavailable"}
+RETRY_AFTER_S = 5
+
+
+def status_for(code: str) -> int:
+    return STATUS_BY_CODE.get(code) or STATUS_BY_FAMILY.get(code.split(".")[0], 500)
+
+
+def problem(status: int, code: str, detail: str, field: str | None = None,
+            **extra: Any) -> Response:
+    body: dict[str, Any] = {"type": f"urn:dhserve:error:{code}",
+                            "title": TITLES.get(status, "Error"), "status": status,
+                            "code": code, "detail": detail, **extra}
+    if field is not None:
+        body["field"] = field
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = PROBLEM_TYPE
+    if code == "queue.full":
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="dhserve"'
+    return response
+
+
+def error_response(exc: DhserveError) -> Response:
+    field = exc.field if isinstance(exc, InputError) else None
+    detail = exc.reason if isinstance(exc, InputError) else exc.message
+    return problem(status_for(exc.code), exc.code, detail, field)
+
+
+def install(app: Flask) -> None:
+    """Every error leaves as a problem document, HTTP's own (404, 405, 413) included."""
+
+    @app.errorhandler(DhserveError)
+    def _dhserve_error(exc: DhserveError) -> Response:
+        return error_response(exc)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Response:
+        limit = app.config.get("MAX_CONTENT_LENGTH") or 0
+        return problem(413, "request.too_large",
+                       f"request body is over the limit of {limit / 2**20:g} MB")
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        response = problem(status, f"http.{status}", exc.description or exc.name)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        from sqlalchemy.exc import DBAPIError
+
+        if isinstance(exc, DBAPIError):
+            log.error("job store unreachable: %s", first_line(exc))
+            return problem(503, "store.unreachable", "the job store cannot be reached; "
+                           "retry later")
+        log.exception("unexpected error")
+        return problem(500, "internal", f"internal error: {type(exc).__name__}")

@@ -1,0 +1,150 @@
+"""The REST API: /v1/jobs. JSON in (URLs or paths) or a multipart upload of the two files;
+jobs as JSON documents; errors as problem details (dhserve.api.problems)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request, send_file, url_for
+
+from dhserve.api.context import check_job_id, context, iso_time
+from dhserve.api.inputs import KINDS, check_media, resolve_input, save_upload
+from dhserve.engine.media import remove_quietly
+from dhserve.errors import DhserveError, InputError
+from dhserve.jobs.model import Job, JobSpec, JobState
+
+blueprint = Blueprint("v1", __name__, url_prefix="/v1")
+
+DEFAULT_LIMIT, MAX_LIMIT = 50, 500
+
+
+@blueprint.post("/jobs")
+def create_job() -> tuple[Response, int, dict[str, str]]:
+    ctx = context()
+    key = request.headers.get("Idempotency-Key")
+    job_id = check_job_id(key, "Idempotency-Key") if key else uuid.uuid4().hex
+    g.job_id = job_id
+    if request.mimetype == "multipart/form-data":
+        fields: dict[str, Any] = request.form.to_dict()
+        for name in ("options", "priority"):
+            if name in fields:
+                fields[name] = _json_field(fields[name], name)
+    else:
+        fields = request.get_json(silent=True)
+        if not isinstance(fields, dict):
+            raise InputError("request.invalid", "body", "expected a JSON object or a "
+                             "multipart/form-data upload")
+    uploaded: list[Path] = []
+    try:
+        inputs = {kind: _input(kind, fields, uploaded) for kind in KINDS}
+        options = fields.get("options") or {}
+        if not isinstance(options, dict):
+            raise InputError("request.invalid", "options", "must be an object")
+        priority = fields.get("priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise InputError("request.invalid", "priority", "must be an integer")
+        for kind in KINDS:
+            check_media(inputs[kind], kind, kind, ctx.settings.max_input_mb)
+        job, created = ctx.submit(job_id, JobSpec(video=inputs["video"], audio=inputs["audio"],
+                                                  options=options, priority=priority))
+    except DhserveError:
+        for path in uploaded:
+            remove_quietly(path)
+        with contextlib.suppress(OSError):      # only if empty: not a replayed job's files
+            (ctx.settings.uploads_dir / job_id).rmdir()
+        raise
+    location = url_for("v1.get_job", job_id=job.id)
+    return jsonify(job_document(job)), 202 if created else 200, {"Location": location}
+
+
+def _json_field(value: str, name: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise InputError("request.invalid", name, "must be JSON") from None
+
+
+def _input(kind: str, fields: dict[str, Any], uploaded: list[Path]) -> str:
+    """The uploaded file `kind`, else the URL or path given in the field."""
+    settings = context().settings
+    upload = request.files.get(kind) if request.files else None
+    if upload is not None and upload.filename:
+        path, created = save_upload(upload.stream, upload.filename, kind,
+                                    settings.uploads_dir / g.job_id, settings.max_input_mb)
+        if created:         # a replayed request's files belong to the job that exists
+            uploaded.append(path)
+        return str(path.resolve())
+    if fields.get(kind) in (None, ""):
+        raise InputError("request.invalid", kind, "missing: give a URL, a path or a file")
+    return resolve_input(fields[kind], kind, settings)
+
+
+@blueprint.get("/jobs")
+def list_jobs() -> Response:
+    state = request.args.get("state") or None
+    if state is not None and state not in {s.value for s in JobState}:
+        raise InputError("request.invalid", "state",
+                         f"must be one of {', '.join(s.value for s in JobState)}")
+    try:
+        limit = int(request.args.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InputError("request.invalid", "limit", f"must be an integer 1..{MAX_LIMIT}")
+    jobs = context().store.list(JobState(state) if state else None, limit)
+    return jsonify({"jobs": [job_document(job) for job in jobs]})
+
+
+@blueprint.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    g.job_id = job_id
+    return jsonify(job_document(context().store.get(job_id)))
+
+
+@blueprint.delete("/jobs/<job_id>")
+def cancel_job(job_id: str) -> tuple[Response, int]:
+    """A queued job ends at once; a running one stops at its next frame batch (202)."""
+    g.job_id = job_id
+    return jsonify(job_document(context().store.cancel(job_id))), 202
+
+
+@blueprint.get("/jobs/<job_id>/result")
+def job_result(job_id: str) -> Response:
+    """The MP4, with Range support (206) so a player can seek."""
+    g.job_id = job_id
+    job = context().store.get(job_id)
+    if job.state is not JobState.SUCCEEDED:
+        if job.state.finished:
+            raise DhserveError("job.finished", f"job {job_id!r} {job.state.value}: "
+                               f"{job.error_message or 'no result'}")
+        raise DhserveError("job.not_ready", f"job {job_id!r} is {job.state.value} "
+                           f"({job.progress} %); the result is not ready")
+    path = Path(job.result or "")
+    if not path.is_file():
+        raise DhserveError("result.gone", f"the result of job {job_id!r} no longer exists")
+    return send_file(path, mimetype="video/mp4", conditional=True, etag=True,
+                     download_name=f"{job_id}.mp4", max_age=0)
+
+
+def job_document(job: Job) -> dict[str, Any]:
+    """A job as /v1 shows it."""
+    result = None
+    if job.state is JobState.SUCCEEDED:
+        info = job.result_info
+        result = {"url": url_for("v1.job_result", job_id=job.id),
+                  **{k: info[k] for k in ("frames", "width", "height", "fps", "duration",
+                                          "elapsed", "backend", "analysis_cached", "warnings")
+                     if k in info}}
+    error = ({"code": job.error_code, "message": job.error_message}
+             if job.error_code else None)
+    return {"id": job.id, "state": job.state.value, "progress": int(job.progress),
+            "stage": job.stage, "attempts": job.attempts, "priority": job.spec.priority,
+            "inputs": {"video": job.spec.video, "audio": job.spec.audio},
+            "options": job.spec.options, "created_at": iso_time(job.created_at),
+            "started_at": iso_time(job.started_at), "finished_at": iso_time(job.finished_at),
+            "cancel_requested": job.cancel_requested, "error": error, "result": result,
+            "links": {"self": url_for("v1.get_job", job_id=job.id)}}

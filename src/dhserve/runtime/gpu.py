@@ -1,0 +1,53 @@
+"""GPU facts from NVML (nvidia-ml-py): safe in any process, because NVML never creates a CUDA
+context; the web tier and the Gunicorn master may ask."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    index: int
+    name: str
+    memory_total_mb: float
+    memory_used_mb: float
+    utilization_percent: int | None
+
+
+def gpu_summary() -> dict[str, Any]:
+    """{"available": bool, "driver": str, "devices": [...]} or, where NVML cannot be used
+    (no NVIDIA driver, no GPU), {"available": False, "reason": ...}."""
+    try:
+        import pynvml
+    except ImportError:
+        return {"available": False, "reason": "nvidia-ml-py is not installed"}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return {"available": False, "reason": f"NVML: {exc}"}
+    try:
+        devices = [_device(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount())]
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        driver = driver.decode() if isinstance(driver, bytes) else str(driver)
+        return {"available": bool(devices), "driver": driver,
+                "devices": [asdict(d) for d in devices]}
+    except pynvml.NVMLError as exc:
+        return {"available": False, "reason": f"NVML: {exc}"}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _device(pynvml: Any, index: int) -> GpuDevice:
+    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    name = pynvml.nvmlDeviceGetName(handle)
+    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    try:
+        utilization: int | None = int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    except pynvml.NVMLError:        # not supported on some (MIG, virtual) devices
+        utilization = None
+    return GpuDevice(index, name.decode() if isinstance(name, bytes) else str(name),
+                     round(memory.total / MIB, 1), round(memory.used / MIB, 1), utilization)

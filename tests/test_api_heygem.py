@@ -1,0 +1,189 @@
+"""The HeyGem contract (/easy/submit, /easy/query) in-process, with a real render worker."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import av
+import pytest
+from api_support import wait_for
+
+from dhserve.jobs import JobState, JobStore
+
+ENVELOPE_KEYS = ["code", "data", "msg", "success"]
+
+
+def submit(svc, **body):
+    response = svc.client.post("/easy/submit", json=body)
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def query(svc, code):
+    response = svc.client.get(f"/easy/query?code={code}")
+    assert response.status_code == 200
+    return response.get_json()
+
+
+@pytest.fixture
+def media(tiny_template, tiny_speech):
+    """Copies the inputs into temp/ the way the desktop client does; returns bare names."""
+    def put(svc, video="avatar.mp4", audio="speech.wav"):
+        svc.temp.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_template, svc.temp / video)
+        shutil.copy(tiny_speech, svc.temp / audio)
+        return video, audio
+    return put
+
+
+def test_submit_query_until_done_then_the_same_answer_again(service, media):
+    svc = service()
+    svc.start_worker()
+    video, audio = media(svc)
+    raw = svc.client.post("/easy/submit", json={"audio_url": audio, "video_url": video,
+                                                "code": "task-1"})
+    assert list(json.loads(raw.get_data(as_text=True))) == ENVELOPE_KEYS   # keys sorted
+    assert raw.get_json() == {"code": 10000, "data": {}, "msg": 10000, "success": True}
+
+    seen = []
+
+    def done():
+        answer = query(svc, "task-1")
+        assert answer["code"] == 10000 and answer["success"] is True and answer["msg"] == ""
+        seen.append(answer["data"]["progress"])
+        return answer if answer["data"]["status"] != 1 else None
+
+    answer = wait_for(done, 90, "the task to finish", every=0.05)
+    data = answer["data"]
+    assert data["status"] == 2, data
+    assert seen == sorted(seen) and all(isinstance(p, int) for p in seen)
+    assert data["progress"] == 100 and data["result"] == "/task-1-r.mp4"
+    result = svc.temp / data["result"].lstrip("/")
+    with av.open(str(result)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (data["width"], data["height"]) == (256, 256)
+        assert container.streams.audio
+    assert 550 <= data["video_duration"] <= 700          # 0.6 s of speech, in ms
+    assert data["cost"] > 0
+    assert query(svc, "task-1") == answer                 # kept, not deleted on first read
+
+
+def test_every_submit_code(service, media, tmp_path):
+    svc = service(max_queued=1)                           # no worker: jobs stay queued
+    video, audio = media(svc)
+    body = {"audio_url": audio, "video_url": video, "code": "a"}
+    for missing in ("audio_url", "video_url", "code"):
+        answer = submit(svc, **{k: v for k, v in body.items() if k != missing})
+        assert answer == {"code": 10002, "data": {}, "msg": f"{missing}参数缺失",
+                          "success": True}
+    assert submit(svc, **body)["code"] == 10000
+    assert submit(svc, **body)["code"] == 10000           # same code, same payload: idempotent
+    assert submit(svc, **{**body, "pn": 0}) == {"code": 10005, "data": {},
+                                               "msg": "任务已存在，正在执行中", "success": True}
+    assert submit(svc, **{**body, "code": "b"}) == {"code": 10001, "data": {}, "msg": "忙碌中",
+                                                   "success": True}
+    assert svc.store.counts()[JobState.QUEUED] == 1
+    assert query(svc, "a")["data"]["status"] == 1
+    assert query(svc, "nope") == {"code": 10004, "data": {}, "msg": "任务不存在",
+                                  "success": True}
+    assert query(svc, "")["code"] == 10002
+
+
+def test_flags_map_to_render_options(service, media):
+    svc = service()
+    video, audio = media(svc)
+    submit(svc, audio_url=audio, video_url=video, code="p0", pn=0)
+    submit(svc, audio_url=audio, video_url=video, code="p1", pn="1")
+    assert svc.store.get("p0").spec.options == {"loop": "restart"}
+    assert svc.store.get("p1").spec.options == {"loop": "pingpong"}
+    assert svc.store.get("p1").spec.output == str((svc.temp / "p1-r.mp4").resolve())
+    answer = submit(svc, audio_url=audio, video_url=video, code="bad", chaofen="yes")
+    assert answer["code"] == 10002 and answer["msg"].startswith("chaofen: must be 0 or 1")
+
+
+def test_features_without_their_files_are_refused_by_name(service, media):
+    svc = service()
+    video, audio = media(svc)
+    answer = submit(svc, audio_url=audio, video_url=video, code="c", chaofen=1)
+    assert answer["code"] == 10002
+    assert answer["msg"].startswith("chaofen: ") and "GFPGANv1.4.onnx" in answer["msg"]
+    answer = submit(svc, audio_url=audio, video_url=video, code="w", watermark_switch=1)
+    assert answer == {"code": 10002, "data": {}, "success": True, "msg": "watermark_switch: "
+                      "needs an image; set DHSERVE_WATERMARK_IMAGE"}
+    answer = submit(svc, audio_url=audio, video_url=video, code="d", digital_auth=1)
+    assert answer["code"] == 10002
+    assert answer["msg"] == "digital_auth: needs an image; set DHSERVE_AI_LABEL_IMAGE"
+    assert svc.store.list() == []
+
+
+def test_watermark_and_label_from_configured_images_are_rendered(service, media, tmp_path):
+    import cv2
+    import numpy as np
+
+    from dhserve.engine.media import read_frames
+
+    mark = np.zeros((40, 40, 4), np.uint8)
+    mark[..., 1] = mark[..., 3] = 255                     # opaque green square
+    cv2.imwrite(str(tmp_path / "mark.png"), mark)
+    svc = service(watermark_image=tmp_path / "mark.png", ai_label_image=tmp_path / "mark.png")
+    svc.start_worker()
+    video, audio = media(svc)
+    for code, flags in (("plain", {}), ("marked", {"watermark_switch": 1, "digital_auth": 1})):
+        assert submit(svc, audio_url=audio, video_url=video, code=code, **flags)["code"] == 10000
+    for code in ("plain", "marked"):
+        wait_for(lambda c=code: query(svc, c)["data"]["status"] == 2, 60, f"job {code}")
+    plain, marked = (next(iter(read_frames(svc.temp / f"{c}-r.mp4"))).astype(int)
+                     for c in ("plain", "marked"))
+    green = np.array([0, 255, 0])
+    for corner in (marked[10:30, 10:30], marked[-30:-10, -30:-10]):   # top-left, bottom-right
+        assert np.abs(corner - green).mean() < 25
+    assert np.abs(marked[100:150, 100:150] - plain[100:150, 100:150]).mean() < 3
+
+
+def test_unreadable_media_is_refused_at_submit_naming_the_field(service, media):
+    svc = service()
+    video, audio = media(svc)
+    (svc.temp / "notes.mp4").write_text("this is text, whatever the extension says")
+    answer = submit(svc, audio_url=audio, video_url="notes.mp4", code="n")
+    assert answer["code"] == 10002 and answer["msg"].startswith("video_url: ")
+    answer = submit(svc, audio_url="missing.wav", video_url=video, code="m")
+    assert answer["code"] == 10002 and answer["msg"].startswith("audio_url: no such file")
+    answer = submit(svc, audio_url=video, video_url=audio, code="s")     # swapped
+    assert answer["code"] == 10002 and answer["msg"].startswith("video_url: ")
+    answer = submit(svc, audio_url=audio, video_url=video, code="../x")
+    assert answer["code"] == 10002 and answer["msg"].startswith("code: ")
+    assert svc.store.list() == []
+
+
+def test_a_failed_render_answers_status_3_with_the_reason(service, media, tmp_path):
+    import numpy as np
+    from conftest import encode_video
+
+    svc = service()
+    svc.start_worker()
+    _, audio = media(svc)
+    blank = [np.full((128, 128, 3), 90, np.uint8)] * 10
+    encode_video(svc.temp / "noface.mp4", blank)
+    assert submit(svc, audio_url=audio, video_url="noface.mp4", code="f")["code"] == 10000
+    answer = wait_for(lambda: (a := query(svc, "f"))["data"]["status"] != 1 and a, 60,
+                      "the render to fail")
+    assert answer["data"]["status"] == 3 and answer["data"]["result"] == ""
+    assert answer["data"]["msg"].startswith("video_url: ") and "face" in answer["data"]["msg"]
+
+
+def test_an_unreachable_store_answers_9999_and_the_process_stays_up(service, media):
+    from dhserve.api import create_app
+    from dhserve.config import Settings
+
+    broken = JobStore("postgresql+psycopg://postgres@127.0.0.1:1/test", upgrade=False)
+    svc = service()
+    media(svc)
+    app = create_app(Settings(data_dir=svc.settings.data_dir), store=broken)
+    client = app.test_client()
+    answer = client.post("/easy/submit", json={"audio_url": "speech.wav",
+                                               "video_url": "avatar.mp4", "code": "x"})
+    assert answer.get_json() == {"code": 9999, "data": {}, "msg": "系统异常", "success": True}
+    assert client.get("/easy/query?code=x").get_json()["code"] == 9999
+    assert client.get("/v1/jobs/x").status_code == 503
+    assert client.get("/livez").status_code == 200

@@ -1,0 +1,192 @@
+"""The REST API (/v1/jobs), auth, health and readiness, in-process with a real render worker;
+every response is checked against /openapi.json."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import av
+import pytest
+from api_support import wait_for
+
+from dhserve.jobs import JobState
+
+
+@pytest.fixture
+def inputs(tiny_template, tiny_speech):
+    def put(svc):
+        svc.temp.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_template, svc.temp / "avatar.mp4")
+        shutil.copy(tiny_speech, svc.temp / "speech.wav")
+        return {"video": "avatar.mp4", "audio": "speech.wav"}
+    return put
+
+
+def finished(svc, job_id):
+    job = svc.client.get(f"/v1/jobs/{job_id}").get_json()
+    return job if job["state"] not in ("queued", "running") else None
+
+
+def test_json_submit_poll_and_download_with_ranges(service, inputs):
+    svc = service()
+    svc.start_worker()
+    response = svc.client.post("/v1/jobs", json={**inputs(svc), "options": {"loop": "restart"}})
+    assert response.status_code == 202
+    job = response.get_json()
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}" == job["links"]["self"]
+    assert job["state"] == "queued" and job["options"] == {"loop": "restart"}
+    assert svc.client.get(f"/v1/jobs/{job['id']}/result").get_json()["code"] in (
+        "job.not_ready",)                           # 409 until ready
+    done = wait_for(lambda: finished(svc, job["id"]), 60, "the job")
+    assert done["state"] == "succeeded" and done["progress"] == 100, done
+    assert done["result"]["width"] == 256 and done["result"]["frames"] > 0
+
+    whole = svc.client.get(done["result"]["url"])
+    assert whole.status_code == 200 and whole.mimetype == "video/mp4"
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    size = len(whole.data)
+    with av.open(io.BytesIO(whole.data)) as container:
+        assert container.streams.video[0].width == 256
+    part = svc.client.get(done["result"]["url"], headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.data == whole.data[100:200]
+    assert part.headers["Content-Range"] == f"bytes 100-199/{size}"
+    tail = svc.client.get(done["result"]["url"], headers={"Range": "bytes=-50"})
+    assert tail.status_code == 206 and tail.data == whole.data[-50:]
+    beyond = svc.client.get(done["result"]["url"], headers={"Range": f"bytes={size + 10}-"})
+    assert beyond.status_code == 416
+
+
+def test_multipart_upload_and_idempotency_key(service, tiny_template, tiny_speech):
+    svc = service()
+
+    def upload(key, options=None):
+        form = {"video": (io.BytesIO(tiny_template.read_bytes()), "avatar.mp4"),
+                "audio": (io.BytesIO(tiny_speech.read_bytes()), "speech.wav")}
+        if options is not None:
+            form["options"] = json.dumps(options)
+        return svc.client.post("/v1/jobs", data=form, content_type="multipart/form-data",
+                               headers={"Idempotency-Key": key})
+
+    first = upload("order-17")
+    assert first.status_code == 202 and first.get_json()["id"] == "order-17"
+    again = upload("order-17")                      # a retried request: the same job
+    assert again.status_code == 200 and again.get_json()["id"] == "order-17"
+    assert again.get_json()["inputs"] == first.get_json()["inputs"]
+    other = upload("order-17", {"loop": "restart"})
+    assert other.status_code == 409 and other.get_json()["code"] == "job.conflict"
+    assert [job.id for job in svc.store.list()] == ["order-17"]
+    assert all((svc.settings.uploads_dir / "order-17").glob("*"))
+    bad_key = upload("../etc")
+    assert bad_key.status_code == 400 and bad_key.get_json()["field"] == "Idempotency-Key"
+
+
+def test_bad_requests_get_problem_documents(service, inputs):
+    svc = service()
+    names = inputs(svc)
+    cases = [
+        ({"audio": "speech.wav"}, 400, "request.invalid", "video"),
+        ({**names, "video": "../../etc/passwd"}, 422, "input.path_not_allowed", "video"),
+        ({**names, "audio": "/etc/hostname"}, 422, "input.path_not_allowed", "audio"),
+        ({**names, "video": "file:///etc/passwd"}, 422, "input.scheme_not_allowed", "video"),
+        ({**names, "video": "ftp://example.com/a.mp4"}, 422, "input.scheme_not_allowed",
+         "video"),
+        ({**names, "options": {"crf": 99}}, 422, "options.invalid", "crf"),
+        ({**names, "options": {"max_audio_seconds": 1e9}}, 422, "options.invalid",
+         "max_audio_seconds"),
+        ({**names, "options": {"face_restore": True}}, 422, "model.missing", "face_restore"),
+        ({**names, "priority": "high"}, 400, "request.invalid", "priority"),
+        ({**names, "audio": "avatar.mp4", "video": "speech.wav"}, 422, "video.no_video_stream",
+         "video"),
+    ]
+    for body, status, code, field in cases:
+        response = svc.client.post("/v1/jobs", json=body)
+        problem = response.get_json()
+        assert (response.status_code, problem["code"], problem.get("field")) == \
+            (status, code, field), problem
+        assert response.mimetype == "application/problem+json" and problem["detail"]
+    assert svc.client.post("/v1/jobs", data="not json").status_code == 400
+    assert svc.client.get("/v1/jobs?state=lost").get_json()["field"] == "state"
+    assert svc.client.get("/v1/jobs?limit=0").status_code == 400
+    assert svc.client.get("/v1/jobs/none").get_json()["code"] == "job.not_found"
+    assert svc.client.delete("/v1/jobs/none").status_code == 404
+    assert svc.store.list() == []
+
+
+def test_list_cancel_and_queue_full(service, inputs):
+    svc = service(max_queued=2)                     # no worker: jobs stay queued
+    names = inputs(svc)
+    ids = [svc.client.post("/v1/jobs", json={**names, "priority": i}).get_json()["id"]
+           for i in range(2)]
+    full = svc.client.post("/v1/jobs", json=names)
+    assert full.status_code == 429 and full.headers["Retry-After"].isdigit()
+    assert full.get_json()["code"] == "queue.full"
+    listed = svc.client.get("/v1/jobs?state=queued&limit=1").get_json()["jobs"]
+    assert [job["id"] for job in listed] == [ids[1]]        # newest first
+    canceled = svc.client.delete(f"/v1/jobs/{ids[0]}")
+    assert canceled.status_code == 202 and canceled.get_json()["state"] == "canceled"
+    again = svc.client.delete(f"/v1/jobs/{ids[0]}")
+    assert again.status_code == 409 and again.get_json()["code"] == "job.finished"
+    assert svc.client.get(f"/v1/jobs/{ids[0]}/result").status_code == 409
+    assert svc.store.counts()[JobState.QUEUED] == 1
+
+
+def test_oversized_upload_is_refused_with_413(service):
+    svc = service(max_input_mb=0.5)
+    big = io.BytesIO(b"\0" * (2 * 2**20))
+    response = svc.client.post("/v1/jobs", data={"video": (big, "a.mp4"), "audio": (
+        io.BytesIO(b"x"), "a.wav")}, content_type="multipart/form-data")
+    assert response.status_code == 413 and response.get_json()["code"] == "request.too_large"
+    one = io.BytesIO(b"\0" * (600 * 1024))        # the body fits, the file does not
+    response = svc.client.post("/v1/jobs", data={"video": (one, "a.mp4"), "audio": (
+        io.BytesIO(b"x"), "a.wav")}, content_type="multipart/form-data")
+    assert response.status_code == 413 and response.get_json()["code"] == "input.too_large"
+    assert not any(svc.settings.uploads_dir.rglob("*.*"))
+
+
+def test_api_key_guards_every_route_but_livez(service, inputs):
+    svc = service(api_key="s3cret")
+    names = inputs(svc)
+    for method, path in [("GET", "/health"), ("GET", "/readyz"), ("GET", "/v1/jobs"),
+                         ("GET", "/easy/query?code=x"), ("POST", "/easy/submit"),
+                         ("GET", "/openapi.json"), ("GET", "/v1/jobs/x/result")]:
+        response = svc.client.open(path, method=method)
+        assert response.status_code == 401, path
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        wrong = svc.client.open(path, method=method,
+                                headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+    assert svc.client.get("/livez").status_code == 200
+    ok = svc.client.post("/v1/jobs", json=names, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 202
+
+
+def test_health_and_readiness_follow_the_render_workers(service):
+    svc = service()
+    assert svc.client.get("/readyz").status_code == 503
+    health = svc.client.get("/health").get_json()
+    assert health["status"] == "degraded" and health["workers"] == []
+    assert health["device"] == "cpu" and health["backend"] == "classic"
+    assert health["queue"]["depth"] == 0 and "available" in health["gpu"]
+    worker = svc.start_worker()
+    assert svc.client.get("/readyz").status_code == 200
+    health = svc.client.get("/health").get_json()
+    assert health["status"] == "ok"
+    [shown] = health["workers"]
+    assert shown["id"] == worker.id and shown["ready"] and shown["heartbeat_age_seconds"] < 3
+    worker.stop(grace=0)
+    wait_for(lambda: svc.client.get("/readyz").status_code == 503, 10, "readyz to say 503")
+
+
+def test_openapi_document_is_valid_and_served(service):
+    from openapi_spec_validator import validate
+
+    svc = service()
+    document = svc.client.get("/openapi.json").get_json()
+    validate(document)
+    assert {"/easy/submit", "/easy/query", "/v1/jobs", "/v1/jobs/{job_id}",
+            "/v1/jobs/{job_id}/result", "/health", "/livez", "/readyz"} <= set(document["paths"])
+    rules = {rule.rule.replace("<job_id>", "{job_id}") for rule in svc.app.url_map.iter_rules()
+             if rule.endpoint != "static"}
+    assert rules == set(document["paths"])      # every route documented, nothing invented
