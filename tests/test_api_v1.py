@@ -190,3 +190,19 @@ def test_openapi_document_is_valid_and_served(service):
     rules = {rule.rule.replace("<job_id>", "{job_id}") for rule in svc.app.url_map.iter_rules()
              if rule.endpoint != "static"}
     assert rules == set(document["paths"])      # every route documented, nothing invented
+
+
+def test_uploads_go_with_their_job_when_retention_prunes_it(service, tiny_template,
+                                                             tiny_speech):
+    from dhserve.jobs.worker import prune_finished
+
+    svc = service(retention_days=0.0)
+    form = {"video": (io.BytesIO(tiny_template.read_bytes()), "avatar.mp4"),
+            "audio": (io.BytesIO(tiny_speech.read_bytes()), "speech.wav")}
+    job = svc.client.post("/v1/jobs", data=form, content_type="multipart/form-data").get_json()
+    uploads = svc.settings.uploads_dir / job["id"]
+    assert len(list(uploads.iterdir())) == 2
+    svc.client.delete(f"/v1/jobs/{job['id']}")
+    assert prune_finished(svc.store, svc.settings) == 1
+    assert not uploads.exists()
+    assert svc.client.get(f"/v1/jobs/{job['id']}").status_code == 404

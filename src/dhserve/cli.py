@@ -73,6 +73,10 @@ def main(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
               help="Several faces in the template: animate the largest, or refuse.")
 @click.option("--face-restore", is_flag=True, default=None,
               help="Restore the face after lip-sync (needs models/GFPGANv1.4.onnx).")
+@click.option("--watermark", "watermark_image", type=click.Path(path_type=Path),
+              default=None, help="Draw this image (PNG, alpha kept) bottom-right.")
+@click.option("--ai-label", "ai_label_image", type=click.Path(path_type=Path), default=None,
+              help="Draw this \"AI-generated\" label image top-left.")
 @click.option("--device", default=None,
               help="cpu, cuda or cuda:N for the neural backends [env DHSERVE_DEVICE].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -89,7 +93,9 @@ def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet
     settings = _settings(ctx, **choices)
     out = out or settings.results_dir / f"{video.stem}-{audio.stem}.mp4"
     with _ProgressBar(quiet) as bar, _reported(bar.finish):
-        options = RenderOptions.from_settings(settings, face_restore=face_restore)
+        options = RenderOptions.from_settings(
+            settings, face_restore=face_restore, watermark=bool(settings.watermark_image),
+            ai_label=bool(settings.ai_label_image))
         result = render_video(video, audio, out, options, AnalysisCache(settings.templates_dir),
                               CallbackProgress(bar.update), settings=settings)
     for warning in result.warnings:
@@ -98,6 +104,25 @@ def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet
                f"@ {float(result.fps):g} fps, {result.duration:.2f} s of video in "
                f"{result.elapsed:.2f} s ({result.render_fps:.1f} frames/s"
                f"{', template analysis cached' if result.analysis_cached else ''})")
+
+
+@main.command()
+@click.option("--bind", default=None,
+              help="host:port to listen on [env DHSERVE_BIND; default 127.0.0.1:8383].")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Gunicorn web workers (they hold no models).")
+@click.option("--threads", type=click.IntRange(1), default=8, show_default=True,
+              help="Threads per web worker.")
+@click.pass_context
+def web(ctx: click.Context, bind: str | None, workers: int, threads: int) -> None:
+    """Serve the HTTP API (HeyGem /easy, /v1/jobs, /health) under Gunicorn.
+
+    Renders happen in `dhserve worker` processes that share the data dir and job store."""
+    from dhserve.serving.web import run_web
+
+    settings = _settings(ctx, bind=bind)
+    with _reported():
+        run_web(settings, workers, threads)
 
 
 @main.command()

@@ -324,6 +324,7 @@ def prune_finished(store: JobStore, settings: Settings) -> int:
     for job in gone:
         if job.result:
             remove_quietly(Path(job.result))
+        shutil.rmtree(settings.uploads_dir / job.id, ignore_errors=True)   # its uploads
     cutoff = time.time() - STALE_PART_S
     results, downloads = settings.results_dir, settings.data_dir / "downloads"
     for path in results.glob(".*.part") if results.is_dir() else ():

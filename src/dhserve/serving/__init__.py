@@ -1,0 +1,1 @@
+"""Running dhserve's processes: the HTTP API under Gunicorn."""

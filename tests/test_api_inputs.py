@@ -1,0 +1,100 @@
+"""Where inputs may come from: URLs, files inside the allowed folders; nothing else is opened."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from dhserve.api.inputs import resolve_input
+from dhserve.config import Settings
+from dhserve.errors import InputError
+
+
+@pytest.fixture
+def settings(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.temp_dir.mkdir(parents=True)
+    (settings.temp_dir / "a.wav").write_bytes(b"RIFF")
+    (settings.data_dir / "avatars").mkdir()
+    (settings.data_dir / "avatars" / "b.mp4").write_bytes(b"....ftyp")
+    return settings
+
+
+def refused(value, settings) -> str:
+    with pytest.raises(InputError) as caught:
+        resolve_input(value, "audio_url", settings)
+    assert caught.value.field == "audio_url"
+    return caught.value.code
+
+
+def test_urls_bare_names_and_relative_paths(settings):
+    data = settings.data_dir.resolve()
+    assert resolve_input("https://cdn.example.com/a.wav?x=1", "f", settings) == \
+        "https://cdn.example.com/a.wav?x=1"
+    assert resolve_input("a.wav", "f", settings) == str(data / "temp" / "a.wav")
+    assert resolve_input("avatars/b.mp4", "f", settings) == str(data / "avatars" / "b.mp4")
+    assert resolve_input(str(data / "avatars" / "b.mp4"), "f", settings) == \
+        str(data / "avatars" / "b.mp4")
+    inside = settings.temp_dir / "inside.wav"
+    inside.symlink_to(settings.temp_dir / "a.wav")            # a link that stays inside
+    assert resolve_input("inside.wav", "f", settings) == str(data / "temp" / "a.wav")
+
+
+def test_escapes_and_schemes_are_refused(settings, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.wav").write_bytes(b"RIFF")
+    (settings.temp_dir / "file-link.wav").symlink_to(outside / "secret.wav")
+    (settings.temp_dir / "dir-link").symlink_to(outside)
+    cases = {
+        "../outside/secret.wav": "input.path_not_allowed",
+        "temp/../../outside/secret.wav": "input.path_not_allowed",
+        str(outside / "secret.wav"): "input.path_not_allowed",
+        "/etc/passwd": "input.path_not_allowed",
+        "file-link.wav": "input.path_not_allowed",
+        "temp/dir-link/secret.wav": "input.path_not_allowed",
+        "a.wav\x00.mp4": "input.path_not_allowed",
+        "file:///etc/passwd": "input.scheme_not_allowed",
+        "ftp://example.com/a.wav": "input.scheme_not_allowed",
+        "data:audio/wav;base64,UklGRg==": "input.scheme_not_allowed",
+        "http:///no-host.wav": "input.invalid_url",
+        "": "request.invalid",
+        42: "request.invalid",
+    }
+    assert {value: refused(value, settings) for value in cases} == cases
+
+
+def test_outside_paths_are_refused_without_being_opened(settings, tmp_path):
+    """A FIFO outside the roots blocks whoever opens it: the answer must come at once, and
+    it must read the same whether the outside file exists or not."""
+    fifo = tmp_path / "trap.wav"
+    os.mkfifo(fifo)
+    (settings.temp_dir / "trap.wav").symlink_to(fifo)
+    answers: list[str] = []
+    thread = threading.Thread(target=lambda: answers.extend(
+        [refused(str(fifo), settings), refused("trap.wav", settings)]), daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    if thread.is_alive():                       # unblock the reader before failing
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("the path outside the roots was opened")
+    assert answers == ["input.path_not_allowed"] * 2
+    with pytest.raises(InputError) as exists:
+        resolve_input(str(fifo), "f", settings)
+    with pytest.raises(InputError) as missing:
+        resolve_input(str(tmp_path / "no-such.wav"), "f", settings)
+    assert exists.value.reason.replace(str(fifo), "X") == \
+        missing.value.reason.replace(str(tmp_path / "no-such.wav"), "X")
+
+
+def test_extra_roots_widen_what_may_be_named(settings, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "c.wav").write_bytes(b"RIFF")
+    wider = Settings(data_dir=settings.data_dir,
+                     input_roots=os.pathsep.join([str(settings.data_dir), str(shared)]))
+    assert resolve_input(str(shared / "c.wav"), "f", wider) == str((shared / "c.wav").resolve())
+    assert refused(str(shared / "c.wav"), settings) == "input.path_not_allowed"
