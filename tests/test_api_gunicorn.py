@@ -121,7 +121,8 @@ def test_official_client_flow(server, tiny_template, tiny_speech):
                                                     answer["data"]["height"])
     assert abs(info.duration * 1000 - answer["data"]["video_duration"]) < 100
     log = srv.log.read_text()
-    assert "GET /easy/query 200" in log and f"job={code}" in log     # one line per request
+    assert "POST /easy/submit 200" in log and f"job={code} heygem=10000" in log
+    assert log.count("GET /easy/query 200") == log.count(f"job={code}") - 1   # one per request
 
 
 def test_fifty_parallel_submits_all_complete_and_codes_are_unique(server, tiny_template,

@@ -58,8 +58,10 @@ def _install_access_log(app: Flask) -> None:
         elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
         job = g.get("job_id") or (request.view_args or {}).get("job_id") or \
             request.args.get("code")
-        access_log.info("%s %s %d %.1fms%s", request.method, request.path,
-                        response.status_code, elapsed, f" job={job}" if job else "")
+        outcome = g.get("outcome")
+        access_log.info("%s %s %d %.1fms%s%s", request.method, request.path,
+                        response.status_code, elapsed, f" job={job}" if job else "",
+                        f" heygem={outcome}" if outcome is not None else "")
         return response
 
 

@@ -37,6 +37,7 @@ FLAGS = {"chaofen": "face_restore", "watermark_switch": "watermark", "digital_au
 
 
 def envelope(code: int, msg: Any = "", data: dict[str, Any] | None = None) -> Response:
+    g.outcome = code            # the access log shows it: HTTP says 200 whatever happened
     return jsonify({"code": code, "data": data or {}, "msg": msg, "success": True})
 
 
