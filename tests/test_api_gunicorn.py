@@ -160,13 +160,20 @@ def test_traversal_and_schemes_are_refused_over_http(server, tmp_path, tiny_temp
     shutil.copy(tiny_speech, outside)
     (srv.temp / "link.wav").symlink_to(outside)
     shutil.copy(tiny_speech, srv.temp / "speech.wav")
-    for audio in ("../../secret.wav", "..%2f..%2fsecret.wav", str(outside), "link.wav",
-                  "file://" + str(outside), "ftp://example.com/x.wav", "temp/../../secret.wav",
-                  "gopher://example.com/x"):
-        answer = submit(srv, audio_url=audio, video_url="avatar.mp4", code="t")
-        assert answer["code"] == 10002 and answer["msg"].startswith("audio_url: "), (audio,
-                                                                                      answer)
-    assert query(srv, "t")["code"] == 10004
+    cases = {"../../secret.wav": "'..' is not allowed",
+             "temp/../../secret.wav": "'..' is not allowed",
+             "..%2f..%2fsecret.wav": "no such file",          # a name, never URL-decoded
+             str(outside): "outside the folders inputs may come from",
+             "link.wav": "outside the folders inputs may come from",
+             "file://" + str(outside): "file: inputs are not accepted",
+             "ftp://example.com/x.wav": "ftp: inputs are not accepted",
+             "gopher://example.com/x": "gopher: inputs are not accepted"}
+    for audio, reason in cases.items():
+        code = f"t-{uuid.uuid4().hex[:8]}"
+        assert submit(srv, audio_url=audio, video_url="avatar.mp4", code=code)["code"] == 10000
+        data = query(srv, code)["data"]
+        assert data["status"] == 3 and data["msg"].startswith("audio_url: "), (audio, data)
+        assert reason in data["msg"], (audio, data)
 
 
 def test_dhserve_web_serves_and_warns_when_exposed_without_a_key(tmp_path):

@@ -100,21 +100,32 @@ def test_flags_map_to_render_options(service, media):
     assert svc.store.get("p1").spec.output == str((svc.temp / "p1-r.mp4").resolve())
     answer = submit(svc, audio_url=audio, video_url=video, code="bad", chaofen="yes")
     assert answer["code"] == 10002 and answer["msg"].startswith("chaofen: must be 0 or 1")
+    shutil.copy(svc.temp / video, svc.temp / "take:1.mp4")      # a colon, not a scheme
+    assert submit(svc, audio_url=audio, video_url="take:1.mp4", code="colon")["code"] == 10000
+    assert query(svc, "colon")["data"]["status"] == 1
+
+
+def refused(svc, code, **body) -> str:
+    """Submits; the input is refused on arrival: accepted, then status 3 with the reason
+    (how HeyGem clients learn about input problems). Returns the reason."""
+    assert submit(svc, code=code, **body)["code"] == 10000
+    data = query(svc, code)["data"]
+    assert (data["status"], data["result"]) == (3, ""), data
+    return data["msg"]
 
 
 def test_features_without_their_files_are_refused_by_name(service, media):
     svc = service()
     video, audio = media(svc)
-    answer = submit(svc, audio_url=audio, video_url=video, code="c", chaofen=1)
-    assert answer["code"] == 10002
-    assert answer["msg"].startswith("chaofen: ") and "GFPGANv1.4.onnx" in answer["msg"]
-    answer = submit(svc, audio_url=audio, video_url=video, code="w", watermark_switch=1)
-    assert answer == {"code": 10002, "data": {}, "success": True, "msg": "watermark_switch: "
-                      "needs an image; set DHSERVE_WATERMARK_IMAGE"}
-    answer = submit(svc, audio_url=audio, video_url=video, code="d", digital_auth=1)
-    assert answer["code"] == 10002
-    assert answer["msg"] == "digital_auth: needs an image; set DHSERVE_AI_LABEL_IMAGE"
-    assert svc.store.list() == []
+    names = {"audio_url": audio, "video_url": video}
+    reason = refused(svc, "c", chaofen=1, **names)
+    assert reason.startswith("chaofen: ") and "GFPGANv1.4.onnx" in reason
+    assert refused(svc, "w", watermark_switch=1, **names) == \
+        "watermark_switch: needs an image; set DHSERVE_WATERMARK_IMAGE"
+    assert refused(svc, "d", digital_auth=1, **names) == \
+        "digital_auth: needs an image; set DHSERVE_AI_LABEL_IMAGE"
+    assert svc.store.counts()[JobState.QUEUED] == 0
+    assert submit(svc, code="c", chaofen=1, **names)["code"] == 10000    # replay: same job
 
 
 def test_watermark_and_label_from_configured_images_are_rendered(service, media, tmp_path):
@@ -141,19 +152,41 @@ def test_watermark_and_label_from_configured_images_are_rendered(service, media,
     assert np.abs(marked[100:150, 100:150] - plain[100:150, 100:150]).mean() < 3
 
 
-def test_unreadable_media_is_refused_at_submit_naming_the_field(service, media):
+def test_unreadable_media_is_refused_naming_the_field(service, media, tmp_path):
     svc = service()
     video, audio = media(svc)
     (svc.temp / "notes.mp4").write_text("this is text, whatever the extension says")
-    answer = submit(svc, audio_url=audio, video_url="notes.mp4", code="n")
-    assert answer["code"] == 10002 and answer["msg"].startswith("video_url: ")
-    answer = submit(svc, audio_url="missing.wav", video_url=video, code="m")
-    assert answer["code"] == 10002 and answer["msg"].startswith("audio_url: no such file")
-    answer = submit(svc, audio_url=video, video_url=audio, code="s")     # swapped
-    assert answer["code"] == 10002 and answer["msg"].startswith("video_url: ")
+    assert refused(svc, "n", audio_url=audio, video_url="notes.mp4") == \
+        "video_url: not an audio, video or image file that can be read"
+    assert refused(svc, "m", audio_url="missing.wav", video_url=video).startswith(
+        "audio_url: no such file")
+    assert refused(svc, "s", audio_url=video, video_url=audio) == \
+        "video_url: file has no video stream"                              # swapped
+    # a playlist would make FFmpeg open the files it names, wherever they are
+    (tmp_path / "secret.mp4").write_bytes((svc.temp / video).read_bytes())
+    (svc.temp / "list.m3u8").write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n"
+                                        f"{tmp_path / 'secret.mp4'}\n#EXT-X-ENDLIST\n")
+    assert refused(svc, "p", audio_url=audio, video_url="list.m3u8") == \
+        "video_url: not an audio, video or image file that can be read"
+    assert svc.store.counts()[JobState.QUEUED] == 0
+
+
+def test_malformed_requests_answer_10002_with_nothing_recorded(service, media):
+    svc = service()
+    video, audio = media(svc)
     answer = submit(svc, audio_url=audio, video_url=video, code="../x")
     assert answer["code"] == 10002 and answer["msg"].startswith("code: ")
+    answer = submit(svc, audio_url=audio, video_url="v" * 5000, code="long")
+    assert answer["code"] == 10002 and answer["msg"].startswith("video_url: is 5000 characters")
+    answer = submit(svc, audio_url=audio, video_url=video, code="f", pn="sometimes")
+    assert answer["code"] == 10002 and answer["msg"].startswith("pn: must be 0 or 1")
+    big = svc.client.post("/easy/submit", data="{" + " " * (2 << 20) + "}",
+                          content_type="application/json")
+    assert big.status_code == 200 and big.get_json()["code"] == 10002
     assert svc.store.list() == []
+    form = svc.client.post("/easy/submit", data={"audio_url": audio, "video_url": video,
+                                                 "code": "form"})       # form-encoded works too
+    assert form.get_json()["code"] == 10000 and query(svc, "form")["data"]["status"] == 1
 
 
 def test_a_failed_render_answers_status_3_with_the_reason(service, media, tmp_path):
@@ -173,6 +206,8 @@ def test_a_failed_render_answers_status_3_with_the_reason(service, media, tmp_pa
 
 
 def test_an_unreachable_store_answers_9999_and_the_process_stays_up(service, media):
+    from api_support import CheckedClient
+
     from dhserve.api import create_app
     from dhserve.config import Settings
 
@@ -180,10 +215,11 @@ def test_an_unreachable_store_answers_9999_and_the_process_stays_up(service, med
     svc = service()
     media(svc)
     app = create_app(Settings(data_dir=svc.settings.data_dir), store=broken)
-    client = app.test_client()
+    client = CheckedClient(app)
     answer = client.post("/easy/submit", json={"audio_url": "speech.wav",
                                                "video_url": "avatar.mp4", "code": "x"})
     assert answer.get_json() == {"code": 9999, "data": {}, "msg": "系统异常", "success": True}
     assert client.get("/easy/query?code=x").get_json()["code"] == 9999
     assert client.get("/v1/jobs/x").status_code == 503
+    assert client.get("/readyz").status_code == 503
     assert client.get("/livez").status_code == 200

@@ -7,6 +7,7 @@ only (no models, no CUDA), so any number of web workers may serve it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from flask import Flask, Response, g, request
@@ -19,13 +20,15 @@ from dhserve.jobs.store import JobStore
 
 access_log = logging.getLogger("dhserve.api.access")
 UPLOAD_SLACK_BYTES = 1 << 20        # form fields and multipart framing around the two files
+MAX_JSON_BYTES = 1 << 20            # every body but an upload is small
+UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 def create_app(settings: Settings | None = None, store: JobStore | None = None) -> Flask:
     """The app, with its own job store connection (made here, so after Gunicorn forks)."""
     settings = settings or Settings.from_env()
     _default_logging()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = int(2 * settings.max_input_mb * 2**20) + \
         UPLOAD_SLACK_BYTES
     app.json.sort_keys = True           # HeyGem's envelopes have sorted keys
@@ -52,6 +55,9 @@ def _install_access_log(app: Flask) -> None:
     @app.before_request
     def _start_clock() -> None:
         g.started = time.perf_counter()
+        if not (request.endpoint == "v1.create_job" and request.mimetype ==
+                "multipart/form-data"):
+            request.max_content_length = MAX_JSON_BYTES
 
     @app.after_request
     def _log(response: Response) -> Response:
@@ -59,10 +65,16 @@ def _install_access_log(app: Flask) -> None:
         job = g.get("job_id") or (request.view_args or {}).get("job_id") or \
             request.args.get("code")
         outcome = g.get("outcome")
-        access_log.info("%s %s %d %.1fms%s%s", request.method, request.path,
-                        response.status_code, elapsed, f" job={job}" if job else "",
+        access_log.info("%s %s %d %.1fms%s%s", request.method, _printable(request.path),
+                        response.status_code, elapsed,
+                        f" job={_printable(job)}" if job else "",
                         f" heygem={outcome}" if outcome is not None else "")
         return response
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Client-chosen text as one safe log field (no forged lines, no terminal escapes)."""
+    return UNPRINTABLE.sub("?", text[:limit])
 
 
 def _default_logging() -> None:

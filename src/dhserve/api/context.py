@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 from flask import current_app
 
+from dhserve.api.inputs import KINDS, check_media
 from dhserve.config import Settings
 from dhserve.errors import InputError
 from dhserve.jobs.model import Job, JobSpec, WorkerInfo
@@ -26,10 +27,25 @@ class ApiContext:
     settings: Settings
     store: JobStore
 
-    def submit(self, job_id: str, spec: JobSpec) -> tuple[Job, bool]:
-        """The one way a job enters the queue from HTTP: options and model files checked,
-        then an idempotent insert. Returns (job, created)."""
-        check_job(self.settings, spec)
+    def submit(self, job_id: str, spec: JobSpec,
+               record_refusal: bool = False) -> tuple[Job, bool]:
+        """The one way a job enters the queue from HTTP; returns (job, created).
+
+        A replay (the id exists) is answered by the store alone: the same spec is the same
+        job even if its input files are gone by now. Otherwise local inputs are probed (by
+        content) and the options and model files checked. A refused input raises, or with
+        `record_refusal` becomes a job that failed at once, for clients that only learn
+        outcomes by polling (HeyGem's)."""
+        if self.store.exists(job_id):
+            return self.store.submit(job_id, spec)
+        try:
+            for kind in KINDS:
+                check_media(getattr(spec, kind), kind, kind, self.settings.max_input_mb)
+            check_job(self.settings, spec)
+        except InputError as exc:
+            if not record_refusal or exc.code == "request.invalid":
+                raise
+            return self.store.submit(job_id, spec, failed=exc)
         return self.store.submit(job_id, spec)
 
     def live_workers(self) -> tuple[float, list[WorkerInfo]]:

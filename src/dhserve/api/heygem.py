@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
+from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from dhserve.api.context import check_job_id, context
-from dhserve.api.inputs import check_media, resolve_input
-from dhserve.errors import DhserveError, InputError
+from dhserve.api.inputs import resolve_input
+from dhserve.errors import DhserveError, InputError, first_line
 from dhserve.jobs.model import Job, JobSpec, JobState
 
 log = logging.getLogger(__name__)
@@ -59,13 +61,11 @@ def submit() -> Response:
     try:
         code = check_job_id(str(body["code"]), "code")
         g.job_id = code
-        spec = JobSpec(video=resolve_input(body["video_url"], "video_url", ctx.settings),
-                       audio=resolve_input(body["audio_url"], "audio_url", ctx.settings),
-                       output=str((ctx.settings.temp_dir / f"{code}-r.mp4").resolve()),
-                       options=_options(body))
-        for field, kind in (("video_url", "video"), ("audio_url", "audio")):
-            check_media(getattr(spec, kind), field, kind, ctx.settings.max_input_mb)
-        ctx.submit(code, spec)
+        spec, refused = _spec(code, body)
+        if refused is None:
+            ctx.submit(code, spec, record_refusal=True)
+        else:
+            ctx.store.submit(code, spec, failed=refused)
     except InputError as exc:
         return envelope(MISSING, heygem_message(exc.message))
     except DhserveError as exc:
@@ -73,12 +73,45 @@ def submit() -> Response:
             return envelope(BUSY, MSG_BUSY)
         if exc.code == "job.conflict":
             return envelope(EXISTS, MSG_EXISTS)
-        log.error("submit %s: %s %s", body.get("code"), exc.code, exc.message)
-        return envelope(SYSTEM, MSG_SYSTEM)
-    except Exception:
-        log.exception("submit %s: unexpected error", body.get("code"))
+        log.error("submit %s: %s %s", g.get("job_id"), exc.code, exc.message)
         return envelope(SYSTEM, MSG_SYSTEM)
     return envelope(OK, OK)
+
+
+def _spec(code: str, body: dict[str, Any]) -> tuple[JobSpec, InputError | None]:
+    """The job a submit asks for. A malformed request raises (10002); an input that may not
+    be used (outside the roots, another scheme) comes back as the refusal to record: the
+    client learns it from /easy/query, status 3, as it learns every other input problem."""
+    settings = context().settings
+    options = _options(body)
+    output = str((settings.temp_dir / f"{code}-r.mp4").resolve())
+    try:
+        video = resolve_input(body["video_url"], "video_url", settings)
+        audio = resolve_input(body["audio_url"], "audio_url", settings)
+    except InputError as exc:
+        if exc.code == "request.invalid":
+            raise
+        return JobSpec(str(body["video_url"])[:4096], str(body["audio_url"])[:4096], output,
+                       options), exc
+    return JobSpec(video, audio, output, options), None
+
+
+@blueprint.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    """HeyGem clients read envelopes, whatever went wrong (a body too large, not JSON)."""
+    if isinstance(exc, RequestEntityTooLarge):
+        return envelope(MISSING, "request body is over the limit of "
+                        f"{(request.max_content_length or 0) / 2**20:g} MB")
+    if exc.code and exc.code < 500:
+        return envelope(MISSING, exc.description or exc.name)
+    return envelope(SYSTEM, MSG_SYSTEM)
+
+
+@blueprint.errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    log.error("%s %s: %s", request.method, request.path, first_line(exc),
+              exc_info=not isinstance(exc, DBAPIError))
+    return envelope(SYSTEM, MSG_SYSTEM)
 
 
 def _options(body: dict[str, Any]) -> dict[str, Any]:
@@ -111,11 +144,7 @@ def query() -> Response:
     except DhserveError as exc:
         if exc.code == "job.not_found":
             return envelope(NOT_FOUND, MSG_NOT_FOUND)
-        log.error("query %s: %s %s", code, exc.code, exc.message)
-        return envelope(SYSTEM, MSG_SYSTEM)
-    except Exception:
-        log.exception("query %s: unexpected error", code)
-        return envelope(SYSTEM, MSG_SYSTEM)
+        raise
     return envelope(OK, "", task_status(job, context().settings.temp_dir))
 
 

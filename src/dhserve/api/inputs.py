@@ -17,6 +17,11 @@ from dhserve.errors import InputError
 
 CHUNK = 1 << 20
 KINDS = ("video", "audio")
+MAX_INPUT_CHARS = 4096
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A scheme is "name://", or one of the few URI schemes written without slashes. A bare name
+# with a colon ("take:1.mp4") is a file name.
+SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://|(data|javascript|mailto):", re.IGNORECASE)
 
 
 def resolve_input(value: object, field: str, settings: Settings) -> str:
@@ -26,17 +31,21 @@ def resolve_input(value: object, field: str, settings: Settings) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InputError("request.invalid", field, "must be a non-empty string")
     value = value.strip()
-    scheme = urlsplit(value).scheme.lower()
+    if len(value) > MAX_INPUT_CHARS:
+        raise InputError("request.invalid", field,
+                         f"is {len(value)} characters long; the limit is {MAX_INPUT_CHARS}")
+    if CONTROL.search(value):
+        raise InputError("input.path_not_allowed", field, "contains control characters")
+    match = SCHEME.match(value)
+    scheme = (match.group(1) or match.group(2)).lower() if match else ""
     if scheme in ("http", "https"):
         if not urlsplit(value).hostname:
             raise InputError("input.invalid_url", field, f"URL has no host: {value[:200]}")
         return value
-    if scheme and len(scheme) > 1:     # one letter would be a Windows drive, not a scheme
+    if scheme:
         raise InputError("input.scheme_not_allowed", field,
-                         f"{scheme}:// inputs are not accepted; give an http(s) URL or a "
-                         "file inside the data dir")
-    if "\x00" in value:
-        raise InputError("input.path_not_allowed", field, "path contains a NUL byte")
+                         f"{scheme}: inputs are not accepted; give an http(s) URL or a file "
+                         "inside the data dir")
     if ".." in PurePosixPath(value).parts:
         raise InputError("input.path_not_allowed", field, "'..' is not allowed in a path")
     path = Path(value)
@@ -57,7 +66,11 @@ def check_media(value: str, field: str, kind: str, max_mb: float) -> None:
     the worker after downloading)."""
     if urlsplit(value).scheme.lower() in ("http", "https"):
         return
-    info = probe(Path(value), field, max_mb, kind=kind)
+    try:
+        info = probe(Path(value), field, max_mb, kind=kind)
+    except OSError as exc:          # a name too long for the file system, say
+        raise InputError("input.not_found", field, f"cannot use this path: "
+                         f"{exc.strerror or exc}") from None
     if getattr(info, kind) is None:
         raise InputError(f"{kind}.no_{kind}_stream", field, f"file has no {kind} stream")
 
@@ -83,8 +96,11 @@ def save_upload(stream: BinaryIO, filename: str, field: str, folder: Path,
             raise InputError("input.empty_file", field, "uploaded file is empty")
         suffix = re.sub(r"[^A-Za-z0-9]", "", Path(filename or "").suffix)[:8].lower()
         path = folder / f"{field}-{digest.hexdigest()[:24]}{'.' + suffix if suffix else ''}"
-        created = not path.exists()
-        os.replace(part, path)
+        try:
+            os.link(part, path)         # atomic: of two identical uploads, one creates it
+            created = True
+        except FileExistsError:
+            created = False             # the same bytes are there already: same file
         return path, created
     finally:
         remove_quietly(part)

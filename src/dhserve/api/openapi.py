@@ -27,11 +27,13 @@ def _json(schema: dict[str, Any], description: str, media: str = "application/js
 
 def _problems(*statuses: int) -> dict[str, Any]:
     return {str(s): _json(_ref("Problem"), "problem details", "application/problem+json",
-                          {"Retry-After": {"schema": {"type": "string"}}} if s == 429 else None)
-            for s in statuses}
+                          PROBLEM_HEADERS.get(s)) for s in statuses}
 
 
 NULLABLE_STR = {"type": ["string", "null"]}
+PROBLEM_HEADERS = {429: {"Retry-After": {"schema": {"type": "string"}}},
+                   416: {"Content-Range": {"schema": {"type": "string"},
+                                           "description": "bytes */<size>"}}}
 JOB_ID = {"name": "job_id", "in": "path", "required": True,
           "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}}
 FLAG = {"type": ["integer", "string", "boolean"], "description": "0 or 1"}
@@ -56,6 +58,9 @@ SCHEMAS: dict[str, Any] = {
                        "data": {"type": "object"},
                        "msg": {"type": ["string", "integer"]},
                        "success": {"type": "boolean"}}},
+    "HeyGemQueryEnvelope": {
+        "allOf": [_ref("HeyGemEnvelope"), {"properties": {
+            "data": {"oneOf": [{"type": "object", "maxProperties": 0}, _ref("HeyGemTask")]}}}]},
     "HeyGemTask": {
         "type": "object", "required": ["code", "status", "progress", "result", "msg"],
         "properties": {"code": {"type": "string"},
@@ -147,6 +152,7 @@ SCHEMAS: dict[str, Any] = {
 }
 
 HEYGEM = _json(_ref("HeyGemEnvelope"), "HeyGem envelope; the outcome is in `code`")
+HEYGEM_QUERY = _json(_ref("HeyGemQueryEnvelope"), "HeyGem envelope; `data` is the task")
 JOB = _json(_ref("Job"), "the job")
 LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
 
@@ -166,17 +172,18 @@ def document() -> dict[str, Any]:
             "/easy/submit": {"post": {
                 "summary": "HeyGem: queue a video synthesis task",
                 "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": _ref("HeyGemSubmit")}}},
+                    "application/json": {"schema": _ref("HeyGemSubmit")},
+                    "application/x-www-form-urlencoded": {"schema": _ref("HeyGemSubmit")}}},
                 "responses": {"200": HEYGEM, **UNAUTHORIZED}}},
             "/easy/query": {"get": {
                 "summary": "HeyGem: a task's status, progress and result",
                 "parameters": [{"name": "code", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": HEYGEM, **UNAUTHORIZED}}},
+                "responses": {"200": HEYGEM_QUERY, **UNAUTHORIZED}}},
             "/v1/jobs": {
                 "post": {
                     "summary": "Submit a job (JSON with URLs/paths, or a multipart upload)",
                     "parameters": [{"name": "Idempotency-Key", "in": "header",
-                                    "schema": {"type": "string"},
+                                    "schema": JOB_ID["schema"],
                                     "description": "becomes the job id; a retry with the "
                                                    "same request returns the same job"}],
                     "requestBody": {"required": True, "content": {
@@ -200,7 +207,11 @@ def document() -> dict[str, Any]:
                                                             **_problems(401, 404, 503)}},
                 "delete": {"summary": "Cancel: at once when queued, at the next frame batch "
                                       "when running",
-                           "responses": {"202": JOB, **_problems(401, 404, 409, 503)}}},
+                           "responses": {
+                               "200": {**JOB, "description": "canceled (it was queued)"},
+                               "202": {**JOB, "description": "the running render stops at "
+                                                             "its next frame batch"},
+                               **_problems(401, 404, 409, 503)}}},
             "/v1/jobs/{job_id}/result": {
                 "parameters": [JOB_ID],
                 "get": {"summary": "The MP4 (Range requests answer 206)",
@@ -210,8 +221,7 @@ def document() -> dict[str, Any]:
                             "206": {"description": "part of the video (Content-Range)",
                                     "content": {"video/mp4": {}}},
                             "304": {"description": "not modified"},
-                            "416": {"description": "range not satisfiable"},
-                            **_problems(401, 404, 409, 410, 503)}}},
+                            **_problems(401, 404, 409, 410, 416, 503)}}},
             "/health": {"get": {"summary": "Status, version, device, queue, workers, GPU",
                                 "responses": {"200": _json(_ref("Health"), "health"),
                                               **_problems(401, 503)}}},
@@ -219,7 +229,13 @@ def document() -> dict[str, Any]:
                                "responses": {"200": _json(_ref("Status"), "alive")}}},
             "/readyz": {"get": {"summary": "A render worker is ready",
                                 "responses": {"200": _json(_ref("Status"), "ready"),
-                                              "503": _json(_ref("Status"), "not ready"),
+                                              "503": {"description": "not ready (or the job "
+                                                                     "store is unreachable)",
+                                                      "content": {
+                                                          "application/json": {
+                                                              "schema": _ref("Status")},
+                                                          "application/problem+json": {
+                                                              "schema": _ref("Problem")}}},
                                               **UNAUTHORIZED}}},
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": {"description": "OpenAPI 3.1",

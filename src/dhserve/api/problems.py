@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from dhserve.errors import DhserveError, InputError, first_line
@@ -21,7 +21,8 @@ STATUS_BY_CODE = {"job.not_found": 404, "job.conflict": 409, "job.finished": 409
 STATUS_BY_FAMILY = {"request": 400, "input": 422, "options": 422, "video": 422, "audio": 422,
                     "overlay": 422, "model": 422, "runtime": 503}
 TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
-          409: "Conflict", 410: "Gone", 413: "Content too large", 422: "Unprocessable input",
+          409: "Conflict", 410: "Gone", 413: "Content too large", 416: "Range not satisfiable",
+          422: "Unprocessable input",
           429: "Too many requests", 500: "Internal error", 503: "Service unavailable"}
 RETRY_AFTER_S = 5
 
@@ -60,18 +61,17 @@ def install(app: Flask) -> None:
     def _dhserve_error(exc: DhserveError) -> Response:
         return error_response(exc)
 
-    @app.errorhandler(RequestEntityTooLarge)
-    def _too_large(exc: RequestEntityTooLarge) -> Response:
-        limit = app.config.get("MAX_CONTENT_LENGTH") or 0
-        return problem(413, "request.too_large",
-                       f"request body is over the limit of {limit / 2**20:g} MB")
-
-    @app.errorhandler(HTTPException)
+    @app.errorhandler(HTTPException)      # a blueprint's own handler (HeyGem's) comes first
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        response = problem(status, f"http.{status}", exc.description or exc.name)
-        if status == 405 and exc.get_response().headers.get("Allow"):
-            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        if isinstance(exc, RequestEntityTooLarge):
+            response = problem(413, "request.too_large", "request body is over the limit of "
+                               f"{(request.max_content_length or 0) / 2**20:g} MB")
+        else:
+            response = problem(status, f"http.{status}", exc.description or exc.name)
+        for name, value in exc.get_response().headers.items():   # Allow, Content-Range
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
         return response
 
     @app.errorhandler(Exception)

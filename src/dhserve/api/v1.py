@@ -3,7 +3,6 @@ jobs as JSON documents; errors as problem details (dhserve.api.problems)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request, send_file, url_for
 
 from dhserve.api.context import check_job_id, context, iso_time
-from dhserve.api.inputs import KINDS, check_media, resolve_input, save_upload
+from dhserve.api.inputs import KINDS, resolve_input, save_upload
 from dhserve.engine.media import remove_quietly
 from dhserve.errors import DhserveError, InputError
 from dhserve.jobs.model import Job, JobSpec, JobState
@@ -20,6 +19,7 @@ from dhserve.jobs.model import Job, JobSpec, JobState
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
+MAX_PRIORITY = 1000
 
 
 @blueprint.post("/jobs")
@@ -45,17 +45,16 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         if not isinstance(options, dict):
             raise InputError("request.invalid", "options", "must be an object")
         priority = fields.get("priority", 0)
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise InputError("request.invalid", "priority", "must be an integer")
-        for kind in KINDS:
-            check_media(inputs[kind], kind, kind, ctx.settings.max_input_mb)
+        if not isinstance(priority, int) or isinstance(priority, bool) or \
+                not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InputError("request.invalid", "priority",
+                             f"must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}")
         job, created = ctx.submit(job_id, JobSpec(video=inputs["video"], audio=inputs["audio"],
                                                   options=options, priority=priority))
     except DhserveError:
-        for path in uploaded:
-            remove_quietly(path)
-        with contextlib.suppress(OSError):      # only if empty: not a replayed job's files
-            (ctx.settings.uploads_dir / job_id).rmdir()
+        if not ctx.store.exists(job_id):    # a concurrent request's job may use the files
+            for path in uploaded:
+                remove_quietly(path)
         raise
     location = url_for("v1.get_job", job_id=job.id)
     return jsonify(job_document(job)), 202 if created else 200, {"Location": location}
@@ -107,9 +106,11 @@ def get_job(job_id: str) -> Response:
 
 @blueprint.delete("/jobs/<job_id>")
 def cancel_job(job_id: str) -> tuple[Response, int]:
-    """A queued job ends at once; a running one stops at its next frame batch (202)."""
+    """A queued job ends at once (200); a running one stops at its next frame batch
+    (202: accepted, not yet done)."""
     g.job_id = job_id
-    return jsonify(job_document(context().store.cancel(job_id))), 202
+    job = context().store.cancel(job_id)
+    return jsonify(job_document(job)), 200 if job.state.finished else 202
 
 
 @blueprint.get("/jobs/<job_id>/result")

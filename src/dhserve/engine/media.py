@@ -80,9 +80,20 @@ def _looks_like_media(path: Path) -> bool:
     return any(head[at:at + len(magic)] == magic for at, magic in MEDIA_SIGNATURES)
 
 
+# Demuxers an input may use. FFmpeg would otherwise also take playlists and scripts (hls,
+# concat, dash, ...) that open further files and URLs named inside them: a "video" that
+# reads /etc/... or an internal address.
+DEMUXERS = ("mov", "mp4", "matroska", "webm", "avi", "flv", "asf", "mpeg", "mpegts",
+            "mpegvideo", "h264", "hevc", "m4v", "ivf", "mjpeg", "yuv4mpegpipe", "wav", "w64",
+            "aiff", "mp3", "aac", "ac3", "eac3", "flac", "ogg", "amr", "amrnb", "amrwb", "caf",
+            "wv", "au", "image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe",
+            "tiff_pipe", "gif")
+INPUT_OPTIONS = {"format_whitelist": ",".join(DEMUXERS)}
+
+
 def open_input(path: Path, field: str) -> av.container.InputContainer:
     try:
-        return av.open(str(path))
+        return av.open(str(path), container_options=INPUT_OPTIONS)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         if _looks_like_media(path):
             raise InputError("input.corrupt", field,
@@ -234,7 +245,7 @@ class Mp4Writer:
         self._thread.start()
 
     def _open_audio(self, audio: Path) -> None:
-        self._audio_in = av.open(str(audio))
+        self._audio_in = av.open(str(audio), container_options=INPUT_OPTIONS)
         source = self._audio_in.streams.audio[0]
         rate = source.codec_context.sample_rate or 48000
         if rate not in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000):

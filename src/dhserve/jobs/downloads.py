@@ -16,6 +16,19 @@ from dhserve.errors import InputError
 CHUNK = 1 << 20
 
 
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects to ftp:// too; an input may only ever be http(s)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not is_url(newurl):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to {newurl.split(':')[0]}:"
+                                         " refused (http and https only)", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_opener = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
 def is_url(value: str) -> bool:
     return urlsplit(value).scheme.lower() in ("http", "https")
 
@@ -29,7 +42,7 @@ def download(url: str, field: str, folder: Path, max_bytes: int, timeout_s: floa
     deadline = time.monotonic() + timeout_s
     request = urllib.request.Request(url, headers={"User-Agent": f"dhserve/{__version__}"})
     try:
-        with urllib.request.urlopen(request, timeout=min(timeout_s, 30.0)) as response, \
+        with _opener.open(request, timeout=min(timeout_s, 30.0)) as response, \
                 open(part, "wb") as out:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:

@@ -112,10 +112,18 @@ class JobStore:
 
     # -- the client's side -----------------------------------------------------------
 
-    def submit(self, job_id: str, spec: JobSpec) -> tuple[Job, bool]:
+    def submit(self, job_id: str, spec: JobSpec,
+               failed: DhserveError | None = None) -> tuple[Job, bool]:
         """Queues a job; returns (job, created). The same id with the same spec returns the
-        existing job (a retried request); with another spec it is a conflict."""
+        existing job (a retried request); with another spec it is a conflict. `failed`
+        records the job as failed at once with that error (inputs refused on arrival, for
+        clients that learn outcomes by polling); it takes no room in the queue."""
         payload = _normalised(spec.payload())
+        outcome: dict[str, Any] = {"state": JobState.QUEUED.value, "stage": "queued"}
+        if failed is not None:
+            outcome = {"state": JobState.FAILED.value, "stage": "failed",
+                       "error_code": failed.code, "error_message": failed.message,
+                       "finished_at": self._now()}
         try:
             created = None
             with self._write() as conn:
@@ -124,15 +132,15 @@ class JobStore:
                                  {"key": SUBMIT_LOCK})
                 depth = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
                     jobs.c.state == JobState.QUEUED.value)).scalar_one()
-                if depth < self.max_queued:
+                if depth < self.max_queued or failed is not None:
                     seq = conn.execute(sa.select(sa.func.coalesce(
                         sa.func.max(jobs.c.seq), 0) + 1)).scalar_one()
                     created = _job(conn.execute(jobs.insert().values(
-                        id=job_id, seq=seq, state=JobState.QUEUED.value, priority=spec.priority,
-                        progress=0, stage="queued", spec=payload, attempts=0,
-                        created_at=self._now(), cancel_requested=False)
+                        id=job_id, seq=seq, priority=spec.priority, progress=0, spec=payload,
+                        attempts=0, created_at=self._now(), cancel_requested=False, **outcome)
                         .returning(*jobs.c)).one())
-                    self._notify(conn)
+                    if failed is None:
+                        self._notify(conn)
             if created is not None:
                 return created, True
         except sa.exc.IntegrityError:
@@ -149,6 +157,11 @@ class JobStore:
         if job is None:
             raise not_found(job_id)
         return job
+
+    def exists(self, job_id: str) -> bool:
+        with self._read() as conn:
+            return conn.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id)).first() \
+                is not None
 
     def _find(self, job_id: str) -> Job | None:
         with self._read() as conn:

@@ -33,7 +33,7 @@ from dhserve.engine.pipeline import RenderOptions, render
 from dhserve.engine.progress import Progress
 from dhserve.errors import Canceled, DhserveError, first_line
 from dhserve.jobs.downloads import download, is_url
-from dhserve.jobs.model import Job
+from dhserve.jobs.model import Job, JobState
 from dhserve.jobs.options import job_render_options
 from dhserve.jobs.store import JobStore
 from dhserve.jobs.wakeup import Wakeup
@@ -330,8 +330,10 @@ def prune_finished(store: JobStore, settings: Settings) -> int:
     for path in results.glob(".*.part") if results.is_dir() else ():
         if _older_than(path, cutoff):
             remove_quietly(path)
+    running = {job.id for job in store.list(JobState.RUNNING, limit=100_000)}
     for path in downloads.iterdir() if downloads.is_dir() else ():
-        if _older_than(path, cutoff):
+        # folders are "<job id>-<attempt tag>": a long render's inputs stay while it runs
+        if path.name.rsplit("-", 1)[0] not in running and _older_than(path, cutoff):
             shutil.rmtree(path, ignore_errors=True)
     if gone:
         log.info("pruned %d finished job(s) older than %g days", len(gone),
