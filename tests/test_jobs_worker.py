@@ -403,3 +403,29 @@ def test_neural_jobs_share_the_sessions_loaded_once(data_dir, sqlite_store, thre
     assert all(job.state is JobState.SUCCEEDED for job in jobs), jobs
     assert list(worker._backends) == ["wav2lip"]        # one backend, its session made once
     assert worker._restorer is not None
+
+
+def test_a_redirect_away_from_http_is_refused(tmp_path):
+    from dhserve.errors import InputError
+    from dhserve.jobs.downloads import download
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", "ftp://127.0.0.1/etc/passwd")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(InputError) as refused:
+            download(f"http://127.0.0.1:{server.server_address[1]}/a.mp4", "video", tmp_path,
+                     2**20, 10)
+    finally:
+        server.shutdown()
+    assert refused.value.code == "input.download_failed"
+    assert "redirect to ftp: refused" in refused.value.reason
+    assert list(tmp_path.iterdir()) == []
