@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from openapi_core import Config, OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
 from werkzeug import Request
@@ -19,16 +19,6 @@ from dhserve.config import Settings
 from dhserve.jobs.worker import RenderWorker
 
 FAST = {"poll_seconds": 0.2, "heartbeat_seconds": 1.0, "lease_seconds": 5.0}
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 class CheckedClient:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 import wave
 from pathlib import Path
@@ -16,6 +17,17 @@ pytest_plugins = ["api_support"]      # the HTTP API's fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
+    """The predicate's first truthy value, polled until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:

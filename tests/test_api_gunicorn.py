@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from api_support import wait_for
-from conftest import dhserve_process
+from conftest import dhserve_process, wait_for
 
 from dhserve.engine.media import probe
 

@@ -7,7 +7,7 @@ import shutil
 
 import av
 import pytest
-from api_support import wait_for
+from conftest import wait_for
 
 from dhserve.jobs import JobState, JobStore
 

@@ -11,7 +11,7 @@ import shutil
 import av
 import numpy as np
 import pytest
-from api_support import wait_for
+from conftest import wait_for
 
 from dhserve.jobs import JobState
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import dhserve_process, write_wav
+from conftest import dhserve_process, wait_for, write_wav
 
 from dhserve.config import Settings
 from dhserve.engine.audio import decode_speech
@@ -26,16 +26,6 @@ from dhserve.jobs.worker import RenderWorker, prune_finished
 
 FAST_LEASES = {"DHSERVE_LEASE_SECONDS": "3", "DHSERVE_HEARTBEAT_SECONDS": "1",
                "DHSERVE_POLL_SECONDS": "0.5"}
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def assert_valid_mp4(path: str | Path, min_frames: int = 1) -> None:
