@@ -80,6 +80,7 @@ def test_multipart_upload_and_idempotency_key(service, tiny_template, tiny_speec
     assert other.status_code == 409 and other.get_json()["code"] == "job.conflict"
     assert [job.id for job in svc.store.list()] == ["order-17"]
     assert len(list((svc.settings.uploads_dir / "order-17").iterdir())) == 2
+    assert (svc.settings.uploads_dir / ".spool").is_dir()    # spooled beside, not in /tmp
     bad_key = upload("../etc")
     assert bad_key.status_code == 400 and bad_key.get_json()["field"] == "Idempotency-Key"
 
@@ -255,3 +256,16 @@ def test_cancel_a_running_job_answers_202_and_it_stops(service, inputs, example_
     assert response.status_code == 202 and response.get_json()["cancel_requested"] is True
     done = wait_for(lambda: finished(svc, job_id), 30, "the render to stop")
     assert done["state"] == "canceled" and done["error"]["code"] == "render.canceled"
+
+
+def test_a_worker_that_went_silent_is_shown_and_not_counted_ready(service):
+    """A worker killed with -9 leaves its row: /health shows it silent, /readyz says 503."""
+    svc = service()                                   # heartbeat 1 s: silent after 3 s
+    svc.store.register_worker("ghost", "host-a", 4242, "cuda:0")
+    svc.store.worker_heartbeat("ghost", "busy", "job-x", ready=True, backend="classic")
+    assert svc.client.get("/readyz").status_code == 200
+    wait_for(lambda: svc.client.get("/readyz").status_code == 503, 10, "the worker to go silent")
+    [ghost] = svc.client.get("/health").get_json()["workers"]
+    assert (ghost["id"], ghost["state"], ghost["ready"], ghost["job"]) == \
+        ("ghost", "silent", False, "job-x")
+    assert ghost["heartbeat_age_seconds"] >= 3

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import time
+from pathlib import Path
+from typing import BinaryIO
 
-from flask import Flask, Response, g, request
+from flask import Flask, Request, Response, g, request
 
 from dhserve import __version__
 from dhserve.api import auth, problems
@@ -29,6 +32,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     settings = settings or Settings.from_env()
     _default_logging()
     app = Flask(__name__, static_folder=None)
+    app.request_class = _upload_request_class(settings.uploads_dir)
     app.config["MAX_CONTENT_LENGTH"] = int(2 * settings.max_input_mb * 2**20) + \
         UPLOAD_SLACK_BYTES
     app.json.sort_keys = True           # HeyGem's envelopes have sorted keys
@@ -47,6 +51,20 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
                     settings.data_dir.resolve(),
                     store.engine.url.render_as_string(hide_password=True))
     return app
+
+
+def _upload_request_class(uploads_dir: Path) -> type[Request]:
+    """Requests whose uploaded files spool into the data dir's uploads/ (an anonymous file,
+    gone when closed), not the system /tmp: often a small tmpfs, i.e. RAM."""
+    spool = uploads_dir / ".spool"
+
+    class UploadRequest(Request):
+        def _get_file_stream(self, total_content_length, content_type, filename=None,
+                             content_length=None) -> BinaryIO:
+            spool.mkdir(parents=True, exist_ok=True)
+            return tempfile.TemporaryFile(dir=spool)
+
+    return UploadRequest
 
 
 def _install_access_log(app: Flask) -> None:

@@ -48,16 +48,16 @@ class ApiContext:
             return self.store.submit(job_id, spec, failed=exc)
         return self.store.submit(job_id, spec)
 
-    def live_workers(self) -> tuple[float, list[WorkerInfo]]:
-        """(database time now, workers whose heartbeat is recent)."""
+    def workers(self) -> tuple[float, list[tuple[WorkerInfo, bool]]]:
+        """(database time now, [(worker, alive)]): alive = heartbeated recently."""
         now = self.store.now()
         limit = self.settings.heartbeat_seconds * HEARTBEAT_STALE_FACTOR
-        return now, [w for w in self.store.workers() if now - w.heartbeat_at <= limit]
+        return now, [(w, now - w.heartbeat_at <= limit) for w in self.store.workers()]
 
     def ready_workers(self) -> list[WorkerInfo]:
         """Render workers with their models loaded that heartbeated recently."""
-        _, alive = self.live_workers()
-        return [w for w in alive if w.ready and w.state != "stopping"]
+        _, workers = self.workers()
+        return [w for w, alive in workers if alive and w.ready and w.state != "stopping"]
 
 
 def context() -> ApiContext:

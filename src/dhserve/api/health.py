@@ -36,12 +36,12 @@ def health() -> tuple[Response, int]:
     ctx = context()
     settings = ctx.settings
     counts = ctx.store.counts()
-    now, alive = ctx.live_workers()
+    now, registered = ctx.workers()
     workers = [{"id": w.id, "host": w.host, "pid": w.pid, "device": w.device,
-                "backend": w.backend, "state": w.state, "job": w.job_id, "ready": w.ready,
-                "last_heartbeat": iso_time(w.heartbeat_at),
+                "backend": w.backend, "state": w.state if alive else "silent", "job": w.job_id,
+                "ready": w.ready and alive, "last_heartbeat": iso_time(w.heartbeat_at),
                 "heartbeat_age_seconds": round(max(now - w.heartbeat_at, 0.0), 3)}
-               for w in alive]
+               for w, alive in registered]     # silent ones too: a dead worker shows here
     ready = any(w["ready"] and w["state"] != "stopping" for w in workers)
     return jsonify({
         "status": "ok" if ready else "degraded",
