@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
@@ -183,6 +184,12 @@ def test_malformed_requests_answer_10002_with_nothing_recorded(service, media):
     big = svc.client.post("/easy/submit", data="{" + " " * (2 << 20) + "}",
                           content_type="application/json")
     assert big.status_code == 200 and big.get_json()["code"] == 10002
+    assert "over the limit of 1 MB" in big.get_json()["msg"]
+    answer = submit(svc, audio_url=["a"], video_url="/etc/passwd", code="t")   # both checked
+    assert answer["code"] == 10002 and answer["msg"].startswith("audio_url: must be")
+    for method, path in (("GET", "/easy/submit"), ("POST", "/easy/query"), ("GET", "/easy/x")):
+        wrong = svc.client.client.open(path, method=method)      # not in the document
+        assert wrong.status_code == 200 and wrong.get_json()["code"] == 10002, path
     assert svc.store.list() == []
     form = svc.client.post("/easy/submit", data={"audio_url": audio, "video_url": video,
                                                  "code": "form"})       # form-encoded works too
@@ -223,3 +230,19 @@ def test_an_unreachable_store_answers_9999_and_the_process_stays_up(service, med
     assert client.get("/v1/jobs/x").status_code == 503
     assert client.get("/readyz").status_code == 503
     assert client.get("/livez").status_code == 200
+    upload = client.post("/v1/jobs", content_type="multipart/form-data", data={
+        "video": (io.BytesIO((svc.temp / "avatar.mp4").read_bytes()), "a.mp4"),
+        "audio": (io.BytesIO((svc.temp / "speech.wav").read_bytes()), "a.wav")})
+    assert upload.status_code == 503
+    assert [p.name for p in svc.settings.uploads_dir.iterdir()] == [".spool"]   # none kept
+
+
+def test_refusals_are_bounded_like_the_queue(service, media):
+    svc = service(max_queued=2)
+    video, _ = media(svc)
+    for code in ("r1", "r2"):
+        assert submit(svc, audio_url="/etc/hostname", video_url=video, code=code)["code"] == \
+            10000
+    assert submit(svc, audio_url="/etc/hostname", video_url=video, code="r3")["code"] == 10001
+    assert submit(svc, audio_url="/etc/hostname", video_url=video, code="r1")["code"] == 10000
+    assert sorted(job.id for job in svc.store.list()) == ["r1", "r2"]

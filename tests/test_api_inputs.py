@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,21 @@ def test_extra_roots_widen_what_may_be_named(settings, tmp_path):
                      input_roots=os.pathsep.join([str(settings.data_dir), str(shared)]))
     assert resolve_input(str(shared / "c.wav"), "f", wider) == str((shared / "c.wav").resolve())
     assert refused(str(shared / "c.wav"), settings) == "input.path_not_allowed"
+
+
+def test_an_image_name_is_a_file_name_not_a_sequence_pattern(settings, tmp_path):
+    """FFmpeg's image2 reads "shot%d.png" as shot0.png, shot1.png, ...: names that were
+    never checked (here a link out of the data dir). The literal file is what is read."""
+    import cv2
+    import numpy as np
+
+    from dhserve.api.inputs import check_media
+    from dhserve.engine.media import probe
+
+    cv2.imwrite(str(tmp_path / "secret.png"), np.zeros((99, 77, 3), np.uint8))
+    cv2.imwrite(str(settings.temp_dir / "shot%d.png"), np.zeros((20, 30, 3), np.uint8))
+    (settings.temp_dir / "shot0.png").symlink_to(tmp_path / "secret.png")
+    path = resolve_input("shot%d.png", "video", settings)
+    check_media(path, "video", "video", 10)
+    video = probe(Path(path), "video").video
+    assert (video.width, video.height) == (30, 20)

@@ -150,7 +150,7 @@ def test_oversized_upload_is_refused_with_413(service):
     response = svc.client.post("/v1/jobs", data={"video": (one, "a.mp4"), "audio": (
         io.BytesIO(b"x"), "a.wav")}, content_type="multipart/form-data")
     assert response.status_code == 413 and response.get_json()["code"] == "input.too_large"
-    assert not [p for p in svc.settings.uploads_dir.rglob("*") if p.is_file()]
+    assert [p.name for p in svc.settings.uploads_dir.iterdir()] == [".spool"]  # nothing left
     huge_json = svc.client.post("/v1/jobs", data='{"video": "' + "v" * (2 << 20) + '"}',
                                 content_type="application/json")
     assert huge_json.status_code == 413 and huge_json.get_json()["code"] == "request.too_large"
@@ -213,9 +213,15 @@ def test_uploads_go_with_their_job_when_retention_prunes_it(service, tiny_templa
     job = svc.client.post("/v1/jobs", data=form, content_type="multipart/form-data").get_json()
     uploads = svc.settings.uploads_dir / job["id"]
     assert len(list(uploads.iterdir())) == 2
+    orphan = svc.settings.uploads_dir / "never-a-job"     # a request that died mid-way
+    orphan.mkdir()
+    (orphan / "video-x.mp4").write_bytes(b"x")
+    fresh = svc.settings.uploads_dir / "in-flight"         # one still being received
+    fresh.mkdir()
+    os.utime(orphan, (0, 0))
     svc.client.delete(f"/v1/jobs/{job['id']}")
     assert prune_finished(svc.store, svc.settings) == 1
-    assert not uploads.exists()
+    assert not uploads.exists() and not orphan.exists() and fresh.exists()
     assert svc.client.get(f"/v1/jobs/{job['id']}").status_code == 404
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from dhserve.api.context import check_job_id, context
-from dhserve.api.inputs import resolve_input
+from dhserve.api.inputs import input_text, resolve_input
 from dhserve.errors import DhserveError, InputError, first_line
 from dhserve.jobs.model import Job, JobSpec, JobState
 
@@ -85,20 +85,18 @@ def _spec(code: str, body: dict[str, Any]) -> tuple[JobSpec, InputError | None]:
     settings = context().settings
     options = _options(body)
     output = str((settings.temp_dir / f"{code}-r.mp4").resolve())
+    video, audio = (input_text(body[name], name) for name in ("video_url", "audio_url"))
     try:
-        video = resolve_input(body["video_url"], "video_url", settings)
-        audio = resolve_input(body["audio_url"], "audio_url", settings)
+        return JobSpec(resolve_input(video, "video_url", settings),
+                       resolve_input(audio, "audio_url", settings), output, options), None
     except InputError as exc:
-        if exc.code == "request.invalid":
-            raise
-        return JobSpec(str(body["video_url"])[:4096], str(body["audio_url"])[:4096], output,
-                       options), exc
-    return JobSpec(video, audio, output, options), None
+        return JobSpec(video, audio, output, options), exc
 
 
 @blueprint.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    """HeyGem clients read envelopes, whatever went wrong (a body too large, not JSON)."""
+def http_error_envelope(exc: HTTPException) -> Response:
+    """HeyGem clients read envelopes, whatever went wrong (a body too large, not JSON, a
+    wrong method: the app's handler sends /easy/* routing errors here too)."""
     if isinstance(exc, RequestEntityTooLarge):
         return envelope(MISSING, "request body is over the limit of "
                         f"{(request.max_content_length or 0) / 2**20:g} MB")

@@ -24,16 +24,21 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://|(data|javascript|mailto):", re.IGNORECASE)
 
 
+def input_text(value: object, field: str) -> str:
+    """The input as a request must give it: a non-empty string of sane length."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError("request.invalid", field, "must be a non-empty string")
+    if len(value.strip()) > MAX_INPUT_CHARS:
+        raise InputError("request.invalid", field, f"is {len(value.strip())} characters "
+                         f"long; the limit is {MAX_INPUT_CHARS}")
+    return value.strip()
+
+
 def resolve_input(value: object, field: str, settings: Settings) -> str:
     """An http(s) URL as given, or the absolute path of a file inside the allowed folders.
     A bare name is looked up in the data dir's temp/ (where HeyGem clients put files); a
     relative path is taken from the data dir."""
-    if not isinstance(value, str) or not value.strip():
-        raise InputError("request.invalid", field, "must be a non-empty string")
-    value = value.strip()
-    if len(value) > MAX_INPUT_CHARS:
-        raise InputError("request.invalid", field,
-                         f"is {len(value)} characters long; the limit is {MAX_INPUT_CHARS}")
+    value = input_text(value, field)
     if CONTROL.search(value):
         raise InputError("input.path_not_allowed", field, "contains control characters")
     match = SCHEME.match(value)
@@ -98,9 +103,13 @@ def save_upload(stream: BinaryIO, filename: str, field: str, folder: Path,
         path = folder / f"{field}-{digest.hexdigest()[:24]}{'.' + suffix if suffix else ''}"
         try:
             os.link(part, path)         # atomic: of two identical uploads, one creates it
-            created = True
+            return path, True
         except FileExistsError:
-            created = False             # the same bytes are there already: same file
-        return path, created
+            return path, False          # the same bytes are there already: same file
+        except OSError:                 # a file system without hard links
+            if path.exists():
+                return path, False
+            os.replace(part, path)
+            return path, True
     finally:
         remove_quietly(part)

@@ -63,6 +63,10 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)      # a blueprint's own handler (HeyGem's) comes first
     def _http_error(exc: HTTPException) -> Response:
+        if request.path.startswith("/easy/"):     # routing errors come before blueprints
+            from dhserve.api.heygem import http_error_envelope
+
+            return http_error_envelope(exc)
         status = exc.code or 500
         if isinstance(exc, RequestEntityTooLarge):
             response = problem(413, "request.too_large", "request body is over the limit of "

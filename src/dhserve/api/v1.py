@@ -3,12 +3,14 @@ jobs as JSON documents; errors as problem details (dhserve.api.problems)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, send_file, url_for
+from sqlalchemy.exc import DBAPIError
 
 from dhserve.api.context import check_job_id, context, iso_time
 from dhserve.api.inputs import KINDS, resolve_input, save_upload
@@ -51,13 +53,27 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
                              f"must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}")
         job, created = ctx.submit(job_id, JobSpec(video=inputs["video"], audio=inputs["audio"],
                                                   options=options, priority=priority))
-    except DhserveError:
-        if not ctx.store.exists(job_id):    # a concurrent request's job may use the files
-            for path in uploaded:
-                remove_quietly(path)
+    except Exception:
+        _discard(uploaded, job_id)
         raise
     location = url_for("v1.get_job", job_id=job.id)
     return jsonify(job_document(job)), 202 if created else 200, {"Location": location}
+
+
+def _discard(created: list[Path], job_id: str) -> None:
+    """Removes the files a refused request created, except those a job with this id names
+    (a concurrent request with the same Idempotency-Key may have won). What a crash leaves
+    is swept by the workers' housekeeping."""
+    try:
+        spec = context().store.get(job_id).spec
+        keep = {spec.video, spec.audio}
+    except (DhserveError, DBAPIError):  # no such job, or the store is down: none names them
+        keep = set()
+    for path in created:
+        if str(path.resolve()) not in keep:
+            remove_quietly(path)
+    with contextlib.suppress(OSError):      # only when empty
+        (context().settings.uploads_dir / job_id).rmdir()
 
 
 def _json_field(value: str, name: str) -> Any:

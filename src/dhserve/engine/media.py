@@ -86,9 +86,11 @@ def _looks_like_media(path: Path) -> bool:
 DEMUXERS = ("mov", "mp4", "matroska", "webm", "avi", "flv", "asf", "mpeg", "mpegts",
             "mpegvideo", "h264", "hevc", "m4v", "ivf", "mjpeg", "yuv4mpegpipe", "wav", "w64",
             "aiff", "mp3", "aac", "ac3", "eac3", "flac", "ogg", "amr", "amrnb", "amrwb", "caf",
-            "wv", "au", "image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe",
-            "tiff_pipe", "gif")
-INPUT_OPTIONS = {"format_whitelist": ",".join(DEMUXERS)}
+            "wv", "au", "dv", "mxf", "nut", "image2", "png_pipe", "jpeg_pipe", "webp_pipe",
+            "bmp_pipe", "tiff_pipe", "gif", "apng")
+# pattern_type none: image2 would otherwise read "shot%d.png" as shot0.png, shot1.png, ...,
+# files whose names (and symlinks) no one checked.
+INPUT_OPTIONS = {"format_whitelist": ",".join(DEMUXERS), "pattern_type": "none"}
 
 
 def open_input(path: Path, field: str) -> av.container.InputContainer:

@@ -42,6 +42,7 @@ CANCELED = {"state": JobState.CANCELED.value, "stage": "canceled",
             "error_code": "render.canceled", "error_message": "canceled on request"}
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SUBMIT_LOCK = 0x64687366     # PostgreSQL advisory lock that keeps the queue bound exact
+REFUSAL_WINDOW_S = 3600.0    # jobs refused on arrival: at most max_queued per hour
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,13 @@ class JobStore:
                 if self.dialect == "postgresql":    # count-then-insert must not interleave
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
                                  {"key": SUBMIT_LOCK})
-                depth = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
-                    jobs.c.state == JobState.QUEUED.value)).scalar_one()
-                if depth < self.max_queued or failed is not None:
+                # refusals are bounded like the queue: those of the last hour count
+                waiting = jobs.c.state == JobState.QUEUED.value if failed is None else \
+                    sa.and_(jobs.c.state == JobState.FAILED.value, jobs.c.attempts == 0,
+                            jobs.c.created_at > self._now() - REFUSAL_WINDOW_S)
+                depth = conn.execute(sa.select(sa.func.count()).select_from(jobs)
+                                     .where(waiting)).scalar_one()
+                if depth < self.max_queued:
                     seq = conn.execute(sa.select(sa.func.coalesce(
                         sa.func.max(jobs.c.seq), 0) + 1)).scalar_one()
                     created = _job(conn.execute(jobs.insert().values(
@@ -147,7 +152,7 @@ class JobStore:
             pass                # the id exists: a retried request, or a conflict
         existing = self._find(job_id)
         if existing is None:
-            raise queue_full(self.max_queued)
+            raise queue_full(self.max_queued)   # (refusals: too many in the last hour)
         if _normalised(existing.spec.payload()) != payload:
             raise conflict(job_id)
         return existing, False

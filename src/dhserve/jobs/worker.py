@@ -330,6 +330,10 @@ def prune_finished(store: JobStore, settings: Settings) -> int:
     for path in results.glob(".*.part") if results.is_dir() else ():
         if _older_than(path, cutoff):
             remove_quietly(path)
+    uploads = settings.uploads_dir      # folders of requests that never became a job
+    for path in uploads.iterdir() if uploads.is_dir() else ():
+        if path.name != ".spool" and _older_than(path, cutoff) and not store.exists(path.name):
+            shutil.rmtree(path, ignore_errors=True)
     running = {job.id for job in store.list(JobState.RUNNING, limit=100_000)}
     for path in downloads.iterdir() if downloads.is_dir() else ():
         # folders are "<job id>-<attempt tag>": a long render's inputs stay while it runs
