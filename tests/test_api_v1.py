@@ -275,3 +275,22 @@ def test_a_worker_that_went_silent_is_shown_and_not_counted_ready(service):
     assert (ghost["id"], ghost["state"], ghost["ready"], ghost["job"]) == \
         ("ghost", "silent", False, "job-x")
     assert ghost["heartbeat_age_seconds"] >= 3
+
+
+def _nvidia_smi_gpus() -> int:
+    import shutil as sh
+    import subprocess
+
+    if not sh.which("nvidia-smi"):
+        return 0
+    listing = subprocess.run(["nvidia-smi", "-L"], check=False, capture_output=True,
+                             text=True)
+    return listing.stdout.count("GPU ") if listing.returncode == 0 else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_nvidia_smi_gpus() == 0, reason="no NVIDIA GPU (nvidia-smi -L)")
+def test_health_reports_the_gpus_nvidia_smi_sees(service):
+    gpu = service().client.get("/health").get_json()["gpu"]
+    assert gpu["available"] is True and len(gpu["devices"]) == _nvidia_smi_gpus()
+    assert all(d["memory_total_mb"] > 1000 and d["name"] for d in gpu["devices"])

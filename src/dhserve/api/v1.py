@@ -30,27 +30,11 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     key = request.headers.get("Idempotency-Key")
     job_id = check_job_id(key, "Idempotency-Key") if key else uuid.uuid4().hex
     g.job_id = job_id
-    if request.mimetype == "multipart/form-data":
-        fields: dict[str, Any] = request.form.to_dict()
-        for name in ("options", "priority"):
-            if name in fields:
-                fields[name] = _json_field(fields[name], name)
-    else:
-        fields = request.get_json(silent=True)
-        if not isinstance(fields, dict):
-            raise InputError("request.invalid", "body", "expected a JSON object or a "
-                             "multipart/form-data upload")
+    fields = _request_fields()
     uploaded: list[Path] = []
     try:
         inputs = {kind: _input(kind, fields, uploaded) for kind in KINDS}
-        options = fields.get("options") or {}
-        if not isinstance(options, dict):
-            raise InputError("request.invalid", "options", "must be an object")
-        priority = fields.get("priority", 0)
-        if not isinstance(priority, int) or isinstance(priority, bool) or \
-                not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
-            raise InputError("request.invalid", "priority",
-                             f"must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}")
+        options, priority = _choices(fields)
         job, created = ctx.submit(job_id, JobSpec(video=inputs["video"], audio=inputs["audio"],
                                                   options=options, priority=priority))
     except Exception:
@@ -58,6 +42,33 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         raise
     location = url_for("v1.get_job", job_id=job.id)
     return jsonify(job_document(job)), 202 if created else 200, {"Location": location}
+
+
+def _request_fields() -> dict[str, Any]:
+    """The body's fields: a JSON object, or a form (whose options and priority are JSON)."""
+    if request.mimetype == "multipart/form-data":
+        fields: dict[str, Any] = request.form.to_dict()
+        for name in ("options", "priority"):
+            if name in fields:
+                fields[name] = _json_field(fields[name], name)
+        return fields
+    fields = request.get_json(silent=True)
+    if not isinstance(fields, dict):
+        raise InputError("request.invalid", "body", "expected a JSON object or a "
+                         "multipart/form-data upload")
+    return fields
+
+
+def _choices(fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    options = fields.get("options") or {}
+    if not isinstance(options, dict):
+        raise InputError("request.invalid", "options", "must be an object")
+    priority = fields.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or \
+            not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InputError("request.invalid", "priority",
+                         f"must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}")
+    return options, priority
 
 
 def _discard(created: list[Path], job_id: str) -> None:
