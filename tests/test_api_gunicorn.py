@@ -3,6 +3,7 @@ processes: what a HeyGem client sees in production."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -42,7 +43,7 @@ class Server:
         self.processes = [subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "8", "-w", "2",
              "-b", f"127.0.0.1:{self.port}", "dhserve.api:create_app()"],
-            cwd=root, env={**_environ(), **self.env}, stdout=open(self.log, "ab"),  # noqa: SIM115
+            cwd=root, env={**os.environ, **self.env}, stdout=open(self.log, "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT)]
         self.processes += [dhserve_process("worker", env=self.env, log=root / f"worker{i}.log")
                            for i in range(workers)]
@@ -63,12 +64,6 @@ class Server:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 @pytest.fixture

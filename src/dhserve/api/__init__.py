@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     auth.install(app, settings.api_key)
     for module in (heygem, v1, health, openapi):
         app.register_blueprint(module.blueprint)
+    _install_body_limit(app)
     _install_access_log(app)
     app.logger.info("dhserve %s API: data dir %s, store %s", __version__,
                     settings.data_dir.resolve(),
@@ -67,15 +68,22 @@ def _upload_request_class(uploads_dir: Path) -> type[Request]:
     return UploadRequest
 
 
+def _install_body_limit(app: Flask) -> None:
+    """Only an upload to /v1/jobs may be large; every other body is held to 1 MiB."""
+
+    @app.before_request
+    def _limit_body() -> None:
+        if not (request.endpoint == "v1.create_job" and request.mimetype ==
+                "multipart/form-data"):
+            request.max_content_length = MAX_JSON_BYTES
+
+
 def _install_access_log(app: Flask) -> None:
     """One line per request, with the job code where there is one."""
 
     @app.before_request
     def _start_clock() -> None:
         g.started = time.perf_counter()
-        if not (request.endpoint == "v1.create_job" and request.mimetype ==
-                "multipart/form-data"):
-            request.max_content_length = MAX_JSON_BYTES
 
     @app.after_request
     def _log(response: Response) -> Response:

@@ -27,18 +27,20 @@ class ApiContext:
     settings: Settings
     store: JobStore
 
-    def submit(self, job_id: str, spec: JobSpec,
-               record_refusal: bool = False) -> tuple[Job, bool]:
+    def submit(self, job_id: str, spec: JobSpec, record_refusal: bool = False,
+               refused: InputError | None = None) -> tuple[Job, bool]:
         """The one way a job enters the queue from HTTP; returns (job, created).
 
         A replay (the id exists) is answered by the store alone: the same spec is the same
         job even if its input files are gone by now. Otherwise local inputs are probed (by
-        content) and the options and model files checked. A refused input raises, or with
-        `record_refusal` becomes a job that failed at once, for clients that only learn
-        outcomes by polling (HeyGem's)."""
+        content) and the options and model files checked. A refused input (found here, or
+        `refused` by the caller) raises, or with `record_refusal` becomes a job that failed
+        at once, for clients that only learn outcomes by polling (HeyGem's)."""
         if self.store.exists(job_id):
             return self.store.submit(job_id, spec)
         try:
+            if refused is not None:
+                raise refused
             for kind in KINDS:
                 check_media(getattr(spec, kind), kind, kind, self.settings.max_input_mb)
             check_job(self.settings, spec)

@@ -32,10 +32,10 @@ MSG_EXISTS = "任务已存在，正在执行中"
 MSG_SYSTEM = "系统异常"
 REQUIRED = ("audio_url", "video_url", "code")       # checked in the vendor's order
 STATUS_RUNNING, STATUS_DONE, STATUS_FAILED = 1, 2, 3
-# The engine names inputs and options by its own names; HeyGem clients know these.
-FIELD_NAMES = {"video": "video_url", "audio": "audio_url", "face_restore": "chaofen",
-               "watermark": "watermark_switch", "ai_label": "digital_auth", "loop": "pn"}
 FLAGS = {"chaofen": "face_restore", "watermark_switch": "watermark", "digital_auth": "ai_label"}
+# The engine names inputs and options by its own names; HeyGem clients know these.
+FIELD_NAMES = {"video": "video_url", "audio": "audio_url", "loop": "pn",
+               **{option: flag for flag, option in FLAGS.items()}}
 
 
 def envelope(code: int, msg: Any = "", data: dict[str, Any] | None = None) -> Response:
@@ -62,10 +62,7 @@ def submit() -> Response:
         code = check_job_id(str(body["code"]), "code")
         g.job_id = code
         spec, refused = _spec(code, body)
-        if refused is None:
-            ctx.submit(code, spec, record_refusal=True)
-        else:
-            ctx.store.submit(code, spec, failed=refused)
+        ctx.submit(code, spec, record_refusal=True, refused=refused)
     except InputError as exc:
         return envelope(MISSING, heygem_message(exc.message))
     except DhserveError as exc:

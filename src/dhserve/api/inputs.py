@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from dhserve.config import Settings
 from dhserve.engine.media import probe, remove_quietly
 from dhserve.errors import InputError
+from dhserve.jobs.downloads import is_url
 
 CHUNK = 1 << 20
 KINDS = ("video", "audio")
@@ -69,7 +70,7 @@ def resolve_input(value: object, field: str, settings: Settings) -> str:
 def check_media(value: str, field: str, kind: str, max_mb: float) -> None:
     """A local input reads as media of `kind`, judged by its content (URLs are checked by
     the worker after downloading)."""
-    if urlsplit(value).scheme.lower() in ("http", "https"):
+    if is_url(value):
         return
     try:
         info = probe(Path(value), field, max_mb, kind=kind)

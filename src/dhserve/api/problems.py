@@ -31,11 +31,10 @@ def status_for(code: str) -> int:
     return STATUS_BY_CODE.get(code) or STATUS_BY_FAMILY.get(code.split(".")[0], 500)
 
 
-def problem(status: int, code: str, detail: str, field: str | None = None,
-            **extra: Any) -> Response:
+def problem(status: int, code: str, detail: str, field: str | None = None) -> Response:
     body: dict[str, Any] = {"type": f"urn:dhserve:error:{code}",
                             "title": TITLES.get(status, "Error"), "status": status,
-                            "code": code, "detail": detail, **extra}
+                            "code": code, "detail": detail}
     if field is not None:
         body["field"] = field
     response = jsonify(body)
