@@ -231,7 +231,7 @@ def test_three_workers_on_postgres_render_thirty_jobs_exactly_once(
         codes = [w.wait(timeout=60) for w in workers]
     assert codes == [0, 0, 0]
     assert all(job.state is JobState.SUCCEEDED and job.attempts == 1 for job in jobs)
-    claims = [m for log in logs for m in re.findall(r"job (job\d\d) claimed", log.read_text())]
+    claims = [m for log in logs for m in re.findall(r"job=(job\d\d) claimed", log.read_text())]
     assert sorted(claims) == ids                        # each job claimed once, by one worker
     assert len({job.worker_id for job in jobs}) >= 2    # the work was shared
     assert len({job.result for job in jobs}) == 30

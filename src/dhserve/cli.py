@@ -11,7 +11,16 @@ from pathlib import Path
 import click
 
 from dhserve import __version__
-from dhserve.config import LOOP_MODES, MULTIPLE_FACE_POLICIES, X264_PRESETS, Settings
+from dhserve.config import (
+    LAYOUTS,
+    LOOP_MODES,
+    MODES,
+    MULTIPLE_FACE_POLICIES,
+    PROFILE_NAMES,
+    X264_PRESETS,
+    ServingSettings,
+    Settings,
+)
 from dhserve.errors import DhserveError, first_line
 
 EXIT_INPUT_ERROR = 2
@@ -106,23 +115,83 @@ def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet
                f"{', template analysis cached' if result.analysis_cached else ''})")
 
 
+def _serving(**overrides) -> ServingSettings:
+    try:
+        return ServingSettings.from_env(**overrides)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _service_logging(ctx: click.Context, settings: Settings) -> None:
+    """The service's processes log to stderr and <data dir>/log/dh.log, with pid and job."""
+    from dhserve.logs import configure_logging
+
+    configure_logging(settings, "DEBUG" if ctx.obj["verbose"] else "INFO")
+
+
+@main.command()
+@click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="auto: Gunicorn, falling back to Flask's threaded server if Gunicorn "
+                   "cannot be imported or fails to boot.")
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None,
+              help="split (default): web tier + one render worker process per GPU; "
+                   "all-in-one: one Gunicorn worker renders in a background thread "
+                   "[env DHSERVE_LAYOUT].")
+@click.option("--profile", type=click.Choice(PROFILE_NAMES), default=None,
+              help="Threads, batch size and memory limit by GPU memory [env DHSERVE_PROFILE; "
+                   "default auto].")
+@click.option("--gpus", default=None,
+              help="auto (every GPU NVML sees), none (CPU), or indices like 0,1 "
+                   "[env DHSERVE_GPUS].")
+@click.option("--bind", default=None,
+              help="host:port [env GUNICORN_BIND or DHSERVE_BIND; default 127.0.0.1:8383].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Gunicorn web workers [env GUNICORN_WORKERS; split 2, all-in-one 1].")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Threads per web worker [env GUNICORN_THREADS; default from the profile].")
+@click.option("--max-memory", "max_memory_mb", type=click.FloatRange(0), default=None,
+              help="MB of RSS, and of GPU memory, a process may hold before it recycles "
+                   "after its job; 0: off [env GUNICORN_MAX_MEMORY; default from the profile].")
+@click.option("--diagnose", is_flag=True,
+              help="Print what would be started and whether it can, then exit.")
+@click.pass_context
+def serve(ctx: click.Context, mode: str, diagnose: bool, **overrides) -> None:
+    """Serve the HTTP API and render jobs: the whole service on this machine.
+
+    Runs until SIGTERM/Ctrl-C (running jobs finish within DHSERVE_STOP_GRACE_SECONDS, or are
+    handed back); SIGHUP recycles every process gracefully."""
+    from dhserve.serving.launcher import diagnose as run_diagnosis
+    from dhserve.serving.launcher import serve as run_service
+
+    settings = _settings(ctx)
+    serving = _serving(**overrides)
+    if diagnose:
+        sys.exit(run_diagnosis(settings, serving))
+    _service_logging(ctx, settings)
+    with _reported():
+        sys.exit(run_service(settings, serving, mode))
+
+
 @main.command()
 @click.option("--bind", default=None,
-              help="host:port to listen on [env DHSERVE_BIND; default 127.0.0.1:8383].")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
-              help="Gunicorn web workers (they hold no models).")
-@click.option("--threads", type=click.IntRange(1), default=8, show_default=True,
-              help="Threads per web worker.")
+              help="host:port to listen on [env GUNICORN_BIND or DHSERVE_BIND; "
+                   "default 127.0.0.1:8383].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Gunicorn web workers (they hold no models) [default 2].")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Threads per web worker [default from the GPU profile].")
 @click.pass_context
-def web(ctx: click.Context, bind: str | None, workers: int, threads: int) -> None:
-    """Serve the HTTP API (HeyGem /easy, /v1/jobs, /health) under Gunicorn.
+def web(ctx: click.Context, **overrides) -> None:
+    """Serve only the HTTP API (HeyGem /easy, /v1/jobs, /health) under Gunicorn.
 
     Renders happen in `dhserve worker` processes that share the data dir and job store."""
-    from dhserve.serving.web import run_web
+    from dhserve.serving.plan import plan_serving
+    from dhserve.serving.web import run_gunicorn
 
-    settings = _settings(ctx, bind=bind)
+    settings = _settings(ctx)
     with _reported():
-        run_web(settings, workers, threads)
+        plan = plan_serving(settings, _serving(layout="split", **overrides), "split")
+        run_gunicorn(settings, plan)
 
 
 @main.command()
@@ -132,17 +201,23 @@ def web(ctx: click.Context, bind: str | None, workers: int, threads: int) -> Non
               help="Job store [env DHSERVE_DATABASE_URL; default SQLite in the data dir].")
 @click.option("--backend", default=None, help="Default lip-sync backend [env DHSERVE_BACKEND].")
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
+@click.option("--max-memory", "max_memory_mb", type=click.FloatRange(0), default=None,
+              help="After a job, exit (to be restarted) if RSS or GPU memory is over this "
+                   "many MB [env GUNICORN_MAX_MEMORY; default off].")
 @click.pass_context
-def worker(ctx: click.Context, max_jobs: int | None, **overrides) -> None:
-    """Render jobs from the queue until stopped (SIGTERM/SIGINT: finish or hand back)."""
+def worker(ctx: click.Context, max_jobs: int | None, max_memory_mb: float | None,
+           **overrides) -> None:
+    """Render jobs from the queue until stopped (SIGTERM/SIGINT: finish or hand back;
+    SIGHUP: finish the job, then exit to be restarted)."""
     from dhserve.jobs.worker import RenderWorker
+    from dhserve.serving.watchdog import MemoryWatchdog
 
     settings = _settings(ctx, **overrides)
-    logging.getLogger().handlers[0].setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("dhserve").setLevel(logging.DEBUG if ctx.obj["verbose"] else logging.INFO)
+    limit = _serving(max_memory_mb=max_memory_mb).max_memory_mb
+    _service_logging(ctx, settings)
     with _reported():
-        RenderWorker(settings).run(max_jobs=max_jobs)
+        RenderWorker(settings, recycle_check=MemoryWatchdog(limit or 0).over_limit
+                     ).run(max_jobs=max_jobs)
 
 
 @main.command()

@@ -20,7 +20,7 @@ CHOICES = {"loop": LOOP_MODES, "multiple_faces": MULTIPLE_FACE_POLICIES,
            "cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCHES}
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 POSITIVE = ("batch_size", "lease_seconds", "heartbeat_seconds", "max_attempts", "max_queued",
-            "poll_seconds", "download_timeout_seconds")
+            "poll_seconds", "download_timeout_seconds", "log_max_mb")
 
 
 def option_problem(name: str, value: Any) -> str | None:
@@ -81,18 +81,14 @@ class Settings:
                                                   # "Authorization: Bearer <key>"
     input_roots: str = ""                # folders (os.pathsep-separated) whose files clients
                                          # may name as inputs; default: the data dir
+    # logs of the service's processes: <data dir>/log/dh.log, rotated by size
+    log_max_mb: float = 50.0
+    log_backups: int = 5
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from DHSERVE_* variables; non-None `overrides` (e.g. CLI flags) win."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, f.type, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls(**_read_env(cls, environ, overrides))
 
     def __post_init__(self) -> None:
         """Coerces paths and refuses bad values, however the settings were made."""
@@ -132,6 +128,11 @@ class Settings:
         return roots or [self.data_dir]
 
     @property
+    def log_path(self) -> Path:
+        """The service's log file, shared by all its processes."""
+        return self.data_dir / "log" / "dh.log"
+
+    @property
     def models_path(self) -> Path:
         """Where model files are looked up: DHSERVE_MODELS_DIR, else <data dir>/models."""
         return Path(self.models_dir) if self.models_dir else self.data_dir / "models"
@@ -142,7 +143,81 @@ class Settings:
         return self.database_url or f"sqlite:///{(self.data_dir / 'dhserve.db').resolve()}"
 
 
-def _parse(name: str, type_name: Any, raw: str) -> Any:
+LAYOUTS = ("split", "all-in-one")
+MODES = ("auto", "gunicorn", "flask")
+PROFILE_NAMES = ("auto", "cpu", "12gb", "24gb", "48gb")
+GPU_SELECTION = re.compile(r"auto|none|\d+(,\d+)*")
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """How the service runs: Gunicorn's knobs under HeyGem's GUNICORN_* names, the layout and
+    the GPU profile. Unset (None) values come from the layout or the profile."""
+
+    bind: str | None = field(default=None, metadata={"env": "GUNICORN_BIND"})
+    workers: int | None = field(default=None, metadata={"env": "GUNICORN_WORKERS"})
+    threads: int | None = field(default=None, metadata={"env": "GUNICORN_THREADS"})
+    timeout: int = field(default=600, metadata={"env": "GUNICORN_TIMEOUT"})
+    graceful_timeout: int = field(default=60, metadata={"env": "GUNICORN_GRACEFUL_TIMEOUT"})
+    worker_class: str = field(default="gthread", metadata={"env": "GUNICORN_WORKER_CLASS"})
+    max_memory_mb: float | None = field(default=None, metadata={"env": "GUNICORN_MAX_MEMORY"})
+    max_requests: int = field(default=0, metadata={"env": "GUNICORN_MAX_REQUESTS"})
+    batch_size: int | None = field(default=None, metadata={"env": "DHSERVE_BATCH_SIZE"})
+    layout: str | None = field(default=None, metadata={"env": "DHSERVE_LAYOUT"})
+    profile: str = field(default="auto", metadata={"env": "DHSERVE_PROFILE"})
+    gpus: str = field(default="auto", metadata={"env": "DHSERVE_GPUS"})  # auto|none|0,1
+    # as the operator set it for the whole service ("" hides every GPU); None when unset
+    cuda_visible_devices: str | None = field(default=None,
+                                             metadata={"env": "CUDA_VISIBLE_DEVICES"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 **overrides: Any) -> ServingSettings:
+        environ = os.environ if environ is None else environ
+        values = _read_env(cls, environ, overrides)
+        values["cuda_visible_devices"] = environ.get("CUDA_VISIBLE_DEVICES")  # "" means none
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            problem = self._problem(f.name, value)
+            if problem:
+                raise ValueError(f"{_env_name(f)}={value!r}: {problem}")
+
+    @staticmethod
+    def _problem(name: str, value: Any) -> str | None:
+        choices = {"layout": (None, *LAYOUTS), "profile": PROFILE_NAMES}
+        if name in choices and value not in choices[name]:
+            return f"must be one of {', '.join(c for c in choices[name] if c)}"
+        if name == "gpus" and not GPU_SELECTION.fullmatch(value):
+            return "must be auto, none or GPU indices like 0,1"
+        if name in ("workers", "threads", "batch_size") and value is not None and value < 1:
+            return "must be at least 1"
+        if isinstance(value, (int, float)) and value < 0:
+            return "must be >= 0"
+        return None
+
+
+def _env_name(f: Any) -> str:
+    return f.metadata.get("env", ENV_PREFIX + f.name.upper())
+
+
+def _read_env(cls: type, environ: Mapping[str, str] | None,
+              overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Field values of `cls` from its variables (DHSERVE_<NAME> unless the field names one);
+    non-None `overrides` (e.g. CLI flags) win."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        raw = environ.get(_env_name(f))
+        if raw is not None and raw != "":
+            values[f.name] = _parse(_env_name(f), f.type, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return values
+
+
+def _parse(env: str, type_name: Any, raw: str) -> Any:
     kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "str")
     kind = kind.removesuffix(" | None")
     try:
@@ -154,5 +229,5 @@ def _parse(name: str, type_name: Any, raw: str) -> Any:
             return Path(raw)
         return raw
     except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+        raise ValueError(f"{env}={raw!r} is not a valid {kind}") from None
 

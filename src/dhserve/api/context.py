@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from flask import current_app
 
 from dhserve.api.inputs import KINDS, check_media
-from dhserve.config import Settings
+from dhserve.config import ServingSettings, Settings
 from dhserve.errors import InputError
 from dhserve.jobs.model import Job, JobSpec, WorkerInfo
 from dhserve.jobs.options import check_job
@@ -26,6 +27,20 @@ HEARTBEAT_STALE_FACTOR = 3.0
 class ApiContext:
     settings: Settings
     store: JobStore
+    _serving: dict[str, Any] | None = field(default=None, repr=False)
+
+    def serving(self) -> dict[str, Any]:
+        """How the service runs (layout, GPU profile, limits) as this process's plan has it;
+        the launcher and Gunicorn's post_fork put the plan in the environment."""
+        from dhserve.serving.plan import ServingConfigError, plan_serving
+
+        if self._serving is None:
+            try:
+                self._serving = plan_serving(self.settings, ServingSettings.from_env(),
+                                             "split").summary()
+            except (ValueError, ServingConfigError) as exc:
+                self._serving = {"error": str(exc)}
+        return self._serving
 
     def submit(self, job_id: str, spec: JobSpec, record_refusal: bool = False,
                refused: InputError | None = None) -> tuple[Job, bool]:

@@ -51,5 +51,6 @@ def health() -> tuple[Response, int]:
         "queue": {"depth": counts[JobState.QUEUED],
                   "jobs": {state.value: n for state, n in counts.items()}},
         "workers": workers,
+        "serving": ctx.serving(),
         "gpu": gpu_summary(),
     }), 200

@@ -125,7 +125,8 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"jobs": {"type": "array", "items": _ref("Job")}}},
     "Health": {
         "type": "object",
-        "required": ["status", "version", "device", "backend", "queue", "workers", "gpu"],
+        "required": ["status", "version", "device", "backend", "queue", "workers", "serving",
+                     "gpu"],
         "properties": {
             "status": {"enum": ["ok", "degraded"]}, "version": {"type": "string"},
             "device": {"type": "string"}, "backend": {"type": "string"},
@@ -141,6 +142,17 @@ SCHEMAS: dict[str, Any] = {
                                "job": NULLABLE_STR, "ready": {"type": "boolean"},
                                "last_heartbeat": {"type": "string"},
                                "heartbeat_age_seconds": {"type": "number"}}}},
+            "serving": {"type": "object", "description": "layout and GPU profile",
+                        "properties": {
+                            "layout": {"enum": ["split", "all-in-one"]},
+                            "profile": {"enum": ["cpu", "12gb", "24gb", "48gb"]},
+                            "profile_reason": {"type": "string"},
+                            "web_workers": {"type": "integer"}, "threads": {"type": "integer"},
+                            "worker_class": {"type": "string"},
+                            "batch_size": {"type": "integer"},
+                            "max_memory_mb": {"type": "number"},
+                            "render_devices": {"type": "array", "items": {"type": "string"}},
+                            "error": {"type": "string"}}},
             "gpu": {"type": "object", "required": ["available"],
                     "properties": {"available": {"type": "boolean"},
                                    "reason": {"type": "string"},

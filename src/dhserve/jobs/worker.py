@@ -3,7 +3,9 @@
 It never forks after loading models. A heartbeat thread keeps the lease of the running job and
 the worker's own row fresh; progress is written at most about once a second. Stopping (SIGTERM,
 SIGINT, or stop()) stops claiming, gives the running render a grace period, then hands the job
-back so another worker takes it at once.
+back so another worker takes it at once. Recycling (SIGHUP, recycle(), or the memory check
+after a job) stops claiming and exits once the running job is done: no grace period, no
+hand-back.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dhserve.jobs.model import Job, JobState
 from dhserve.jobs.options import job_render_options
 from dhserve.jobs.store import JobStore
 from dhserve.jobs.wakeup import Wakeup
+from dhserve.logs import job_context
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +89,13 @@ class RenderWorker:
     """Claims jobs from `store` and renders them with engine objects made once, here."""
 
     def __init__(self, settings: Settings, store: JobStore | None = None,
-                 worker_id: str | None = None):
+                 worker_id: str | None = None,
+                 recycle_check: Callable[[], str | None] | None = None):
+        """`recycle_check` runs after each job: a reason (e.g. memory over the limit) makes
+        the worker exit then, with `recycle_reason` set, for its supervisor to start anew."""
         self.settings = settings
+        self.recycle_check = recycle_check
+        self.recycle_reason: str | None = None
         self.store = store or JobStore.from_settings(settings)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.cache = AnalysisCache(settings.templates_dir)
@@ -95,6 +103,7 @@ class RenderWorker:
         self._restorer: FaceRestorer | None = None
         self._running: _Running | None = None
         self._stopping = threading.Event()
+        self._stop_asked = False
         self._exited = threading.Event()
         self._wakeup = Wakeup(self.store)
         self._next_housekeeping = 0.0
@@ -106,7 +115,7 @@ class RenderWorker:
     def load(self) -> None:
         """Registers the worker and loads the default backend: models live in this process."""
         self.store.register_worker(self.id, socket.gethostname(), os.getpid(),
-                                   self.settings.device)
+                                   device_label(self.settings.device))
         backend = self._backend(self.settings.backend)
         self.store.worker_heartbeat(self.id, "idle", ready=True, backend=backend.name)
         log.info("worker %s ready on %s (backend %s)", self.id, self.settings.device,
@@ -135,8 +144,12 @@ class RenderWorker:
                 if job is None:
                     self._wakeup.wait(self.settings.poll_seconds)
                     continue
-                self._process(job)
+                with job_context(job.id):
+                    self._process(job)
                 self.jobs_done += 1
+                reason = self.recycle_check() if self.recycle_check else None
+                if reason:
+                    self.recycle(reason)
         finally:
             self._exited.set()
             if heartbeat.is_alive():
@@ -148,7 +161,7 @@ class RenderWorker:
         """Stops claiming; the running render gets `grace` seconds, then its job is handed
         back. Safe from signal handlers and other threads."""
         grace = self.settings.stop_grace_seconds if grace is None else grace
-        already = self._stopping.is_set()
+        already, self._stop_asked = self._stop_asked, True      # a second stop: hand back now
         self._stopping.set()
         self._wakeup.interrupt()
         running = self._running
@@ -163,11 +176,21 @@ class RenderWorker:
             timer.daemon = True
             timer.start()
 
+    def recycle(self, reason: str) -> None:
+        """Stops claiming; the running job (if any) finishes, then run() returns."""
+        if self.recycle_reason is None:
+            self.recycle_reason = reason
+            log.info("worker %s recycling (%s)%s", self.id, reason,
+                     " after its current job" if self._running else "")
+        self._stopping.set()
+        self._wakeup.interrupt()
+
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.recycle("SIGHUP"))
 
     def _close(self) -> None:
         for backend in self._backends.values():
@@ -201,7 +224,7 @@ class RenderWorker:
         self._running = running
         if self._stopping.is_set():         # stop() raced with the claim
             running.stop("handback")
-        log.info("job %s claimed (attempt %d)", job.id, job.attempts)
+        log.info("claimed (attempt %d)", job.attempts)
         downloads = self.settings.data_dir / "downloads" / f"{job.id}-{uuid.uuid4().hex[:8]}"
         try:
             self._store_call(self.store.worker_heartbeat, self.id, "busy", job.id)
@@ -212,7 +235,7 @@ class RenderWorker:
         # Recorded only while the lease is ours; a store that cannot be reached now leaves
         # the lease to expire, and the job is rendered again (delivery is at-least-once).
         if self._store_call(outcome) is False:
-            log.warning("job %s: outcome not recorded, the lease was lost (%s)", job.id,
+            log.warning("outcome not recorded, the lease was lost (%s)",
                         running.stop_reason or "expired")
         self._store_call(self.store.worker_heartbeat, self.id,
                          "stopping" if self._stopping.is_set() else "idle")
@@ -232,13 +255,13 @@ class RenderWorker:
         except Canceled:
             return self._stopped(job, running)
         except DhserveError as exc:
-            log.info("job %s failed: %s %s", job.id, exc.code, exc.message)
+            log.info("failed: %s %s", exc.code, exc.message)
             return functools.partial(self.store.fail, job.id, self.id, exc.code, exc.message)
         except Exception as exc:
-            log.exception("job %s: internal error", job.id)
+            log.exception("internal error")
             return functools.partial(self.store.fail, job.id, self.id, "render.internal",
                                      f"internal error: {type(exc).__name__}: {exc}")
-        log.info("job %s succeeded: %d frames in %.1f s", job.id, result.frames,
+        log.info("succeeded: %d frames in %.1f s", result.frames,
                  result.elapsed)
         info = {"frames": result.frames, "width": result.width, "height": result.height,
                 "fps": float(result.fps), "duration": result.duration,
@@ -266,12 +289,12 @@ class RenderWorker:
     def _stopped(self, job: Job, running: _Running) -> Callable[[], bool | None]:
         reason = running.stop_reason
         if reason == "handback":
-            log.info("job %s handed back: the worker is stopping", job.id)
+            log.info("handed back: the worker is stopping")
             return functools.partial(self.store.release, job.id, self.id)
         if reason == "canceled":
-            log.info("job %s canceled", job.id)
+            log.info("canceled")
             return functools.partial(self.store.mark_canceled, job.id, self.id)
-        log.warning("job %s: lease lost; another worker owns it now", job.id)
+        log.warning("lease lost; another worker owns it now")
         return lambda: None
 
     # -- heartbeat and housekeeping --------------------------------------------------------
@@ -315,6 +338,17 @@ class RenderWorker:
                 prune_finished(self.store, self.settings)
         except (*STORE_ERRORS, OSError) as exc:
             log.error("housekeeping failed: %s", first_line(exc))
+
+
+def device_label(device: str) -> str:
+    """The device as an operator knows it: under CUDA_VISIBLE_DEVICES=3, cuda:0 is GPU 3."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if device.startswith("cuda") and visible:
+        index = int(device.partition(":")[2] or 0)
+        ids = visible.split(",")
+        if index < len(ids):
+            return f"{device} (GPU {ids[index]})"
+    return device
 
 
 def prune_finished(store: JobStore, settings: Settings) -> int:

@@ -51,3 +51,28 @@ def _device(pynvml: Any, index: int) -> GpuDevice:
         utilization = None
     return GpuDevice(index, name.decode() if isinstance(name, bytes) else str(name),
                      round(memory.total / MIB, 1), round(memory.used / MIB, 1), utilization)
+
+
+def process_gpu_memory_mb(pid: int) -> float | None:
+    """GPU memory held by process `pid` on all GPUs, in MiB; None where NVML cannot tell (no
+    GPU, no driver). Inside a container NVML may list host pids: then this reads 0."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        used = 0
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == pid and proc.usedGpuMemory:   # None where not reported
+                    used += proc.usedGpuMemory
+        return round(used / MIB, 1)
+    except pynvml.NVMLError:
+        return None
+    finally:
+        pynvml.nvmlShutdown()

@@ -1,30 +1,34 @@
-"""The web tier under Gunicorn: gthread workers, the app made after the fork (never preloaded),
-so web workers share nothing with the master but the listening socket."""
+"""The web tier under Gunicorn: the app made after the fork (never preloaded), dhserve's hooks,
+its log format. `python -m dhserve.serving.web` is what `dhserve serve` starts; the plan comes
+from the environment the launcher set."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from pathlib import Path
+import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from dhserve.config import Settings
+from dhserve.config import ServingSettings, Settings
+from dhserve.logs import logging_config
+from dhserve.serving.hooks import ServingHooks
+from dhserve.serving.plan import ServingPlan, plan_serving
 
 log = logging.getLogger(__name__)
 
 
 class WebApplication(BaseApplication):
-    """Gunicorn serving `dhserve.api.create_app(settings)` with the options given."""
+    """Gunicorn serving `dhserve.api.create_app(settings)` as the plan says."""
 
-    def __init__(self, settings: Settings, options: dict[str, Any]):
+    def __init__(self, settings: Settings, plan: ServingPlan):
         self.settings = settings
-        self.options = options
+        self.plan = plan
         super().__init__()
 
     def load_config(self) -> None:
-        for key, value in self.options.items():
+        for key, value in gunicorn_settings(self.settings, self.plan).items():
             self.cfg.set(key, value)
 
     def load(self):
@@ -33,19 +37,16 @@ class WebApplication(BaseApplication):
         return create_app(self.settings)
 
 
-def web_options(settings: Settings, workers: int, threads: int) -> dict[str, Any]:
-    options: dict[str, Any] = {"bind": [settings.bind], "workers": workers,
-                               "worker_class": "gthread", "threads": threads,
-                               "preload_app": False, "timeout": 60, "graceful_timeout": 30,
-                               "accesslog": None, "proc_name": "dhserve-web"}
-    if Path("/dev/shm").is_dir():        # heartbeat files off the disk (no stalls on slow fs)
-        options["worker_tmp_dir"] = "/dev/shm"
-    return options
+def gunicorn_settings(settings: Settings, plan: ServingPlan) -> dict[str, Any]:
+    """Everything Gunicorn is given: the plan's options, dhserve's hooks and log format."""
+    settings.log_path.parent.mkdir(parents=True, exist_ok=True)
+    return {**plan.gunicorn_options(), **ServingHooks(settings, plan).as_options(),
+            "logconfig_dict": logging_config(settings)}
 
 
-def exposed_without_key(settings: Settings) -> bool:
+def exposed_without_key(settings: Settings, bind: str) -> bool:
     """Bound beyond loopback with no API key: anyone who can reach the port can submit."""
-    host = settings.bind.rsplit(":", 1)[0].strip("[]")
+    host = bind.rsplit(":", 1)[0].strip("[]")
     if settings.api_key or host.startswith("unix"):
         return False
     try:
@@ -54,9 +55,38 @@ def exposed_without_key(settings: Settings) -> bool:
         return host != "localhost"
 
 
-def run_web(settings: Settings, workers: int = 1, threads: int = 8) -> None:
-    logging.getLogger("dhserve").setLevel(logging.INFO)     # the access log is INFO
-    if exposed_without_key(settings):
+def warn_if_exposed(settings: Settings, bind: str) -> None:
+    if exposed_without_key(settings, bind):
         log.warning("serving on %s without an API key: anyone who reaches this port can "
-                    "submit jobs; set DHSERVE_API_KEY", settings.bind)
-    WebApplication(settings, web_options(settings, workers, threads)).run()
+                    "submit jobs; set DHSERVE_API_KEY", bind)
+
+
+def run_gunicorn(settings: Settings, plan: ServingPlan) -> None:
+    warn_if_exposed(settings, plan.bind)
+    WebApplication(settings, plan).run()
+
+
+def config_file_settings(default_layout: str = "all-in-one") -> dict[str, Any]:
+    """What gunicorn.conf.py gives Gunicorn. A configuration that cannot work ends the start
+    with its reason, not a traceback."""
+    from dhserve.serving.plan import ServingConfigError
+
+    try:
+        settings = Settings.from_env()
+        plan = plan_serving(settings, ServingSettings.from_env(), default_layout)
+    except (ValueError, ServingConfigError) as exc:
+        print(f"dhserve: cannot serve: {exc}", file=sys.stderr)
+        sys.exit(2)
+    warn_if_exposed(settings, plan.bind)
+    return gunicorn_settings(settings, plan)
+
+
+def main() -> None:
+    """Entry point of the web child process that `dhserve serve` starts (`python -m
+    dhserve.serving.web`); the plan comes from the variables it set."""
+    settings = Settings.from_env()
+    run_gunicorn(settings, plan_serving(settings, ServingSettings.from_env(), "split"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The classic script names (start_simple_gpu_server.py, start_cuda_fixed_server.py,
+app_production.py, check_gpu_gunicorn.py) as a few lines over `dhserve serve`, so deployments
+and habits that use them keep working."""
+
+from __future__ import annotations
+
+import sys
+
+
+def run(script: str, serve_args: list[str], argv: list[str],
+        modes: tuple[str, ...] = ()) -> int:
+    """Runs `dhserve serve <serve_args>`, with `--mode <argv[0]>` when the script takes a mode
+    as its first argument (one of `modes`); returns the exit status."""
+    args = list(serve_args)
+    if modes and argv and argv[0] in modes:
+        args += ["--mode", argv.pop(0)]
+    if argv and argv[0] in ("-h", "--help"):
+        usage = f" [{'|'.join(modes)}]" if modes else ""
+        print(f"usage: python {script}{usage} [dhserve serve options]\n"
+              f"runs: dhserve serve {' '.join(serve_args)}\n")
+        argv = ["--help"]
+    try:
+        from dhserve.cli import main
+    except ModuleNotFoundError as exc:
+        print(f"{script}: dhserve's dependencies are missing for {sys.executable} ({exc}); "
+              "run ./dev setup and use .venv/bin/python", file=sys.stderr)
+        return 1
+    try:
+        main([*args[:1], *args[1:], *argv], prog_name=script, standalone_mode=False)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 0
+    except Exception as exc:          # click's usage errors, shown as click would
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0

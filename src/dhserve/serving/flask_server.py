@@ -1,0 +1,73 @@
+"""The fallback web server: Flask's threaded server (Werkzeug), for when Gunicorn cannot be
+imported or fails to boot, or when asked (`--mode flask`). One process; in the all-in-one
+layout it renders in a background thread too. No worker recycling: a recycle ends the process
+and the launcher starts it again."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import replace
+
+from werkzeug.serving import make_server
+
+from dhserve.config import ServingSettings, Settings
+from dhserve.logs import configure_logging
+from dhserve.serving.cuda_guard import NVML_CHECK
+from dhserve.serving.plan import plan_serving
+from dhserve.serving.web import warn_if_exposed
+
+log = logging.getLogger("dhserve.serving")
+
+
+def serve_flask(settings: Settings, layout: str) -> int:
+    """Serves until the process is told to stop or its renderer recycles; returns the exit
+    status."""
+    from dhserve.api import create_app
+
+    os.environ.setdefault(*NVML_CHECK)
+    plan = plan_serving(settings, ServingSettings.from_env(), default_layout=layout)
+    for line in plan.describe():
+        log.info("dhserve %s (Flask's threaded server)", line)
+    host, _, port = plan.bind.rpartition(":")
+    server = make_server(host.strip("[]") or "127.0.0.1", int(port), create_app(settings),
+                         threaded=True)
+    renderer = None
+    if plan.renders_in_web_workers:
+        from dhserve.serving.renderer import InProcessRenderer
+
+        device = plan.devices[0]
+        os.environ.update(device.environment())
+        renderer = InProcessRenderer(
+            replace(settings, device=device.setting, batch_size=plan.batch_size),
+            plan.max_memory_mb, lambda reason: threading.Thread(target=server.shutdown).start())
+        renderer.start()
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    def on_signal(*_):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    warn_if_exposed(settings, plan.bind)
+    log.info("Flask threaded server listening at http://%s (%d)", plan.bind, os.getpid())
+    server.serve_forever()
+    if renderer is not None:
+        renderer.stop(settings.stop_grace_seconds)
+        renderer.join(settings.stop_grace_seconds + 5)
+    return 0
+
+
+def main() -> None:
+    """Entry point of the web child process in Flask mode; the plan comes from the variables
+    `dhserve serve` set."""
+    settings = Settings.from_env()
+    configure_logging(settings)
+    sys.exit(serve_flask(settings, "split"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""`dhserve serve`: starts the web tier (Gunicorn, or Flask's threaded server when Gunicorn
+cannot be imported or fails to boot) and, in the split layout, one render worker per GPU (or
+one on the CPU), and supervises them all."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import socket
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from dhserve.config import ServingSettings, Settings
+from dhserve.runtime.gpu import gpu_summary
+from dhserve.serving.cuda_guard import cuda_initialised_here
+from dhserve.serving.plan import ServingPlan, plan_serving
+from dhserve.serving.supervisor import Child, ChildSpec, Supervisor, child_environment
+
+log = logging.getLogger("dhserve.serving")
+
+BOOT_TIMEOUT_S = 60.0
+
+
+def serve(settings: Settings, serving: ServingSettings, mode: str = "auto") -> int:
+    """Runs the service until stopped; returns the process exit status."""
+    plan = plan_serving(settings, serving, default_layout="split")
+    for line in plan.describe():
+        log.info("%s", line)
+    supervisor = Supervisor(stop_timeout=settings.stop_grace_seconds + plan.graceful_timeout)
+    supervisor.install_signal_handlers()
+    env = child_environment({**plan.environment(),
+                             "DHSERVE_DATA_DIR": str(settings.data_dir.resolve())})
+    if not plan.renders_in_web_workers:
+        for device in plan.devices:
+            supervisor.start(ChildSpec(f"renderer {device.label}",
+                                       [sys.executable, "-m", "dhserve.cli", "worker"],
+                                       {**env, **device.environment()}))
+    server = _start_web(supervisor, plan, env, mode)
+    if server is None:
+        supervisor.stop()
+        supervisor.run()
+        return 1
+    _announce(settings, plan, server)
+    return supervisor.run()
+
+
+def _start_web(supervisor: Supervisor, plan: ServingPlan, env: dict[str, str],
+               mode: str) -> str | None:
+    """Starts the web tier; returns which server runs it, or None when none could start."""
+    if mode != "flask":
+        problem = gunicorn_problem()
+        if problem is None:
+            child = supervisor.start(ChildSpec("web (gunicorn)",
+                                               [sys.executable, "-m", "dhserve.serving.web"],
+                                               env, capture_stderr=True))
+            problem = _wait_until_serving(supervisor, child, plan.bind)
+            if problem is None:
+                return "gunicorn"
+            del supervisor.children[child.spec.name]
+        if mode == "gunicorn" or supervisor.stopping:
+            log.error("Gunicorn %s", problem)
+            return None
+        rule = "!" * 78
+        log.error("\n%s\nGunicorn %s.\nFalling back to Flask's threaded server: the same API, "
+                  "without Gunicorn's worker\nrecycling. Fix the cause and restart to serve with "
+                  "Gunicorn again.\n%s", rule, problem, rule)
+    child = supervisor.start(ChildSpec("web (flask)",
+                                       [sys.executable, "-m", "dhserve.serving.flask_server"],
+                                       env))
+    problem = _wait_until_serving(supervisor, child, plan.bind)
+    if problem is not None:
+        log.error("Flask's threaded server %s", problem)
+        return None
+    return "flask"
+
+
+def gunicorn_problem() -> str | None:
+    """Why Gunicorn cannot be used here, or None."""
+    if sys.platform == "win32":
+        return "does not run on Windows"
+    if importlib.util.find_spec("gunicorn") is None:
+        return "cannot be imported (pip install gunicorn)"
+    return None
+
+
+def _wait_until_serving(supervisor: Supervisor, child: Child, bind: str) -> str | None:
+    """None once the child answers /livez; else why it did not (it exited, or timed out)."""
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        supervisor.handle_signals(timeout=0.2)
+        if supervisor.stopping:
+            return "start-up interrupted"
+        if not child.running:
+            time.sleep(0.1)               # let the stderr pump catch the last lines
+            said = " | ".join(line for line in list(child.tail)[-6:] if line.strip())
+            return (f"failed to boot (exit status {child.process.returncode})"
+                    f"{': ' + said if said else ''}")
+        if answers_livez(bind):
+            return None
+    child.send(15)
+    return f"did not answer /livez within {BOOT_TIMEOUT_S:g} s"
+
+
+def answers_livez(bind: str, timeout: float = 1.0) -> bool:
+    if bind.startswith("unix:"):
+        with socket.socket(socket.AF_UNIX) as sock:
+            try:
+                sock.connect(bind[5:])
+                return True
+            except OSError:
+                return False
+    try:
+        with urllib.request.urlopen(f"{base_url(bind)}/livez", timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def base_url(bind: str) -> str:
+    """The URL a client on this machine uses for `bind` (0.0.0.0 → 127.0.0.1)."""
+    host, _, port = bind.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
+    return f"http://{host}:{port}"
+
+
+def _announce(settings: Settings, plan: ServingPlan, server: str) -> None:
+    url = base_url(plan.bind)
+    devices = ", ".join(d.label for d in plan.devices)
+    renderers = (f"renders on {devices} in the web worker" if plan.renders_in_web_workers else
+                 f"{len(plan.devices)} render worker(s) on {devices}")
+    lines = [(f"dhserve is serving at {url} ({server}, {plan.layout} layout, {renderers}, "
+             f"profile {plan.profile.name})")]
+    temp = settings.temp_dir
+    video, audio = temp / "avatar.mp4", temp / "speech.wav"
+    if not (video.is_file() and audio.is_file()):
+        lines.append(f"  put an avatar video and a speech file into {temp}/ as avatar.mp4 and "
+                     "speech.wav (or name yours below), then:")
+    key = " -H 'Authorization: Bearer $DHSERVE_API_KEY'" if settings.api_key else ""
+    lines += [
+        (f"  submit:  curl -s {url}/easy/submit{key} -H 'Content-Type: application/json' "
+        "-d '{\"video_url\":\"avatar.mp4\",\"audio_url\":\"speech.wav\",\"code\":\"demo-1\"}'"),
+        f"  follow:  curl -s{key} '{url}/easy/query?code=demo-1'    (result: {temp}/demo-1-r.mp4)",
+        f"  health:  curl -s{key} {url}/health",
+        f"  logs: {settings.log_path}; stop with Ctrl-C"]
+    print("\n".join(lines), flush=True)
+
+
+def diagnose(settings: Settings, serving: ServingSettings) -> int:
+    """Prints what `serve` would do and whether it can; exit status 0, or 2 if it cannot."""
+    from dhserve.serving.plan import ServingConfigError
+
+    gpu = gpu_summary()
+    try:
+        plan = plan_serving(settings, serving, default_layout="split", gpu=gpu)
+    except ServingConfigError as exc:
+        print(f"error {exc.code}: {exc.message}")
+        return 2
+    lines = plan.describe()
+    if gpu.get("available"):
+        lines += [f"GPU {d['index']}: {d['name']}, {d['memory_total_mb'] / 1024:.1f} GiB, "
+                  f"{d['memory_used_mb'] / 1024:.1f} GiB used (driver {gpu['driver']})"
+                  for d in gpu["devices"]]
+    else:
+        lines.append(f"GPU: none usable ({gpu.get('reason', 'no devices')}): renders on the CPU")
+    problem = gunicorn_problem()
+    lines.append("gunicorn: " + (f"{_version('gunicorn')} (--mode auto uses it)" if problem is None
+                                 else f"{problem}: --mode auto falls back to Flask"))
+    evidence = cuda_initialised_here()
+    lines.append("this process: " + (f"CUDA initialised ({evidence})" if evidence else
+                                      "CUDA not initialised (as a Gunicorn master must be)"))
+    lines.append(f"data dir {settings.data_dir.resolve()}: "
+                 f"{'writable' if _writable(settings.data_dir) else 'NOT writable'}")
+    lines.append(f"bind {plan.bind}: {'free' if _bindable(plan.bind) else 'IN USE'}")
+    print("\n".join(lines))
+    return 0
+
+
+def _version(module: str) -> str:
+    from importlib.metadata import version
+
+    return f"{module} {version(module)}"
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".dhserve-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def _bindable(bind: str) -> bool:
+    if bind.startswith("unix:"):
+        return not Path(bind[5:]).exists()
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        try:
+            sock.bind((host, int(port)))
+            return True
+        except OSError:
+            return False

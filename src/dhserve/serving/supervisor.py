@@ -1,0 +1,172 @@
+"""Keeps the service's child processes running: each is a fresh interpreter (never a fork of a
+process that may hold CUDA), restarted when it exits (at once after a recycle, with back-off
+after a crash), stopped gracefully with the service. Signals: TERM/INT stop everything
+gracefully (a second one hands running jobs back at once), HUP recycles every child."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+log = logging.getLogger("dhserve.serving")
+
+MAX_BACKOFF_S = 30.0
+HEALTHY_RUN_S = 60.0         # a child that ran this long starts its back-off afresh
+
+
+@dataclass
+class ChildSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    capture_stderr: bool = False   # echo it and keep the last lines (why a web tier failed)
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    backoff: float = 0.0
+    restart_at: float | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.spec.argv, env=self.spec.env, start_new_session=True,   # no terminal signals:
+            stderr=subprocess.PIPE if self.spec.capture_stderr else None,  # the supervisor
+            text=True, errors="replace")                                   # forwards them
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        if self.spec.capture_stderr:
+            threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
+        log.info("%s started (pid %d)", self.spec.name, self.process.pid)
+
+    def _pump(self, process: subprocess.Popen) -> None:
+        for line in process.stderr:
+            sys.stderr.write(line)
+            self.tail.append(line.rstrip())
+
+    def send(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                self.process.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class Supervisor:
+    """Starts children and keeps them up until stop() or a TERM/INT signal."""
+
+    def __init__(self, stop_timeout: float):
+        self.stop_timeout = stop_timeout
+        self.children: dict[str, Child] = {}
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.stopping = False
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda signum, _: self._signals.put(signum))
+
+    def start(self, spec: ChildSpec) -> Child:
+        child = Child(spec)
+        self.children[spec.name] = child
+        child.start()
+        return child
+
+    def run(self) -> int:
+        """Supervises until stopped; returns the exit status for the service."""
+        while True:
+            self.handle_signals(timeout=0.2)
+            if self.stopping:
+                return self._wait_stopped()
+            now = time.monotonic()
+            for child in self.children.values():
+                self._tend(child, now)
+
+    def handle_signals(self, timeout: float = 0.0) -> None:
+        try:
+            sig = self._signals.get(timeout=timeout) if timeout else self._signals.get_nowait()
+        except queue.Empty:
+            return
+        if sig == signal.SIGHUP:
+            log.info("SIGHUP: recycling every process (running jobs finish first)")
+            for child in self.children.values():
+                child.send(signal.SIGHUP)
+        elif not self.stopping:
+            log.info("%s: stopping; running jobs get their grace period (again to hand "
+                     "them back at once)", signal.Signals(sig).name)
+            self.stop()
+        else:
+            log.info("stopping now: running jobs are handed back")
+            for child in self.children.values():
+                child.send(signal.SIGINT)
+
+    def _tend(self, child: Child, now: float) -> None:
+        if child.process is None or child.running:
+            return
+        if child.restart_at is None:
+            status = child.process.returncode
+            ran = now - child.started_at
+            if status == 0:
+                child.backoff = 0.0                         # recycled on purpose
+            elif ran >= HEALTHY_RUN_S:
+                child.backoff = 1.0
+            else:
+                child.backoff = min(max(child.backoff * 2, 1.0), MAX_BACKOFF_S)
+            child.restart_at = now + child.backoff
+            log.log(logging.INFO if status == 0 else logging.ERROR,
+                    "%s (pid %d) exited with status %s after %.0f s; starting it again%s",
+                    child.spec.name, child.process.pid, status, ran,
+                    f" in {child.backoff:g} s" if child.backoff else "")
+        if now >= child.restart_at:
+            child.start()
+
+    def stop(self) -> None:
+        """Asks every child to stop gracefully (SIGTERM); run() then waits for them."""
+        self.stopping = True
+        for child in self.children.values():
+            child.send(signal.SIGTERM)
+
+    def _wait_stopped(self) -> int:
+        deadline = time.monotonic() + self.stop_timeout
+        while any(c.running for c in self.children.values()):
+            if time.monotonic() > deadline:
+                for child in self.children.values():
+                    if child.running:
+                        log.error("%s (pid %d) did not stop in %g s: killing it",
+                                  child.spec.name, child.process.pid, self.stop_timeout)
+                        child.send(signal.SIGKILL)
+                break
+            self.handle_signals(timeout=0.2)
+        for child in self.children.values():
+            if child.process is not None:
+                child.process.wait()
+        log.info("stopped")
+        return 0
+
+
+def child_environment(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment plus `extra`, with dhserve importable in the child however
+    this process found it (installed, or a script that put src/ on sys.path): no
+    ModuleNotFoundError from a child started in another directory."""
+    import dhserve
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(dhserve.__file__)))
+    env = {**os.environ, **extra}
+    if os.path.basename(package_root) not in ("site-packages", "dist-packages"):
+        paths = [package_root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
