@@ -19,6 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
+def pytest_collection_modifyitems(config, items):
+    """`-m gpu` tests run where NVML sees a GPU and are skipped, saying so, elsewhere."""
+    from dhserve.runtime.gpu import gpu_summary
+
+    gpu = gpu_summary()
+    if gpu["available"]:
+        return
+    skip = pytest.mark.skip(reason=f"no GPU: {gpu.get('reason', 'NVML sees none')}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
     """The predicate's first truthy value, polled until `timeout` seconds have passed."""
     deadline = time.monotonic() + timeout

@@ -72,8 +72,15 @@ class ServiceProcess:
             return False
 
     def wait_serving(self, path: str = "/readyz", timeout: float = 90) -> ServiceProcess:
-        wait_for(lambda: self.answers(path), timeout, f"{path} from {self.process.args}",
-                 every=0.3)
+        try:
+            wait_for(lambda: self.answers(path), timeout, f"{path} from {self.process.args}",
+                     every=0.3)
+        except AssertionError as exc:
+            try:
+                self.stop()
+            except AssertionError:
+                pass                    # the output below says what happened
+            raise AssertionError(f"{exc}\n{self.output()[-4000:]}") from None
         return self
 
     def submit(self, code: str, **fields) -> dict:
@@ -103,7 +110,9 @@ class ServiceProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout=timeout)
+            status = self.process.wait(timeout=timeout)
+            assert status == 0, f"exit status {status}:\n{self.output()[-4000:]}"
+            return status
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()

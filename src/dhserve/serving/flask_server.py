@@ -30,8 +30,7 @@ def serve_flask(settings: Settings, layout: str) -> int:
 
     os.environ.setdefault(*NVML_CHECK)
     plan = plan_serving(settings, ServingSettings.from_env(), default_layout=layout)
-    for line in plan.describe():
-        log.info("dhserve %s (Flask's threaded server)", line)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)    # dhserve logs each request
     host, _, port = plan.bind.rpartition(":")
     server = make_server(host.strip("[]") or "127.0.0.1", int(port), create_app(settings),
                          threaded=True)

@@ -94,13 +94,19 @@ def _wait_until_serving(supervisor: Supervisor, child: Child, bind: str) -> str 
             return "start-up interrupted"
         if not child.running:
             time.sleep(0.1)               # let the stderr pump catch the last lines
-            said = " | ".join(line for line in list(child.tail)[-6:] if line.strip())
             return (f"failed to boot (exit status {child.process.returncode})"
-                    f"{': ' + said if said else ''}")
+                    f"{': ' + _gist(list(child.tail))}")
         if answers_livez(bind):
             return None
     child.send(15)
     return f"did not answer /livez within {BOOT_TIMEOUT_S:g} s"
+
+
+def _gist(lines: list[str]) -> str:
+    """What a failed start said: its "Error: …" line and its last line (the exception)."""
+    said = [line.strip() for line in lines if line.strip() not in ("", "[", "]")]
+    errors = [line for line in said if line.startswith("Error:")]
+    return " … ".join(dict.fromkeys(errors[-1:] + said[-1:])) or "no output"
 
 
 def answers_livez(bind: str, timeout: float = 1.0) -> bool:

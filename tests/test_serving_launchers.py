@@ -1,0 +1,107 @@
+"""The launchers as an operator runs them, from another directory with no PYTHONPATH:
+`dhserve serve` in each mode, the fall-back to Flask's threaded server when Gunicorn fails to
+boot, and every classic script name and flag."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import requests
+from conftest import ROOT
+from serving_support import (
+    PYTHON,
+    ServiceProcess,
+    dhserve_cli,
+    free_port,
+    script,
+    stage_example,
+)
+
+BROKEN_GUNICORN = {"GUNICORN_WORKER_CLASS": "eventlet"}     # not installed: Gunicorn exits
+
+
+def server_software(service: ServiceProcess) -> str:
+    return requests.get(service.url + "/livez", timeout=10).headers["Server"]
+
+
+def test_auto_falls_back_to_flask_when_gunicorn_fails_to_boot(tmp_path):
+    service = ServiceProcess(tmp_path, dhserve_cli("serve"), BROKEN_GUNICORN).wait_serving()
+    try:
+        assert server_software(service).startswith("Werkzeug")
+        assert service.health()["status"] == "ok"
+        stage_example(service.temp)
+        service.submit("fallback-1")
+        service.wait_done("fallback-1")
+    finally:
+        assert service.stop() == 0
+    output = service.output()
+    assert "Gunicorn failed to boot (exit status 1): Error: class uri 'eventlet' invalid" \
+        in output
+    assert "Falling back to Flask's threaded server" in output
+
+
+def test_gunicorn_mode_refuses_to_fall_back(tmp_path):
+    service = ServiceProcess(tmp_path, dhserve_cli("serve", "--mode", "gunicorn"),
+                             BROKEN_GUNICORN)
+    assert service.process.wait(timeout=60) == 1
+    output = service.output()
+    assert "Gunicorn failed to boot" in output and "Falling back" not in output
+    assert "Werkzeug" not in output and "Traceback" in output       # Gunicorn's own report
+
+
+def test_flask_mode_serves_and_renders(tmp_path):
+    service = ServiceProcess(tmp_path, dhserve_cli("serve", "--mode", "flask")).wait_serving()
+    try:
+        assert server_software(service).startswith("Werkzeug")
+        assert service.health()["serving"]["layout"] == "split"
+    finally:
+        assert service.stop() == 0
+
+
+@pytest.mark.parametrize(("argv", "layout", "server"), [
+    (script("start_simple_gpu_server.py"), "all-in-one", "gunicorn"),
+    (script("start_simple_gpu_server.py", "auto"), "all-in-one", "gunicorn"),
+    (script("start_simple_gpu_server.py", "flask"), "all-in-one", "Werkzeug"),
+    (script("start_cuda_fixed_server.py"), "split", "gunicorn"),
+    (script("start_cuda_fixed_server.py", "flask"), "split", "Werkzeug"),
+    (script("start_gpu_server.sh", "--production"), "split", "gunicorn"),
+    (script("app_production.py"), "split", "gunicorn"),
+], ids=lambda value: " ".join(value[1:]).replace(str(ROOT) + "/", "")
+    if isinstance(value, list) else None)
+def test_classic_launchers_serve(tmp_path, argv, layout, server):
+    service = ServiceProcess(tmp_path, argv).wait_serving()     # a renderer is ready, too
+    try:
+        assert server_software(service).startswith(server)
+        health = service.health()
+        assert health["serving"]["layout"] == layout
+        assert health["status"] == "ok"
+    finally:
+        assert service.stop() == 0
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (script("start_gpu_server.sh", "--diagnose"), "CUDA not initialised"),
+    (script("start_gpu_server.sh", "--help"), "--production"),
+    (script("check_gpu_gunicorn.py"), "profile cpu"),
+    (dhserve_cli("serve", "--diagnose", "--layout", "all-in-one"), "layout all-in-one"),
+], ids=["start_gpu_server.sh --diagnose", "start_gpu_server.sh --help", "check_gpu_gunicorn.py",
+        "serve --diagnose"])
+def test_classic_checks_run(tmp_path, argv, expected):
+    env = {"PATH": "/usr/bin:/bin", "DHSERVE_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert expected in done.stdout
+
+
+def test_gunicorn_finds_the_app_in_app_production(tmp_path):
+    port = free_port()
+    service = ServiceProcess(tmp_path, [PYTHON, "-m", "gunicorn", "--chdir", str(ROOT),
+                                        "-b", f"127.0.0.1:{port}", "app_production:app"],
+                             port=port)
+    try:
+        service.wait_serving("/livez")
+        assert server_software(service) == "gunicorn"
+    finally:
+        assert service.stop() == 0
