@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import requests
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from serving_support import (
     PYTHON,
     ServiceProcess,
@@ -105,3 +105,29 @@ def test_gunicorn_finds_the_app_in_app_production(tmp_path):
         assert server_software(service) == "gunicorn"
     finally:
         assert service.stop() == 0
+
+
+def test_nothing_outlives_a_killed_supervisor(tmp_path):
+    """`dhserve serve` SIGKILLed (no chance to stop its children): the Gunicorn tree and the
+    render worker notice and stop by themselves, in their own sessions as they are."""
+    import psutil
+
+    service = ServiceProcess(tmp_path, dhserve_cli("serve")).wait_serving()
+    tree = psutil.Process(service.process.pid).children(recursive=True)
+    assert len(tree) >= 4                 # gunicorn master, 2 web workers, a renderer
+    service.process.kill()
+    service.process.wait()
+
+    def gone(process: psutil.Process) -> bool:
+        try:
+            return process.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    try:
+        wait_for(lambda: all(gone(p) for p in tree), 30, "every child to stop")
+    finally:
+        for process in tree:
+            if not gone(process):
+                process.kill()
+    assert "supervisor (pid" in service.output() and "is gone: stopping" in service.output()

@@ -210,14 +210,17 @@ def worker(ctx: click.Context, max_jobs: int | None, max_memory_mb: float | None
     """Render jobs from the queue until stopped (SIGTERM/SIGINT: finish or hand back;
     SIGHUP: finish the job, then exit to be restarted)."""
     from dhserve.jobs.worker import RenderWorker
+    from dhserve.serving.supervisor import watch_supervisor
     from dhserve.serving.watchdog import MemoryWatchdog
 
     settings = _settings(ctx, **overrides)
     limit = _serving(max_memory_mb=max_memory_mb).max_memory_mb
     _service_logging(ctx, settings)
     with _reported():
-        RenderWorker(settings, recycle_check=MemoryWatchdog(limit or 0).over_limit
-                     ).run(max_jobs=max_jobs)
+        render_worker = RenderWorker(settings,
+                                     recycle_check=MemoryWatchdog(limit or 0).over_limit)
+        watch_supervisor(render_worker.stop)      # started by `dhserve serve`: not an orphan
+        render_worker.run(max_jobs=max_jobs)
 
 
 @main.command()

@@ -18,6 +18,7 @@ from dhserve.config import ServingSettings, Settings
 from dhserve.logs import configure_logging
 from dhserve.serving.cuda_guard import NVML_CHECK
 from dhserve.serving.plan import plan_serving
+from dhserve.serving.supervisor import watch_supervisor
 from dhserve.serving.web import warn_if_exposed
 
 log = logging.getLogger("dhserve.serving")
@@ -51,6 +52,7 @@ def serve_flask(settings: Settings, layout: str) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    watch_supervisor(on_signal)
     warn_if_exposed(settings, plan.bind)
     log.info("Flask threaded server listening at http://%s (%d)", plan.bind, os.getpid())
     server.serve_forever()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from dataclasses import replace
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from dhserve.config import Settings
 from dhserve.serving.cuda_guard import NVML_CHECK, cuda_initialised_here, refusal
 from dhserve.serving.plan import ServingPlan
+from dhserve.serving.supervisor import watch_supervisor
 from dhserve.serving.watchdog import MemoryWatchdog
 
 log = logging.getLogger("dhserve.serving")
@@ -54,6 +56,7 @@ class ServingHooks:
             server.log.warning("preload_app is on: the app is imported in the master; dhserve "
                                "needs it off (its models always load in the workers)")
         server.log.info("master is CUDA-free; workers load their models after the fork")
+        watch_supervisor(lambda: os.kill(os.getpid(), signal.SIGTERM))
 
     # -- worker ------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("dhserve.serving")
@@ -158,6 +159,26 @@ class Supervisor:
         return 0
 
 
+SUPERVISOR_PID = "DHSERVE_SUPERVISOR_PID"
+
+
+def watch_supervisor(on_gone: Callable[[], None], every: float = 1.0) -> None:
+    """In a child of `dhserve serve`: calls `on_gone` (a graceful stop) if the supervisor
+    disappears (killed with SIGKILL, say), so no render worker or Gunicorn master outlives it
+    in its own session. Does nothing in a process the supervisor did not start."""
+    expected = os.environ.get(SUPERVISOR_PID)
+    if not expected or not expected.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(expected):
+            time.sleep(every)
+        log.warning("supervisor (pid %s) is gone: stopping", expected)
+        on_gone()
+
+    threading.Thread(target=watch, name="dhserve-supervisor-watch", daemon=True).start()
+
+
 def child_environment(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment plus `extra`, with dhserve importable in the child however
     this process found it (installed, or a script that put src/ on sys.path): no
@@ -165,7 +186,7 @@ def child_environment(extra: dict[str, str]) -> dict[str, str]:
     import dhserve
 
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(dhserve.__file__)))
-    env = {**os.environ, **extra}
+    env = {**os.environ, **extra, SUPERVISOR_PID: str(os.getpid())}
     if os.path.basename(package_root) not in ("site-packages", "dist-packages"):
         paths = [package_root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
