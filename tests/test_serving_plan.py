@@ -89,10 +89,21 @@ def test_all_in_one_refuses_several_gpu_workers_and_renders_on_one_gpu():
     assert plan(layout="split", gpu=gpus(24564)).workers == 2     # web workers hold no model
 
 
+def test_a_sync_worker_gets_one_thread():
+    """Gunicorn silently runs gthread for a sync worker given threads: the naive layout would
+    not be what it says."""
+    naive = plan({"GUNICORN_WORKER_CLASS": "sync", "GUNICORN_THREADS": "4"}, "all-in-one")
+    assert (naive.worker_class, naive.threads) == ("sync", 1)
+    assert "GUNICORN_THREADS=4 ignored" in naive.warnings[0]
+
+
 def test_children_arrive_at_the_same_plan():
     first = plan({"DHSERVE_PROFILE": "24gb", "GUNICORN_WORKERS": "3"}, gpu=gpus(24564, 24564))
     again = plan(first.environment(), gpu=gpus(24564, 24564))
     assert again == first
+    chosen = plan(gpu=gpus(24564))                       # auto stays auto, and says why
+    assert plan(chosen.environment(), gpu=gpus(24564)).profile_reason == \
+        "auto: GPU 0 (GPU0) has 24.0 GiB"
 
 
 @pytest.mark.parametrize(("variable", "value", "message"), [

@@ -11,6 +11,7 @@ from dhserve.jobs.model import JobState
 from dhserve.runtime.gpu import gpu_summary
 
 blueprint = Blueprint("health", __name__)
+GPU_SUMMARY_MAX_AGE_S = 2.0
 
 
 @blueprint.get("/livez")
@@ -52,5 +53,5 @@ def health() -> tuple[Response, int]:
                   "jobs": {state.value: n for state, n in counts.items()}},
         "workers": workers,
         "serving": ctx.serving(),
-        "gpu": gpu_summary(),
+        "gpu": gpu_summary(max_age=GPU_SUMMARY_MAX_AGE_S),
     }), 200

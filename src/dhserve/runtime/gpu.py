@@ -3,6 +3,7 @@ context; the web tier and the Gunicorn master may ask."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,9 +19,24 @@ class GpuDevice:
     utilization_percent: int | None
 
 
-def gpu_summary() -> dict[str, Any]:
+_recent: tuple[float, dict[str, Any]] | None = None
+
+
+def gpu_summary(max_age: float = 0.0) -> dict[str, Any]:
     """{"available": bool, "driver": str, "devices": [...]} or, where NVML cannot be used
-    (no NVIDIA driver, no GPU), {"available": False, "reason": ...}."""
+    (no NVIDIA driver, no GPU), {"available": False, "reason": ...}. With `max_age`, a
+    summary read at most that many seconds ago is reused (NVML's init costs milliseconds to
+    tens of milliseconds: too much for every /health request)."""
+    global _recent
+    recent = _recent
+    if max_age and recent is not None and time.monotonic() - recent[0] <= max_age:
+        return recent[1]
+    summary = _read_gpu_summary()
+    _recent = (time.monotonic(), summary)
+    return summary
+
+
+def _read_gpu_summary() -> dict[str, Any]:
     try:
         import pynvml
     except ImportError:

@@ -53,6 +53,7 @@ class ServingPlan:
     layout: str
     profile: Profile
     profile_reason: str
+    requested_profile: str         # "auto" or a name: children choose the same way again
     bind: str
     workers: int                   # Gunicorn web workers (all-in-one: they also render)
     threads: int
@@ -72,7 +73,7 @@ class ServingPlan:
 
     def environment(self) -> dict[str, str]:
         """Variables that make a child process arrive at this same plan."""
-        return {"DHSERVE_LAYOUT": self.layout, "DHSERVE_PROFILE": self.profile.name,
+        return {"DHSERVE_LAYOUT": self.layout, "DHSERVE_PROFILE": self.requested_profile,
                 "DHSERVE_GPUS": ",".join(str(d.gpu) for d in self.devices
                                          if d.gpu is not None) or "none",
                 "GUNICORN_BIND": self.bind, "GUNICORN_WORKERS": str(self.workers),
@@ -144,6 +145,12 @@ def plan_serving(settings: Settings, serving: ServingSettings, default_layout: s
             warnings.append(f"{workers} web workers each render on the CPU (all-in-one)")
     profile, reason = choose_profile(serving.profile, gpus, gpu.get("reason", "no GPU"))
     devices = tuple(RenderDevice(g["index"]) for g in gpus) or (RenderDevice(),)
+    threads = serving.threads or profile.threads
+    if serving.worker_class == "sync":       # Gunicorn runs gthread instead when threads > 1
+        if serving.threads and serving.threads > 1:
+            warnings.append(f"GUNICORN_THREADS={serving.threads} ignored: a sync worker "
+                            "serves one request at a time (Gunicorn would switch to gthread)")
+        threads = 1
     max_memory = profile.max_memory_mb if serving.max_memory_mb is None \
         else serving.max_memory_mb
     grace_needed = settings.stop_grace_seconds + 5
@@ -153,8 +160,9 @@ def plan_serving(settings: Settings, serving: ServingSettings, default_layout: s
                         "shutdown a running job is handed back sooner")
     return ServingPlan(
         layout=layout, profile=profile, profile_reason=reason,
+        requested_profile=serving.profile,
         bind=serving.bind or settings.bind, workers=workers,
-        threads=serving.threads or profile.threads, worker_class=serving.worker_class,
+        threads=threads, worker_class=serving.worker_class,
         timeout=serving.timeout, graceful_timeout=serving.graceful_timeout,
         max_requests=serving.max_requests, max_memory_mb=max_memory,
         batch_size=serving.batch_size or profile.batch_size,
