@@ -36,6 +36,7 @@ worker_tmp_dir = _dhserve.get("worker_tmp_dir")  # /dev/shm where it exists
 proc_name = _dhserve["proc_name"]
 accesslog = _dhserve["accesslog"]                # dhserve logs each request itself
 logconfig_dict = _dhserve["logconfig_dict"]      # stderr + <data dir>/log/dh.log, pid, job
+control_socket_disable = _dhserve["control_socket_disable"]  # no shared ~/.gunicorn socket
 
 # hooks: CUDA guard in the master, GPU pinning and the renderer in the worker, memory watchdog
 on_starting = _dhserve["on_starting"]
@@ -43,4 +44,6 @@ when_ready = _dhserve["when_ready"]
 post_fork = _dhserve["post_fork"]
 post_worker_init = _dhserve["post_worker_init"]
 post_request = _dhserve["post_request"]
+worker_int = _dhserve["worker_int"]
+worker_abort = _dhserve["worker_abort"]
 worker_exit = _dhserve["worker_exit"]

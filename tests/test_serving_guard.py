@@ -28,6 +28,9 @@ DRIVER_LOADED = '''
 import ctypes
 ctypes.CDLL({library!r})                   # the CUDA driver library, as cuInit() maps it
 '''
+ENGINE_IMPORTED = '''
+import onnxruntime                         # a model framework's threads and locks, pre-fork
+'''
 REAL_CONTEXT = '''
 import ctypes
 cuda = ctypes.CDLL("libcuda.so.1")
@@ -37,7 +40,8 @@ assert cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), 0) == 0
 '''
 
 
-def start_gunicorn(tmp_path: Path, master_code: str) -> subprocess.CompletedProcess:
+def start_gunicorn(tmp_path: Path, master_code: str = "",
+                   **env: str) -> subprocess.CompletedProcess:
     """gunicorn with a config file that takes dhserve's gunicorn.conf.py, then runs
     `master_code` in the master (as a config that preloads a model would)."""
     config = tmp_path / "with_cuda.conf.py"
@@ -46,7 +50,7 @@ def start_gunicorn(tmp_path: Path, master_code: str) -> subprocess.CompletedProc
                       f"{str(ROOT / 'gunicorn.conf.py')!r}).items() if not k.startswith('__'))\n"
                       f"{master_code}")
     env = {"DHSERVE_DATA_DIR": str(tmp_path / "data"), "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
-           "PATH": "/usr/bin:/bin"}
+           "PATH": "/usr/bin:/bin", **env}
     return subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(config),
                            "dhserve.api:create_app()"], check=False, cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
@@ -62,14 +66,17 @@ def fake_driver(tmp_path: Path) -> str:
     return str(library)
 
 
-def assert_refused(result: subprocess.CompletedProcess, evidence: str) -> None:
+def assert_refused(result: subprocess.CompletedProcess, *evidence: str) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 4, output
-    assert "CUDA was initialised in the Gunicorn master" in output
-    assert evidence in output
-    assert "Cannot re-initialize CUDA in forked subprocess" in output
-    assert "preload_app = False" in output and "PYTORCH_NVML_BASED_CUDA_CHECK=1" in output
+    assert all(text in output for text in evidence), output
     assert "Booting worker" not in output              # refused before the first fork
+
+
+def assert_cuda_refused(result: subprocess.CompletedProcess, evidence: str) -> None:
+    assert_refused(result, "CUDA was initialised in the Gunicorn master", evidence,
+                   "Cannot re-initialize CUDA in forked subprocess", "preload_app = False",
+                   "PYTORCH_NVML_BASED_CUDA_CHECK=1")
 
 
 def test_this_test_process_has_no_cuda():
@@ -77,18 +84,29 @@ def test_this_test_process_has_no_cuda():
 
 
 def test_master_with_torch_cuda_initialised_refuses_to_start(tmp_path):
-    assert_refused(start_gunicorn(tmp_path, TORCH_INITIALISED),
+    assert_cuda_refused(start_gunicorn(tmp_path, TORCH_INITIALISED),
                    "torch.cuda.is_initialized() is True")
 
 
 def test_master_with_the_cuda_driver_loaded_refuses_to_start(tmp_path):
     library = fake_driver(tmp_path)
-    assert_refused(start_gunicorn(tmp_path, DRIVER_LOADED.format(library=library)),
+    assert_cuda_refused(start_gunicorn(tmp_path, DRIVER_LOADED.format(library=library)),
                    f"the CUDA driver library is loaded in this process ({library})")
+
+
+def test_master_with_a_model_framework_imported_refuses_to_start(tmp_path):
+    assert_refused(start_gunicorn(tmp_path, ENGINE_IMPORTED),
+                   "onnxruntime imported in the Gunicorn master before the workers were forked")
+
+
+def test_preload_from_the_command_line_is_refused(tmp_path):
+    """GUNICORN_CMD_ARGS wins over gunicorn.conf.py: the hooks judge the effective setting."""
+    assert_refused(start_gunicorn(tmp_path, GUNICORN_CMD_ARGS="--preload"),
+                   "preload_app is on (--preload?)")
 
 
 @pytest.mark.gpu
 def test_master_with_a_real_cuda_context_refuses_to_start(tmp_path):
     if not ctypes.util.find_library("cuda"):
         pytest.skip("no CUDA driver library")
-    assert_refused(start_gunicorn(tmp_path, REAL_CONTEXT), "libcuda.so")
+    assert_cuda_refused(start_gunicorn(tmp_path, REAL_CONTEXT), "libcuda.so")

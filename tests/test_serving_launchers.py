@@ -4,6 +4,8 @@ boot, and every classic script name and flag."""
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 
 import pytest
@@ -57,6 +59,33 @@ def test_flask_mode_serves_and_renders(tmp_path):
         assert service.health()["serving"]["layout"] == "split"
     finally:
         assert service.stop() == 0
+
+
+def test_flask_all_in_one_recycles_on_hup_after_the_render(tmp_path):
+    """Flask's server has no workers to recycle: on SIGHUP it lets the job finish, then the
+    process ends and `dhserve serve` starts it again."""
+    service = ServiceProcess(tmp_path, dhserve_cli("serve", "--mode", "flask", "--layout",
+                                                   "all-in-one")).wait_serving()
+    stage_example(service.temp, speech_repeats=4)
+    try:
+        service.submit("flask-hup")
+        wait_for(lambda: service.query("flask-hup")["progress"] > 5, 60, "rendering")
+        service.signal(signal.SIGHUP)
+
+        def finished():                             # the port is closed while it restarts
+            try:
+                return requests.get(f"{service.url}/v1/jobs/flask-hup", timeout=5).json()
+            except requests.RequestException:
+                return None
+
+        job = wait_for(lambda: (j := finished()) and j["state"] != "running" and j, 120,
+                       "the job to finish")
+        service.wait_serving()                      # serving again, a fresh process
+    finally:
+        assert service.stop() == 0
+    assert (job["state"], job["attempts"]) == ("succeeded", 1)
+    assert re.search(r"web \(flask\) \(pid \d+\) exited with status 0", service.output())
+    assert "handed back" not in service.output()
 
 
 @pytest.mark.parametrize(("argv", "layout", "server"), [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,38 @@ def test_hup_during_a_render_lets_it_finish(tmp_path):
         recycled_during_render(service, "hup-1", lambda: service.signal(signal.SIGHUP))
     finally:
         assert service.stop() == 0
+    assert "handed back" not in service.output()
+
+
+def test_max_requests_recycles_after_the_render(tmp_path):
+    """Gunicorn's own max_requests would stop the worker mid-render (and again in the next
+    one under steady polling): the all-in-one worker recycles once its job is done."""
+    service = all_in_one(tmp_path, GUNICORN_MAX_REQUESTS="200").wait_serving()
+    try:
+        recycled_during_render(service, "maxreq-1", lambda: None)
+    finally:
+        assert service.stop() == 0
+    assert "recycling after its job (200 requests served)" in service.output()
+    assert "handed back" not in service.output()
+
+
+def test_second_stop_signal_hands_the_render_back_at_once(tmp_path):
+    """SIGTERM (finish within the grace), then SIGINT (stop now): the job goes back to the
+    queue instead of dying with the process."""
+    service = all_in_one(tmp_path).wait_serving()
+    stage_example(service.temp, speech_repeats=6)
+    service.submit("second-1")
+    wait_for(lambda: service.query("second-1")["progress"] > 5, 60, "rendering", every=0.2)
+    service.signal(signal.SIGTERM)
+    time.sleep(1)
+    service.signal(signal.SIGINT)
+    assert service.process.wait(timeout=20) == 0
+    assert "handed back: the worker is stopping" in service.output()
+    restarted = all_in_one(tmp_path).wait_serving()       # the job is rendered again
+    try:
+        restarted.wait_done("second-1")
+    finally:
+        restarted.stop()
 
 
 def test_memory_limit_recycles_after_the_render(tmp_path):

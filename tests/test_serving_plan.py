@@ -70,10 +70,11 @@ def test_gpu_selection():
     with pytest.raises(ServingConfigError, match=r"DHSERVE_GPUS=3: no GPU 3 \(NVML sees: 0, 1"):
         plan({"DHSERVE_GPUS": "3"}, gpu=two)
     # a renderer sees only its own GPU, as cuda:0; a CPU renderer sees none
-    assert plan(gpu=two).devices[1].environment() == {"CUDA_VISIBLE_DEVICES": "1",
-                                                      "DHSERVE_DEVICE": "cuda:0"}
-    assert plan().devices[0].environment() == {"CUDA_VISIBLE_DEVICES": "",
-                                               "DHSERVE_DEVICE": "cpu"}
+    assert plan(gpu=two).devices[1].environment() == {
+        "CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "DHSERVE_DEVICE": "cuda:0"}
+    assert plan().devices[0].environment()["CUDA_VISIBLE_DEVICES"] == ""
+    with pytest.raises(ServingConfigError, match="dhserve picks GPUs by index"):
+        plan({"CUDA_VISIBLE_DEVICES": "GPU-8f3c2a1e-0000"}, gpu=two)
 
 
 def test_all_in_one_refuses_several_gpu_workers_and_renders_on_one_gpu():
@@ -192,3 +193,36 @@ def test_profile_on_this_gpu_matches_nvidia_smi():
     real = plan_serving(Settings(), ServingSettings.from_env({}), "split")
     assert real.profile == profile_for_memory(min(sizes))
     assert len(real.devices) == len(sizes)
+
+
+def test_one_renderer_per_gpu_at_a_time(tmp_path):
+    """After a HUP the new all-in-one worker's renderer waits for the old one's GPU: no
+    second copy of the models on it. The CPU is not guarded."""
+    import threading
+    import time
+
+    from dhserve.serving.renderer import device_lock
+
+    gpu = Settings(data_dir=tmp_path, device="cuda:0")
+    never, events = threading.Event(), []
+
+    def second() -> None:
+        with device_lock(gpu, never) as held:
+            events.append(("second", held))
+
+    with device_lock(gpu, never) as held:
+        assert held
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        time.sleep(1.0)
+        events.append(("first leaves", True))
+    waiting.join(5)
+    assert events == [("first leaves", True), ("second", True)]
+    stopping = threading.Event()
+    with device_lock(gpu, never):
+        stopping.set()
+        with device_lock(gpu, stopping) as held:
+            assert held is False                  # asked to stop while waiting
+    with device_lock(Settings(data_dir=tmp_path), never) as a, \
+            device_lock(Settings(data_dir=tmp_path), never) as b:
+        assert a and b

@@ -45,6 +45,19 @@ def _mapped_cuda_driver() -> str | None:
     return None
 
 
+ENGINE_MODULES = ("onnxruntime", "mediapipe", "torch", "tensorflow")
+
+
+def engine_in_master() -> str | None:
+    """A refusal when a model framework is imported in the master: its thread pools and locks
+    are inherited broken by forked workers (a hang at exit, or in the first inference)."""
+    loaded = [name for name in ENGINE_MODULES if name in sys.modules]
+    if not loaded:
+        return None
+    return (f"{', '.join(loaded)} imported in the Gunicorn master before the workers were "
+            f"forked: forked workers inherit its threads and locks broken. {REMEDY}")
+
+
 def refusal(evidence: str) -> str:
     return (f"CUDA was initialised in the Gunicorn master before the workers were forked "
             f"({evidence}): every worker would fail with 'Cannot re-initialize CUDA in forked "

@@ -50,8 +50,15 @@ def serve_flask(settings: Settings, layout: str) -> int:
     def on_signal(*_):
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    def on_hup(*_):
+        if renderer is not None:        # recycle: the job finishes, then the server stops
+            renderer.recycle("SIGHUP")
+        else:
+            log.info("SIGHUP: nothing to recycle in Flask's server (no worker processes)")
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     watch_supervisor(on_signal)
     warn_if_exposed(settings, plan.bind)
     log.info("Flask threaded server listening at http://%s (%d)", plan.bind, os.getpid())

@@ -14,7 +14,12 @@ from dataclasses import replace
 from typing import Any
 
 from dhserve.config import Settings
-from dhserve.serving.cuda_guard import NVML_CHECK, cuda_initialised_here, refusal
+from dhserve.serving.cuda_guard import (
+    NVML_CHECK,
+    cuda_initialised_here,
+    engine_in_master,
+    refusal,
+)
 from dhserve.serving.plan import ServingPlan
 from dhserve.serving.supervisor import watch_supervisor
 from dhserve.serving.watchdog import MemoryWatchdog
@@ -25,6 +30,7 @@ GUARD_EXIT_STATUS = 4            # Gunicorn's "app failed to load"
 WATCHDOG_INTERVAL_S = 1.0
 EXIT_MARGIN_S = 5.0              # a leaving worker hands its job back this long before the
                                  # master's graceful_timeout would kill it
+HAND_BACK_S = 3.0                # a render stops at its next frame batch: well within this
 
 
 class ServingHooks:
@@ -38,7 +44,7 @@ class ServingHooks:
     def as_options(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (
             "on_starting", "when_ready", "post_fork", "post_worker_init", "post_request",
-            "worker_exit")}
+            "worker_int", "worker_abort", "worker_exit")}
 
     # -- master ------------------------------------------------------------------------------
 
@@ -47,14 +53,24 @@ class ServingHooks:
             server.log.info("dhserve %s", line)
 
     def when_ready(self, server: Any) -> None:
-        """Last moment before the first fork: refuse to go on with CUDA in the master."""
+        """Last moment before the first fork: refuse what would break the workers, judged on
+        Gunicorn's effective settings (command-line flags and GUNICORN_CMD_ARGS included)."""
+        cfg = server.cfg
         evidence = cuda_initialised_here()
-        if evidence:
-            server.log.error(refusal(evidence))
-            server.halt("CUDA initialised in the master", GUARD_EXIT_STATUS)
-        if server.cfg.preload_app:
-            server.log.warning("preload_app is on: the app is imported in the master; dhserve "
-                               "needs it off (its models always load in the workers)")
+        problem = (refusal(evidence) if evidence else
+                   engine_in_master() or
+                   ("preload_app is on (--preload?): the app and what it imports would load in "
+                    "the master and be inherited by every forked worker. Turn it off; dhserve "
+                    "loads its models in each worker after the fork." if cfg.preload_app else
+                    None))
+        if (problem is None and self.plan.renders_in_web_workers and cfg.workers > 1
+                and self.plan.devices[0].gpu is not None):
+            problem = (f"{cfg.workers} workers with the all-in-one layout would each load the "
+                       f"models on {self.plan.devices[0].label}: use 1 worker, or the split "
+                       "layout (dhserve serve) for several web workers.")
+        if problem:
+            server.log.error(problem)
+            server.halt("refused to start", GUARD_EXIT_STATUS)
         server.log.info("master is CUDA-free; workers load their models after the fork")
         watch_supervisor(lambda: os.kill(os.getpid(), signal.SIGTERM))
 
@@ -81,6 +97,7 @@ class ServingHooks:
     def post_worker_init(self, worker: Any) -> None:
         worker.dhserve_watchdog = MemoryWatchdog(self.plan.max_memory_mb, check_gpu=False)
         worker.dhserve_checked = 0.0
+        worker.dhserve_requests = 0
         worker.dhserve_renderer = None
         if not self.plan.renders_in_web_workers:
             return
@@ -89,19 +106,25 @@ class ServingHooks:
         settings = replace(self.settings, device=self.plan.devices[0].setting,
                            batch_size=self.plan.batch_size)
 
-        def recycle(reason: str) -> None:
+        def leave(reason: str) -> None:
             worker.log.info("Worker %s: recycling after its job (%s)", worker.pid, reason)
-            worker.alive = False
+            os.kill(os.getpid(), signal.SIGTERM)   # seen by gthread and sync workers alike
 
-        worker.dhserve_renderer = InProcessRenderer(settings, self.plan.max_memory_mb, recycle)
+        worker.dhserve_renderer = InProcessRenderer(settings, self.plan.max_memory_mb, leave)
         worker.dhserve_renderer.start()
 
     def post_request(self, worker: Any, req: Any, environ: Any, resp: Any) -> None:
-        """A web-only worker over the memory limit leaves after this request (the renderer of
-        an all-in-one worker checks after each job instead)."""
+        """Recycling by requests and memory. A web-only worker leaves after this request; an
+        all-in-one worker's renderer finishes its job first (Gunicorn's own max_requests is
+        off there: it would cut the render short, again and again under steady polling)."""
+        renderer = worker.dhserve_renderer
+        if renderer is not None:
+            worker.dhserve_requests += 1
+            if self.plan.max_requests and worker.dhserve_requests == self.plan.max_requests:
+                renderer.recycle(f"{self.plan.max_requests} requests served")
+            return
         now = time.monotonic()
-        if worker.dhserve_renderer is not None or now - worker.dhserve_checked < \
-                WATCHDOG_INTERVAL_S:
+        if now - worker.dhserve_checked < WATCHDOG_INTERVAL_S:
             return
         worker.dhserve_checked = now
         reason = worker.dhserve_watchdog.over_limit()
@@ -109,13 +132,29 @@ class ServingHooks:
             worker.log.info("Worker %s: recycling (%s)", worker.pid, reason)
             worker.alive = False
 
+    def worker_int(self, worker: Any) -> None:
+        """SIGINT/SIGQUIT (a quick stop, or the second Ctrl-C): hand the job back now, before
+        Gunicorn exits the process under the render."""
+        self._hand_back(worker)
+
+    def worker_abort(self, worker: Any) -> None:
+        """SIGABRT (the master's timeout): the job goes back to the queue, not lost."""
+        self._hand_back(worker)
+
+    def _hand_back(self, worker: Any) -> None:
+        renderer = getattr(worker, "dhserve_renderer", None)
+        if renderer is not None:
+            renderer.stop(0)
+            renderer.join(HAND_BACK_S)
+
     def worker_exit(self, server: Any, worker: Any) -> None:
-        """The worker is leaving: its render finishes within the grace, else is handed back."""
+        """The worker is leaving: its render finishes within the grace (what is left of
+        Gunicorn's graceful_timeout, as in effect), else is handed back."""
         renderer = getattr(worker, "dhserve_renderer", None)
         if renderer is None:
             return
         grace = max(0.0, min(self.settings.stop_grace_seconds,
-                             self.plan.graceful_timeout - EXIT_MARGIN_S))
+                             worker.cfg.graceful_timeout - EXIT_MARGIN_S))
         renderer.stop(grace)
-        if not renderer.join(grace + EXIT_MARGIN_S):
+        if not renderer.join(grace + HAND_BACK_S):
             server.log.warning("Worker %s: renderer did not stop in time", worker.pid)

@@ -21,6 +21,7 @@ from dhserve.serving.supervisor import Child, ChildSpec, Supervisor, child_envir
 log = logging.getLogger("dhserve.serving")
 
 BOOT_TIMEOUT_S = 60.0
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # never http_proxy
 
 
 def serve(settings: Settings, serving: ServingSettings, mode: str = "auto") -> int:
@@ -28,6 +29,9 @@ def serve(settings: Settings, serving: ServingSettings, mode: str = "auto") -> i
     plan = plan_serving(settings, serving, default_layout="split")
     for line in plan.describe():
         log.info("%s", line)
+    if not _bindable(plan.bind):
+        log.error("%s is in use (another dhserve?): stop it or choose --bind", plan.bind)
+        return 1
     supervisor = Supervisor(stop_timeout=settings.stop_grace_seconds + plan.graceful_timeout)
     supervisor.install_signal_handlers()
     env = child_environment({**plan.environment(),
@@ -58,7 +62,7 @@ def _start_web(supervisor: Supervisor, plan: ServingPlan, env: dict[str, str],
             problem = _wait_until_serving(supervisor, child, plan.bind)
             if problem is None:
                 return "gunicorn"
-            del supervisor.children[child.spec.name]
+            supervisor.remove(child)         # gone for good, port released
         if mode == "gunicorn" or supervisor.stopping:
             log.error("Gunicorn %s", problem)
             return None
@@ -98,7 +102,6 @@ def _wait_until_serving(supervisor: Supervisor, child: Child, bind: str) -> str 
                     f"{': ' + _gist(list(child.tail))}")
         if answers_livez(bind):
             return None
-    child.send(15)
     return f"did not answer /livez within {BOOT_TIMEOUT_S:g} s"
 
 
@@ -118,7 +121,7 @@ def answers_livez(bind: str, timeout: float = 1.0) -> bool:
             except OSError:
                 return False
     try:
-        with urllib.request.urlopen(f"{base_url(bind)}/livez", timeout=timeout) as response:
+        with _DIRECT.open(f"{base_url(bind)}/livez", timeout=timeout) as response:
             return response.status == 200
     except OSError:
         return False
@@ -207,6 +210,7 @@ def _bindable(bind: str) -> bool:
     host = host.strip("[]") or "127.0.0.1"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as Gunicorn binds
         try:
             sock.bind((host, int(port)))
             return True

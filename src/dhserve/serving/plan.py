@@ -45,6 +45,7 @@ class RenderDevice:
         """Pins the renderer's process to its GPU before anything initialises CUDA: it sees
         only that GPU, as cuda:0. A CPU renderer sees none."""
         return {"CUDA_VISIBLE_DEVICES": "" if self.gpu is None else str(self.gpu),
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",      # CUDA's indices = NVML's
                 "DHSERVE_DEVICE": self.setting}
 
 
@@ -90,10 +91,16 @@ class ServingPlan:
         options: dict[str, Any] = {
             "bind": [self.bind], "workers": self.workers, "worker_class": self.worker_class,
             "threads": self.threads, "timeout": self.timeout,
-            "graceful_timeout": self.graceful_timeout, "max_requests": self.max_requests,
-            "max_requests_jitter": self.max_requests // 10,
+            "graceful_timeout": self.graceful_timeout,
+            # all-in-one: the hooks recycle after max_requests once the job is done; Gunicorn's
+            # own would stop the worker mid-render
+            "max_requests": 0 if self.renders_in_web_workers else self.max_requests,
+            "max_requests_jitter": 0 if self.renders_in_web_workers else self.max_requests // 10,
             "preload_app": False,          # the master never imports the app or a model
-            "proc_name": "dhserve", "accesslog": None}
+            "proc_name": "dhserve", "accesslog": None,
+            # Gunicorn >= 25's control socket: one path (~/.gunicorn) shared by every instance
+            # on the machine, and a thread in the master; dhserve uses signals
+            "control_socket_disable": True}
         if Path("/dev/shm").is_dir():      # heartbeat files off the disk (no stalls on slow fs)
             options["worker_tmp_dir"] = "/dev/shm"
         return options
@@ -156,8 +163,12 @@ def plan_serving(settings: Settings, serving: ServingSettings, default_layout: s
     grace_needed = settings.stop_grace_seconds + 5
     if layout == "all-in-one" and serving.graceful_timeout < grace_needed:
         warnings.append(f"GUNICORN_GRACEFUL_TIMEOUT={serving.graceful_timeout} is shorter than "
-                        f"a render's stop grace ({settings.stop_grace_seconds:g} s): on "
+                        f"a render's stop grace ({settings.stop_grace_seconds:g} s) + 5 s: on "
                         "shutdown a running job is handed back sooner")
+    if layout == "all-in-one" and 0 < serving.timeout < grace_needed:
+        warnings.append(f"GUNICORN_TIMEOUT={serving.timeout} is shorter than a render's stop "
+                        f"grace ({settings.stop_grace_seconds:g} s) + 5 s: a leaving worker "
+                        "can be killed before it hands its job back")
     return ServingPlan(
         layout=layout, profile=profile, profile_reason=reason,
         requested_profile=serving.profile,
@@ -173,7 +184,12 @@ def _selected_gpus(selection: str, visible: str | None,
                    gpu: dict[str, Any]) -> list[dict[str, Any]]:
     """DHSERVE_GPUS; when auto, CUDA_VISIBLE_DEVICES set for the whole service narrows it."""
     devices = gpu.get("devices", []) if gpu.get("available") else []
-    if selection == "auto" and visible is not None and GPU_LIST.fullmatch(visible.strip()):
+    if selection == "auto" and visible is not None:
+        if not GPU_LIST.fullmatch(visible.strip()):
+            raise ServingConfigError(
+                f"CUDA_VISIBLE_DEVICES={visible}: dhserve picks GPUs by index (it pins each "
+                "renderer itself); name them with DHSERVE_GPUS=0,1 and leave "
+                "CUDA_VISIBLE_DEVICES unset")
         selection = visible.strip() or "none"
     if selection == "none":
         return []

@@ -4,9 +4,15 @@ process that uses them."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import os
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from dhserve.config import Settings
 from dhserve.jobs.worker import RenderWorker
@@ -15,6 +21,37 @@ from dhserve.serving.watchdog import MemoryWatchdog
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 60.0
+LOCK_POLL_S = 0.5
+
+
+@contextmanager
+def device_lock(settings: Settings, stopping: threading.Event) -> Iterator[bool]:
+    """On a GPU, holds a machine-local lock for (data dir, GPU) — flock: released when the
+    process ends, however it ends; yields False if `stopping` is set while waiting. On the CPU
+    there is nothing to guard (several CPU renderers are allowed)."""
+    if settings.device == "cpu":
+        yield True
+        return
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES") or settings.device
+    key = hashlib.sha1(str(settings.data_dir.resolve()).encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"dhserve-renderer-{key}-gpu{gpu}.lock"
+    with open(path, "a") as handle:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    log.info("renderer waits for the previous one on GPU %s to finish", gpu)
+                    waited = True
+                if stopping.wait(LOCK_POLL_S):
+                    yield False
+                    return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class InProcessRenderer:
@@ -35,14 +72,21 @@ class InProcessRenderer:
         self._thread.start()
 
     def _run(self) -> None:
+        """One renderer per GPU: after a HUP, the new worker's renderer waits until the old one
+        finished its job and let go (no second copy of the models on the GPU)."""
+        with device_lock(self.settings, self._stopping) as held:
+            if held:
+                self._render_until_stopped()
+
+    def _render_until_stopped(self) -> None:
         backoff = 1.0
         while not self._stopping.is_set():
-            watchdog = MemoryWatchdog(self.max_memory_mb)
-            worker = RenderWorker(self.settings, recycle_check=watchdog.over_limit)
-            self._worker = worker
-            if self._stopping.is_set():      # stop() came between the check and the assignment
-                return
             try:
+                worker = RenderWorker(self.settings,
+                                      recycle_check=MemoryWatchdog(self.max_memory_mb).over_limit)
+                self._worker = worker
+                if self._stopping.is_set():  # stop() came between the check and the assignment
+                    return
                 worker.run(install_signals=False)
             except Exception:
                 log.exception("renderer failed; starting it again in %g s", backoff)

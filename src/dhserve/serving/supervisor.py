@@ -21,6 +21,8 @@ log = logging.getLogger("dhserve.serving")
 
 MAX_BACKOFF_S = 30.0
 HEALTHY_RUN_S = 60.0         # a child that ran this long starts its back-off afresh
+QUICK_EXIT_S = 5.0           # exiting sooner, even with status 0, is not a recycle: back off
+STOP_CHILD_S = 10.0
 
 
 @dataclass
@@ -87,6 +89,16 @@ class Supervisor:
         child.start()
         return child
 
+    def remove(self, child: Child) -> None:
+        """Stops `child` (SIGTERM, then SIGKILL) and forgets it."""
+        child.send(signal.SIGTERM)
+        try:
+            child.process.wait(timeout=STOP_CHILD_S)
+        except subprocess.TimeoutExpired:
+            child.send(signal.SIGKILL)
+            child.process.wait()
+        del self.children[child.spec.name]
+
     def run(self) -> int:
         """Supervises until stopped; returns the exit status for the service."""
         while True:
@@ -121,7 +133,7 @@ class Supervisor:
         if child.restart_at is None:
             status = child.process.returncode
             ran = now - child.started_at
-            if status == 0:
+            if status == 0 and ran >= QUICK_EXIT_S:
                 child.backoff = 0.0                         # recycled on purpose
             elif ran >= HEALTHY_RUN_S:
                 child.backoff = 1.0

@@ -29,7 +29,8 @@ class WebApplication(BaseApplication):
 
     def load_config(self) -> None:
         for key, value in gunicorn_settings(self.settings, self.plan).items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:          # control_socket_disable: Gunicorn >= 25
+                self.cfg.set(key, value)
 
     def load(self):
         from dhserve.api import create_app
