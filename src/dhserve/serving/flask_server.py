@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import replace
 
 from werkzeug.serving import make_server
 
@@ -39,11 +38,9 @@ def serve_flask(settings: Settings, layout: str) -> int:
     if plan.renders_in_web_workers:
         from dhserve.serving.renderer import InProcessRenderer
 
-        device = plan.devices[0]
-        os.environ.update(device.environment())
-        renderer = InProcessRenderer(
-            replace(settings, device=device.setting, batch_size=plan.batch_size),
-            plan.max_memory_mb, lambda reason: threading.Thread(target=server.shutdown).start())
+        os.environ.update(plan.devices[0].environment())
+        renderer = InProcessRenderer.from_plan(
+            settings, plan, lambda reason: threading.Thread(target=server.shutdown).start())
         renderer.start()
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import time
-from dataclasses import replace
 from typing import Any
 
 from dhserve.config import Settings
@@ -103,14 +102,11 @@ class ServingHooks:
             return
         from dhserve.serving.renderer import InProcessRenderer  # the engine: never in the master
 
-        settings = replace(self.settings, device=self.plan.devices[0].setting,
-                           batch_size=self.plan.batch_size)
-
         def leave(reason: str) -> None:
             worker.log.info("Worker %s: recycling after its job (%s)", worker.pid, reason)
             os.kill(os.getpid(), signal.SIGTERM)   # seen by gthread and sync workers alike
 
-        worker.dhserve_renderer = InProcessRenderer(settings, self.plan.max_memory_mb, leave)
+        worker.dhserve_renderer = InProcessRenderer.from_plan(self.settings, self.plan, leave)
         worker.dhserve_renderer.start()
 
     def post_request(self, worker: Any, req: Any, environ: Any, resp: Any) -> None:

@@ -12,10 +12,12 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from dhserve.config import Settings
 from dhserve.jobs.worker import RenderWorker
+from dhserve.serving.plan import ServingPlan
 from dhserve.serving.watchdog import MemoryWatchdog
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,13 @@ class InProcessRenderer:
         self._worker: RenderWorker | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dhserve-render", daemon=True)
+
+    @classmethod
+    def from_plan(cls, settings: Settings, plan: ServingPlan,
+                  on_recycle: Callable[[str], None]) -> InProcessRenderer:
+        """The renderer of an all-in-one process: its plan's device, batch size and limit."""
+        return cls(replace(settings, device=plan.devices[0].setting,
+                           batch_size=plan.batch_size), plan.max_memory_mb, on_recycle)
 
     def start(self) -> None:
         self._thread.start()
