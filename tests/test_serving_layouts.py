@@ -206,3 +206,33 @@ def test_split_layout_pins_one_renderer_per_gpu(tmp_path):
     assert health["serving"]["render_devices"] == [f"cuda:{d['index']}" for d in gpus["devices"]]
     assert sorted(w["device"] for w in workers) == sorted(
         f"cuda:0 (GPU {d['index']})" for d in gpus["devices"])
+
+
+def test_render_grace_starts_when_the_worker_starts_leaving(tmp_path):
+    """A slow request still in flight keeps a stopping worker draining; the render's grace
+    must not wait for it (the master's kill clock is running): the job is handed back when
+    the grace ends, while the drain goes on."""
+    import socket
+
+    from dhserve.config import Settings
+    from dhserve.jobs import JobStore
+
+    service = all_in_one(tmp_path, DHSERVE_STOP_GRACE_SECONDS="2",
+                         GUNICORN_GRACEFUL_TIMEOUT="40").wait_serving()
+    stage_example(service.temp, speech_repeats=8)
+    service.submit("drain-1")
+    wait_for(lambda: service.query("drain-1")["progress"] > 2, 60, "rendering", every=0.2)
+    slow = socket.create_connection(("127.0.0.1", service.port))   # an upload in flight
+    slow.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{")
+    try:
+        time.sleep(0.5)
+        service.signal(signal.SIGTERM)
+        store = JobStore.from_settings(Settings(data_dir=service.data))
+        job = wait_for(lambda: (j := store.get("drain-1")).state.value == "queued" and j, 15,
+                       "the job handed back within its 2 s grace")
+        assert service.process.poll() is None           # still draining the slow request
+        assert job.attempts == 0
+    finally:
+        slow.close()
+        service.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ WATCHDOG_INTERVAL_S = 1.0
 EXIT_MARGIN_S = 5.0              # a leaving worker hands its job back this long before the
                                  # master's graceful_timeout would kill it
 HAND_BACK_S = 3.0                # a render stops at its next frame batch: well within this
+LEAVE_POLL_S = 0.2
 
 
 class ServingHooks:
@@ -108,6 +110,27 @@ class ServingHooks:
 
         worker.dhserve_renderer = InProcessRenderer.from_plan(self.settings, self.plan, leave)
         worker.dhserve_renderer.start()
+        worker.dhserve_stop_lock, worker.dhserve_stop_deadline = threading.Lock(), None
+        threading.Thread(target=self._stop_when_leaving, args=(worker,), daemon=True,
+                         name="dhserve-leave-watch").start()
+
+    def _stop_when_leaving(self, worker: Any) -> None:
+        """The render's grace starts when the worker starts leaving — when the master's kill
+        clock starts too — not after Gunicorn has drained its connections (a slow upload in
+        flight would eat the time the hand-back needs)."""
+        while worker.alive:
+            time.sleep(LEAVE_POLL_S)
+        self._begin_stop(worker)
+
+    def _begin_stop(self, worker: Any) -> float:
+        """Starts the renderer's stop once; returns when it must have ended (monotonic)."""
+        with worker.dhserve_stop_lock:
+            if worker.dhserve_stop_deadline is None:
+                grace = max(0.0, min(self.settings.stop_grace_seconds,
+                                     worker.cfg.graceful_timeout - EXIT_MARGIN_S))
+                worker.dhserve_stop_deadline = time.monotonic() + grace + HAND_BACK_S
+                worker.dhserve_renderer.stop(grace)
+            return worker.dhserve_stop_deadline
 
     def post_request(self, worker: Any, req: Any, environ: Any, resp: Any) -> None:
         """Recycling by requests and memory. A web-only worker leaves after this request; an
@@ -149,8 +172,6 @@ class ServingHooks:
         renderer = getattr(worker, "dhserve_renderer", None)
         if renderer is None:
             return
-        grace = max(0.0, min(self.settings.stop_grace_seconds,
-                             worker.cfg.graceful_timeout - EXIT_MARGIN_S))
-        renderer.stop(grace)
-        if not renderer.join(grace + HAND_BACK_S):
+        deadline = self._begin_stop(worker)
+        if not renderer.join(max(0.0, deadline - time.monotonic())):
             server.log.warning("Worker %s: renderer did not stop in time", worker.pid)
