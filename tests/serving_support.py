@@ -53,9 +53,9 @@ class ServiceProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "service.log"
-        self.env = {**os.environ, **FAST, "DHSERVE_DATA_DIR": str(self.data),
+        inherited = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # not needed
+        self.env = {**inherited, **FAST, "DHSERVE_DATA_DIR": str(self.data),
                     "GUNICORN_BIND": f"127.0.0.1:{self.port}", **(env or {})}
-        self.env.pop("PYTHONPATH", None)          # found without it, from any directory
         self.process = subprocess.Popen(
             argv, cwd=root, env=self.env, stdout=open(self.log, "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT, start_new_session=True)

@@ -43,6 +43,23 @@ def test_auto_falls_back_to_flask_when_gunicorn_fails_to_boot(tmp_path):
     assert "Falling back to Flask's threaded server" in output
 
 
+def test_auto_serves_with_flask_where_gunicorn_cannot_be_imported(tmp_path):
+    """A machine whose Gunicorn is broken or missing: every process of the service sees a
+    `gunicorn` that fails to import, and the API is served all the same."""
+    shadow = tmp_path / "no-gunicorn" / "gunicorn"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("gunicorn is not installed")\n')
+    service = ServiceProcess(tmp_path, dhserve_cli("serve"),
+                             {"PYTHONPATH": str(shadow.parent)}).wait_serving()
+    try:
+        assert server_software(service).startswith("Werkzeug")
+        assert service.health()["status"] == "ok"
+    finally:
+        assert service.stop() == 0
+    assert "gunicorn is not installed" in service.output()
+    assert "Falling back to Flask's threaded server" in service.output()
+
+
 def test_gunicorn_mode_refuses_to_fall_back(tmp_path):
     service = ServiceProcess(tmp_path, dhserve_cli("serve", "--mode", "gunicorn"),
                              BROKEN_GUNICORN)

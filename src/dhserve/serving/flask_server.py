@@ -18,7 +18,6 @@ from dhserve.logs import configure_logging
 from dhserve.serving.cuda_guard import NVML_CHECK
 from dhserve.serving.plan import plan_serving
 from dhserve.serving.supervisor import watch_supervisor
-from dhserve.serving.web import warn_if_exposed
 
 log = logging.getLogger("dhserve.serving")
 
@@ -57,7 +56,8 @@ def serve_flask(settings: Settings, layout: str) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
     watch_supervisor(on_signal)
-    warn_if_exposed(settings, plan.bind)
+    for warning in plan.warnings:
+        log.warning("%s", warning)
     log.info("Flask threaded server listening at http://%s (%d)", plan.bind, os.getpid())
     server.serve_forever()
     if renderer is not None:

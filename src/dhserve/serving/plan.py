@@ -5,6 +5,7 @@ one reads the same plan."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,15 +170,30 @@ def plan_serving(settings: Settings, serving: ServingSettings, default_layout: s
         warnings.append(f"GUNICORN_TIMEOUT={serving.timeout} is shorter than a render's stop "
                         f"grace ({settings.stop_grace_seconds:g} s) + 5 s: a leaving worker "
                         "can be killed before it hands its job back")
+    bind = serving.bind or settings.bind
+    if exposed_without_key(settings, bind):
+        warnings.append(f"serving on {bind} without an API key: anyone who reaches this port "
+                        "can submit jobs; set DHSERVE_API_KEY")
     return ServingPlan(
         layout=layout, profile=profile, profile_reason=reason,
         requested_profile=serving.profile,
-        bind=serving.bind or settings.bind, workers=workers,
+        bind=bind, workers=workers,
         threads=threads, worker_class=serving.worker_class,
         timeout=serving.timeout, graceful_timeout=serving.graceful_timeout,
         max_requests=serving.max_requests, max_memory_mb=max_memory,
         batch_size=serving.batch_size or profile.batch_size,
         devices=devices, gpus=gpus, warnings=tuple(warnings))
+
+
+def exposed_without_key(settings: Settings, bind: str) -> bool:
+    """Bound beyond loopback with no API key: anyone who can reach the port can submit."""
+    host = bind.rsplit(":", 1)[0].strip("[]")
+    if settings.api_key or host.startswith("unix"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
 
 
 def _selected_gpus(selection: str, visible: str | None,

@@ -4,7 +4,6 @@ from the environment the launcher set."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import sys
 from typing import Any
@@ -45,25 +44,7 @@ def gunicorn_settings(settings: Settings, plan: ServingPlan) -> dict[str, Any]:
             "logconfig_dict": logging_config(settings)}
 
 
-def exposed_without_key(settings: Settings, bind: str) -> bool:
-    """Bound beyond loopback with no API key: anyone who can reach the port can submit."""
-    host = bind.rsplit(":", 1)[0].strip("[]")
-    if settings.api_key or host.startswith("unix"):
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host != "localhost"
-
-
-def warn_if_exposed(settings: Settings, bind: str) -> None:
-    if exposed_without_key(settings, bind):
-        log.warning("serving on %s without an API key: anyone who reaches this port can "
-                    "submit jobs; set DHSERVE_API_KEY", bind)
-
-
 def run_gunicorn(settings: Settings, plan: ServingPlan) -> None:
-    warn_if_exposed(settings, plan.bind)
     WebApplication(settings, plan).run()
 
 
@@ -78,7 +59,6 @@ def config_file_settings(default_layout: str = "all-in-one") -> dict[str, Any]:
     except (ValueError, ServingConfigError) as exc:
         print(f"dhserve: cannot serve: {exc}", file=sys.stderr)
         sys.exit(2)
-    warn_if_exposed(settings, plan.bind)
     return gunicorn_settings(settings, plan)
 
 
