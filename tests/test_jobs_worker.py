@@ -168,6 +168,28 @@ def test_sigterm_lets_the_running_job_finish(data_dir, sqlite_store, example_ava
     assert sqlite_store.workers() == []             # deregistered on the way out
 
 
+def test_an_idle_worker_stops_on_sigterm_whenever_it_arrives(data_dir, sqlite_store, tmp_path):
+    """The idle worker spends its time inside Event.wait; a handler that set that event from
+    the signal handler deadlocked on the event's own lock (the worker then ignored SIGTERM
+    and outlived `dhserve serve`). Several signals at different moments of the wait."""
+    log = tmp_path / "worker.log"
+    for attempt, delay in enumerate((0.0, 0.013, 0.027, 0.05, 0.21, 0.5)):
+        worker = dhserve_process("--data-dir", str(data_dir), "worker", env=FAST_LEASES,
+                                 log=log)
+        try:
+            wait_for(lambda: any(w.ready for w in sqlite_store.workers()), 60,
+                     "the worker to be ready")
+            time.sleep(delay)
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=15) == 0, log.read_text()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"attempt {attempt}: SIGTERM ignored:\n{log.read_text()}")
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+
+
 def test_stopping_everything_and_starting_again_loses_nothing(
         data_dir, sqlite_store, example_avatar, long_speech, tiny_template, tiny_speech,
         tmp_path):

@@ -40,6 +40,7 @@ from dhserve.jobs.options import job_render_options
 from dhserve.jobs.store import JobStore
 from dhserve.jobs.wakeup import Wakeup
 from dhserve.logs import job_context
+from dhserve.signals import handle_signals
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +187,8 @@ class RenderWorker:
         self._wakeup.interrupt()
 
     def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop())
-        signal.signal(signal.SIGHUP, lambda *_: self.recycle("SIGHUP"))
+        handle_signals({signal.SIGTERM: self.stop, signal.SIGINT: self.stop,
+                        signal.SIGHUP: lambda: self.recycle("SIGHUP")})
 
     def _close(self) -> None:
         for backend in self._backends.values():

@@ -18,6 +18,7 @@ from dhserve.logs import configure_logging
 from dhserve.serving.cuda_guard import NVML_CHECK
 from dhserve.serving.plan import plan_serving
 from dhserve.serving.supervisor import watch_supervisor
+from dhserve.signals import handle_signals
 
 log = logging.getLogger("dhserve.serving")
 
@@ -43,6 +44,7 @@ def serve_flask(settings: Settings, layout: str) -> int:
         renderer.start()
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
     def on_signal(*_):
         threading.Thread(target=server.shutdown, daemon=True).start()
 
@@ -52,9 +54,7 @@ def serve_flask(settings: Settings, layout: str) -> int:
         else:
             log.info("SIGHUP: nothing to recycle in Flask's server (no worker processes)")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_hup)
+    handle_signals({signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGHUP: on_hup})
     watch_supervisor(on_signal)
     for warning in plan.warnings:
         log.warning("%s", warning)
