@@ -69,6 +69,18 @@ def test_gunicorn_mode_refuses_to_fall_back(tmp_path):
     assert "Werkzeug" not in output and "Traceback" in output       # Gunicorn's own report
 
 
+@pytest.mark.parametrize("mode", ["flask", "gunicorn"])
+def test_a_stop_during_start_up_is_a_clean_stop(tmp_path, mode):
+    """A process manager may stop the service before it is up: exit 0, nothing left running,
+    no error (the launcher used to call its own interrupted start a failure, status 1)."""
+    service = ServiceProcess(tmp_path, dhserve_cli("serve", "--mode", mode))
+    wait_for(lambda: "started (pid" in service.output(), 30, "the first child to start",
+             every=0.02)
+    assert service.stop() == 0
+    output = service.output()
+    assert " ERROR " not in output and "interrupted" not in output, output
+
+
 def test_flask_mode_serves_and_renders(tmp_path):
     service = ServiceProcess(tmp_path, dhserve_cli("serve", "--mode", "flask")).wait_serving()
     try:
@@ -129,12 +141,13 @@ def test_classic_launchers_serve(tmp_path, argv, layout, server):
 @pytest.mark.parametrize(("argv", "expected"), [
     (script("start_gpu_server.sh", "--diagnose"), "CUDA not initialised"),
     (script("start_gpu_server.sh", "--help"), "--production"),
-    (script("check_gpu_gunicorn.py"), "profile cpu"),
+    (script("check_gpu_gunicorn.py"), "profile cpu"),           # the doctor: all ok here
     (dhserve_cli("serve", "--diagnose", "--layout", "all-in-one"), "layout all-in-one"),
 ], ids=["start_gpu_server.sh --diagnose", "start_gpu_server.sh --help", "check_gpu_gunicorn.py",
         "serve --diagnose"])
 def test_classic_checks_run(tmp_path, argv, expected):
-    env = {"PATH": "/usr/bin:/bin", "DHSERVE_DATA_DIR": str(tmp_path / "data")}
+    env = {"PATH": "/usr/bin:/bin", "DHSERVE_DATA_DIR": str(tmp_path / "data"),
+           "GUNICORN_BIND": f"127.0.0.1:{free_port()}"}       # the doctor checks the port
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -43,9 +43,10 @@ def serve(settings: Settings, serving: ServingSettings, mode: str = "auto") -> i
                                        {**env, **device.environment()}))
     server = _start_web(supervisor, plan, env, mode)
     if server is None:
+        asked_to_stop = supervisor.stopping      # a TERM/INT during start-up is no failure
         supervisor.stop()
         supervisor.run()
-        return 1
+        return 0 if asked_to_stop else 1
     _announce(settings, plan, server)
     return supervisor.run()
 
@@ -63,7 +64,9 @@ def _start_web(supervisor: Supervisor, plan: ServingPlan, env: dict[str, str],
             if problem is None:
                 return "gunicorn"
             supervisor.remove(child)         # gone for good, port released
-        if mode == "gunicorn" or supervisor.stopping:
+        if supervisor.stopping:
+            return None
+        if mode == "gunicorn":
             log.error("Gunicorn %s", problem)
             return None
         rule = "!" * 78
@@ -75,7 +78,8 @@ def _start_web(supervisor: Supervisor, plan: ServingPlan, env: dict[str, str],
                                        env))
     problem = _wait_until_serving(supervisor, child, plan.bind)
     if problem is not None:
-        log.error("Flask's threaded server %s", problem)
+        if not supervisor.stopping:
+            log.error("Flask's threaded server %s", problem)
         return None
     return "flask"
 
