@@ -4,7 +4,8 @@
         [--layouts split,all-in-one,sync] [--repeat-speech 60]
 
 For each layout, in the same run, a real `dhserve serve --mode gunicorn` on a fresh data dir
-(CPU renderer): split (2 gthread web workers + a `dhserve worker` process), all-in-one (one
+(CPU renderer): split (2 gthread web workers + a `dhserve worker` process; split-nice0: the
+same with DHSERVE_RENDER_NICE=0, the renderer at the web tier's priority), all-in-one (one
 gthread worker rendering in a background thread) and sync (all-in-one with
 GUNICORN_WORKER_CLASS=sync: one request at a time, the naive layout). Once /readyz answers
 200: a warm-up job (examples/speech.wav) so the avatar's face analysis is cached for both
@@ -51,7 +52,9 @@ from bench_api import ROOT, free_port, load
 
 DHSERVE = ROOT / ".venv" / "bin" / "dhserve"
 LAYOUTS = {"split": ("split", {}), "all-in-one": ("all-in-one", {}),
-           "sync": ("all-in-one", {"GUNICORN_WORKER_CLASS": "sync"})}
+           "sync": ("all-in-one", {"GUNICORN_WORKER_CLASS": "sync"}),
+           # the render worker at the web tier's CPU priority: what DHSERVE_RENDER_NICE buys
+           "split-nice0": ("split", {"DHSERVE_RENDER_NICE": "0"})}
 TARGET = ("target on 2 cores, split: p99 <= 50 ms at >= 300 req/s; "
           "render within 10 % of alone")
 
@@ -223,7 +226,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--layouts", default="split,all-in-one,sync")
+    parser.add_argument("--layouts", default="split,all-in-one,sync",
+                        help=f"any of {', '.join(LAYOUTS)}")
     parser.add_argument("--rate", type=float, default=300.0,
                         help="requests/s offered in the open-loop phase")
     parser.add_argument("--repeat-speech", type=int, default=60,

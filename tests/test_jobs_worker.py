@@ -168,6 +168,36 @@ def test_sigterm_lets_the_running_job_finish(data_dir, sqlite_store, example_ava
     assert sqlite_store.workers() == []             # deregistered on the way out
 
 
+def thread_nice(pid: int, thread: int | None = None) -> int:
+    """A thread's nice value as `ps -L -o ni` shows it (field 19 of its stat)."""
+    stat = Path(f"/proc/{pid}/task/{thread or pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def test_the_render_thread_yields_the_cpu_and_request_threads_do_not(thread_worker,
+                                                                     sqlite_store):
+    """All-in-one: the render thread of a web worker runs at a lower priority than the
+    threads answering requests (this test's own thread stands for those)."""
+    worker = thread_worker(render_nice=7)
+    wait_for(lambda: any(w.ready for w in sqlite_store.workers()), 60, "the worker")
+    renderer = next(t for t in threading.enumerate() if t.name == "dhserve-heartbeat")
+    assert thread_nice(os.getpid(), renderer.native_id) == 7      # started by the renderer
+    assert thread_nice(os.getpid(), threading.get_native_id()) == 0
+    assert worker.settings.render_nice == 7
+
+
+def test_a_worker_process_renders_at_the_configured_priority(data_dir, sqlite_store, tmp_path):
+    worker = dhserve_process("--data-dir", str(data_dir), "worker",
+                             env={**FAST_LEASES, "DHSERVE_RENDER_NICE": "5"},
+                             log=tmp_path / "worker.log")
+    try:
+        wait_for(lambda: any(w.ready for w in sqlite_store.workers()), 60, "the worker")
+        assert thread_nice(worker.pid) == 5
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0
+
+
 def test_an_idle_worker_stops_on_sigterm_whenever_it_arrives(data_dir, sqlite_store, tmp_path):
     """The idle worker spends its time inside Event.wait; a handler that set that event from
     the signal handler deadlocked on the event's own lock (the worker then ignored SIGTERM

@@ -32,6 +32,8 @@ def option_problem(name: str, value: Any) -> str | None:
         return f"must be 0..51, got {value}"
     if name in POSITIVE and value <= 0:
         return f"must be > 0, got {value}"
+    if name == "render_nice" and not 0 <= value <= 19:
+        return f"must be 0..19, got {value}"
     if name == "device" and not DEVICE_PATTERN.fullmatch(value):
         return f"must be cpu, cuda or cuda:N; got {value!r}"
     return None
@@ -74,6 +76,8 @@ class Settings:
     retention_days: float = 7.0          # finished jobs and their files are pruned after this
     poll_seconds: float = 1.0            # idle worker's longest wait between claim attempts
     stop_grace_seconds: float = 30.0     # SIGTERM: time the current render gets to finish
+    render_nice: int = 10                # CPU priority the render thread gives up (0..19): on
+                                         # cores the web tier shares, requests answer first
     download_timeout_seconds: float = 300.0  # http(s) inputs: whole download, per file
     # HTTP API
     bind: str = "127.0.0.1:8383"         # loopback unless the operator says otherwise
