@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Classic check: what the service would run with (GPUs via NVML, profile, layout, Gunicorn
-settings) and whether it can; touches no CUDA. Usage: python check_gpu_gunicorn.py"""
+"""Classic check, now `dhserve doctor`: GPUs (NVML), ONNX Runtime providers that really work,
+the Gunicorn config as Gunicorn loads it, models, media, storage and network; touches no CUDA
+in a way a server would inherit. Exit status 0 ok, 1 warnings, 2 errors.
+Usage: python check_gpu_gunicorn.py [--json] [--config gunicorn.conf.py] [--fix-hints]"""
 
 import sys
 
@@ -10,4 +12,4 @@ _checkout.ensure_dhserve()
 from dhserve.serving.classic import run
 
 if __name__ == "__main__":
-    sys.exit(run("check_gpu_gunicorn.py", ["serve", "--diagnose"], sys.argv[1:]))
+    sys.exit(run("check_gpu_gunicorn.py", ["doctor"], sys.argv[1:]))

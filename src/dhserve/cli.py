@@ -257,6 +257,32 @@ def _resolved_backend(settings: Settings) -> str:
     return resolve_backend(settings.backend, settings)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (schema: README).")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="Gunicorn config file to check [default: ./gunicorn.conf.py if present, "
+                   "else the settings `dhserve serve` gives Gunicorn].")
+@click.option("--fix-hints", is_flag=True,
+              help="Under each warning and error, the exact commands or lines to change.")
+@click.option("--only", "groups", multiple=True, metavar="GROUP",
+              help="Run only this group of checks (repeatable): system, gpu, onnxruntime, "
+                   "pytorch, gunicorn, models, media, storage, network.")
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool, config: Path | None, fix_hints: bool,
+           groups: tuple[str, ...]) -> None:
+    """Check GPU, ONNX Runtime providers, Gunicorn config, models, media, storage and network.
+
+    One line per check; exit status 0 (all ok), 1 (warnings) or 2 (errors)."""
+    from dhserve.doctor import run_checks
+
+    try:
+        report = run_checks(config, ctx.obj.get("data_dir"), groups=groups or None)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(report.json_text() if as_json else report.text(fix_hints))
+    sys.exit(report.exit_code)
+
+
 @main.group()
 @click.option("--database-url", default=None,
               help="Job store [env DHSERVE_DATABASE_URL; default SQLite in the data dir].")

@@ -203,6 +203,20 @@ class ServingSettings:
         return None
 
 
+# Variables dhserve does not own but that decide which GPUs a process sees and how CUDA,
+# PyTorch and Gunicorn behave; `dhserve doctor` shows them and checks them against each other.
+DIAGNOSTIC_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
+                        "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_NVML_BASED_CUDA_CHECK",
+                        "GUNICORN_CMD_ARGS", "LD_LIBRARY_PATH")
+
+
+def diagnostic_environment(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """Those variables as set now; None when unset ("" is kept: CUDA_VISIBLE_DEVICES="" hides
+    every GPU)."""
+    environ = os.environ if environ is None else environ
+    return {name: environ.get(name) for name in DIAGNOSTIC_VARIABLES}
+
+
 def _env_name(f: Any) -> str:
     return f.metadata.get("env", ENV_PREFIX + f.name.upper())
 

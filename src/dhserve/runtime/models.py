@@ -166,8 +166,16 @@ class ModelStatus:
     sha256: str | None = None
     valid: bool | None = None  # signature checked and right; None when absent
     problem: str | None = None # why not valid (the ModelError's message)
+    code: str | None = None    # the ModelError's code: model.corrupt, model.bad_signature
+    tensors: str | None = None # as the file declares them: "source (N,1,80,16) float, … → …"
     batch: int | None = None   # fixed batch size; None: dynamic (or unknown)
     dtype: str | None = None   # "float32" | "float16"
+
+
+def _tensor(arg) -> TensorSpec:
+    """An ONNX Runtime NodeArg as a TensorSpec (symbolic dims shown as N)."""
+    return TensorSpec(arg.name, tuple(d if isinstance(d, int) else "N" for d in arg.shape),
+                      arg.type)
 
 
 def model_statuses(settings: Settings, checksum: bool = True) -> list[ModelStatus]:
@@ -188,10 +196,13 @@ def model_statuses(settings: Settings, checksum: bool = True) -> list[ModelStatu
             model = OnnxModel(spec, path, SessionConfig(), optimize=False)
         except ModelError as exc:
             statuses.append(ModelStatus(**base, present=True, size=size, sha256=digest,
-                                        valid=False, problem=exc.message))
+                                        valid=False, problem=exc.message, code=exc.code))
             continue
         dtype = model.signature.dtypes[spec.inputs[0].role].name
+        tensors = (", ".join(str(_tensor(t)) for t in model.session.get_inputs()) + " → "
+                   + ", ".join(str(_tensor(t)) for t in model.session.get_outputs()))
         statuses.append(ModelStatus(**base, present=True, size=size, sha256=digest,
-                                    valid=True, batch=model.signature.batch, dtype=dtype))
+                                    valid=True, batch=model.signature.batch, dtype=dtype,
+                                    tensors=tensors))
         del model
     return statuses

@@ -1,6 +1,6 @@
 """The classic script names (start_simple_gpu_server.py, start_cuda_fixed_server.py,
-app_production.py, check_gpu_gunicorn.py) as a few lines over `dhserve serve`, so deployments
-and habits that use them keep working."""
+app_production.py over `dhserve serve`; check_gpu_gunicorn.py over `dhserve doctor`) as a few
+lines each, so deployments and habits that use them keep working."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import sys
 
 def run(script: str, serve_args: list[str], argv: list[str],
         modes: tuple[str, ...] = ()) -> int:
-    """Runs `dhserve serve <serve_args>`, with `--mode <argv[0]>` when the script takes a mode
-    as its first argument (one of `modes`); returns the exit status."""
+    """Runs `dhserve <serve_args>` (`serve --layout split`, `doctor`), with `--mode <argv[0]>`
+    when the script takes a mode as its first argument (one of `modes`); returns the exit
+    status."""
     args = list(serve_args)
     if modes and argv and argv[0] in modes:
         args += ["--mode", argv.pop(0)]
     if argv and argv[0] in ("-h", "--help"):
         usage = f" [{'|'.join(modes)}]" if modes else ""
-        print(f"usage: python {script}{usage} [dhserve serve options]\n"
-              f"runs: dhserve serve {' '.join(serve_args)}\n")
+        print(f"usage: python {script}{usage} [dhserve {serve_args[0]} options]\n"
+              f"runs: dhserve {' '.join(serve_args)}\n")
         argv = ["--help"]
     try:
         from dhserve.cli import main
