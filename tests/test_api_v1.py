@@ -99,6 +99,7 @@ def test_bad_requests_get_problem_documents(service, inputs):
         ({**names, "options": {"max_audio_seconds": 1e9}}, 422, "options.invalid",
          "max_audio_seconds"),
         ({**names, "options": {"face_restore": True}}, 422, "model.missing", "face_restore"),
+        ({**names, "options": {"backend": "nope"}}, 422, "options.unknown_backend", "backend"),
         ({**names, "priority": "high"}, 400, "request.invalid", "priority"),
         ({**names, "priority": 2**70}, 400, "request.invalid", "priority"),
         ({**names, "video": "v" * 5000}, 400, "request.invalid", "video"),

@@ -25,7 +25,7 @@ from dhserve.engine import audio as speech_audio
 from dhserve.engine.face import AnalysisCache, TemplateAnalysis, analyse_frames, file_digest
 from dhserve.engine.face.analysis import multiple_faces_error
 from dhserve.engine.frames import looped_frames, template_index
-from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, create_backend, resolve_backend
+from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, check_backend, create_backend
 from dhserve.engine.media import MediaInfo, Mp4Writer, even_size, probe, read_frames, remove_quietly
 from dhserve.engine.overlay import (
     OVERLAY_KINDS,
@@ -143,7 +143,7 @@ def check_models(options: RenderOptions, settings: Settings | None = None,
     settings = settings or Settings()
     if options.face_restore and not have_restorer:
         require_model(settings, RESTORE, "face_restore")
-    if not have_backend and resolve_backend(options.backend, settings) == "wav2lip":
+    if check_backend(options.backend, settings) == "wav2lip" and not have_backend:
         require_model(settings, WAV2LIP, "backend")
 
 

@@ -4,9 +4,10 @@ from dhserve.engine.lipsync.base import (
     FrameBatch,
     LipSyncBackend,
     available_backends,
+    check_backend,
     create_backend,
     resolve_backend,
 )
 
-__all__ = ["FrameBatch", "LipSyncBackend", "available_backends", "create_backend",
-           "resolve_backend"]
+__all__ = ["FrameBatch", "LipSyncBackend", "available_backends", "check_backend",
+           "create_backend", "resolve_backend"]

@@ -68,9 +68,25 @@ def register(name: str, factory: Callable[..., LipSyncBackend],
     _REGISTRY[name] = factory if with_settings else (lambda settings: factory())
 
 
+# Registered when first used; named here so a submit can be checked without importing them.
+BUILTIN_BACKENDS = ("classic", "wav2lip")
+
+
 def available_backends() -> list[str]:
     _load_builtin()
     return sorted(_REGISTRY)
+
+
+def check_backend(name: str, settings: Settings | None = None) -> str:
+    """The concrete backend `name` stands for (see resolve_backend); InputError
+    options.unknown_backend when no backend has that name. Imports no backend, so the web
+    tier refuses a job for a backend that does not exist at submit time, not in the worker."""
+    name = resolve_backend(name, settings)
+    if name not in BUILTIN_BACKENDS and name not in _REGISTRY:
+        raise InputError("options.unknown_backend", "backend",
+                         f"unknown lip-sync backend {name!r}; available: "
+                         f"{', '.join(sorted({*BUILTIN_BACKENDS, *_REGISTRY}))}")
+    return name
 
 
 def resolve_backend(name: str, settings: Settings | None = None) -> str:
@@ -92,12 +108,7 @@ def create_backend(name: str, settings: Settings | None = None) -> LipSyncBacken
     for a damaged model file or an unusable GPU."""
     _load_builtin()
     settings = settings or Settings()
-    name = resolve_backend(name, settings)
-    if name not in _REGISTRY:
-        raise InputError("options.unknown_backend", "backend",
-                         f"unknown lip-sync backend {name!r}; available: "
-                         f"{', '.join(available_backends())}")
-    return _REGISTRY[name](settings)
+    return _REGISTRY[check_backend(name, settings)](settings)
 
 
 def _load_builtin() -> None:
