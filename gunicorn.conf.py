@@ -38,7 +38,8 @@ accesslog = _dhserve["accesslog"]                # dhserve logs each request its
 logconfig_dict = _dhserve["logconfig_dict"]      # stderr + <data dir>/log/dh.log, pid, job
 control_socket_disable = _dhserve["control_socket_disable"]  # no shared ~/.gunicorn socket
 
-# hooks: CUDA guard in the master, GPU pinning and the renderer in the worker, memory watchdog
+# hooks: CUDA guard in the master, GPU pinning and the renderer in the worker, memory watchdog,
+# the metrics folder (made in on_starting, before any fork)
 on_starting = _dhserve["on_starting"]
 when_ready = _dhserve["when_ready"]
 post_fork = _dhserve["post_fork"]
@@ -47,3 +48,4 @@ post_request = _dhserve["post_request"]
 worker_int = _dhserve["worker_int"]
 worker_abort = _dhserve["worker_abort"]
 worker_exit = _dhserve["worker_exit"]
+child_exit = _dhserve["child_exit"]              # a gone worker's gauges leave /metrics

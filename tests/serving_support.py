@@ -63,18 +63,21 @@ class ServiceProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def answers(self, path: str = "/livez") -> bool:
+    def answers(self, path: str = "/livez", headers: dict[str, str] | None = None) -> bool:
         assert self.process.poll() is None, \
             f"exited with {self.process.returncode}:\n{self.output()[-4000:]}"
         try:
-            return requests.get(self.url + path, timeout=5).status_code == 200
+            return requests.get(self.url + path, timeout=5, headers=headers).status_code == 200
         except (requests.ConnectionError, requests.Timeout):    # not listening yet, or busy
             return False
 
-    def wait_serving(self, path: str = "/readyz", timeout: float = 90) -> ServiceProcess:
+    def wait_serving(self, path: str = "/readyz", timeout: float = 90,
+                     headers: dict[str, str] | None = None) -> ServiceProcess:
+        """Until `path` answers 200 (`headers`: an API key, say); on a timeout the service is
+        stopped and its output is in the error."""
         try:
-            wait_for(lambda: self.answers(path), timeout, f"{path} from {self.process.args}",
-                     every=0.3)
+            wait_for(lambda: self.answers(path, headers), timeout,
+                     f"{path} from {self.process.args}", every=0.3)
         except AssertionError as exc:
             try:
                 self.stop()

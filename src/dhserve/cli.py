@@ -21,6 +21,7 @@ from dhserve.config import (
     ServingSettings,
     Settings,
 )
+from dhserve.doctor import GROUPS as DOCTOR_GROUPS
 from dhserve.errors import DhserveError, first_line
 
 EXIT_INPUT_ERROR = 2
@@ -224,6 +225,28 @@ def worker(ctx: click.Context, max_jobs: int | None, max_memory_mb: float | None
 
 
 @main.command()
+@click.option("--database-url", default=None,
+              help="Job store [env DHSERVE_DATABASE_URL; default SQLite in the data dir].")
+@click.option("--once", is_flag=True, help="Print one snapshot and exit (for scripts).")
+@click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True,
+              help="Seconds between redraws.")
+@click.option("--jobs", "recent", type=click.IntRange(0), default=10, show_default=True,
+              help="Recent jobs shown.")
+@click.pass_context
+def top(ctx: click.Context, database_url: str | None, once: bool, interval: float,
+        recent: int) -> None:
+    """Live view of the render workers (device, job, frames/s, heartbeat), the queue, recent
+    jobs and each GPU, from the job store and NVML; q or Ctrl-C quits."""
+    from dhserve.jobs import JobStore
+    from dhserve.monitor import run_top
+
+    settings = _settings(ctx, database_url=database_url)
+    with _reported():
+        sys.exit(run_top(JobStore.from_settings(settings), settings, once=once,
+                         interval=interval, recent=recent))
+
+
+@main.command()
 @click.option("--no-checksum", is_flag=True, help="Skip the sha256 of each file.")
 @click.pass_context
 def models(ctx: click.Context, no_checksum: bool) -> None:
@@ -264,9 +287,8 @@ def _resolved_backend(settings: Settings) -> str:
                    "else the settings `dhserve serve` gives Gunicorn].")
 @click.option("--fix-hints", is_flag=True,
               help="Under each warning and error, the exact commands or lines to change.")
-@click.option("--only", "groups", multiple=True, metavar="GROUP",
-              help="Run only this group of checks (repeatable): system, gpu, onnxruntime, "
-                   "pytorch, gunicorn, models, media, storage, network.")
+@click.option("--only", "groups", multiple=True, type=click.Choice(DOCTOR_GROUPS),
+              help="Run only this group of checks (repeatable).")
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool, config: Path | None, fix_hints: bool,
            groups: tuple[str, ...]) -> None:
@@ -275,10 +297,7 @@ def doctor(ctx: click.Context, as_json: bool, config: Path | None, fix_hints: bo
     One line per check; exit status 0 (all ok), 1 (warnings) or 2 (errors)."""
     from dhserve.doctor import run_checks
 
-    try:
-        report = run_checks(config, ctx.obj.get("data_dir"), groups=groups or None)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    report = run_checks(config, ctx.obj.get("data_dir"), groups=groups or None)
     click.echo(report.json_text() if as_json else report.text(fix_hints))
     sys.exit(report.exit_code)
 
@@ -388,6 +407,142 @@ def jobs_cancel(ctx: click.Context, job_id: str) -> None:
     _, store = _store(ctx)
     with _reported():
         click.echo(_job_line(store.cancel(job_id)))
+
+
+_SERVER_HELP = "The service's URL [env DHSERVE_SERVER; default http://<DHSERVE_BIND>]."
+_KEY_HELP = ("API key, sent as 'Authorization: Bearer'. Better set DHSERVE_API_KEY: a flag "
+             "shows in `ps` to every user of the machine.")
+
+
+def _client(server: str | None, api_key: str | None):
+    """A client of the running service (dhserve.client), from the flags and the few settings
+    a client reads (ClientSettings: a bad unrelated DHSERVE_* variable does not matter)."""
+    from dhserve.client import Client
+    from dhserve.config import ClientSettings
+
+    try:
+        settings = ClientSettings.from_env(server=server, api_key=api_key)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    with _reported():
+        return Client(settings.server_url, settings.api_key or None)
+
+
+@main.command()
+@click.option("--video", required=True,
+              help="Avatar video or still image: a local file (uploaded), or an http(s) URL or "
+                   "a name in the server's data dir (passed through).")
+@click.option("--audio", required=True, help="Speech: a local file (uploaded), a URL or a name.")
+@click.option("--server", default=None, help=_SERVER_HELP)
+@click.option("--api-key", default=None, help=_KEY_HELP)
+@click.option("--backend", default=None, help="Lip-sync backend [the server's default].")
+@click.option("--loop", type=click.Choice(LOOP_MODES), default=None,
+              help="How the template repeats when the speech is longer [the server's default].")
+@click.option("--id", "job_id", default=None,
+              help="Job id (Idempotency-Key): the same id and inputs again is the same job.")
+@click.option("--wait", is_flag=True, help="Follow the job to its end with a progress bar.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Download the result to this file (implies --wait).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def submit(ctx: click.Context, video: str, audio: str, server: str | None,
+           api_key: str | None, backend: str | None, loop: str | None, job_id: str | None,
+           wait: bool, out: Path | None, quiet: bool) -> None:
+    """Send a render job to a running service; prints its id, or with --wait follows it
+    (exit status 0 when it succeeded, 2 when it failed or was refused)."""
+    with _reported():
+        if out is not None and not (out.is_dir() or out.parent.is_dir()):
+            raise DhserveError("output.invalid", f"--out: no such folder: {out.parent}")
+    client = _client(server, api_key)
+    options = {name: value for name, value in (("backend", backend), ("loop", loop)) if value}
+    with _reported():
+        job = client.submit(video, audio, job_id=job_id, **options)
+    if not (wait or out):
+        click.echo(job.id)
+        return
+    try:
+        with _ProgressBar(quiet) as bar, _reported(bar.finish):
+            follow = _JobProgress(bar, quiet)
+            job = client.wait(job, on_progress=follow.progress, on_retry=follow.retry)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped following; job {job.id} goes on (dhserve status {job.id})",
+                   err=True)
+        sys.exit(130)
+    if job.state != "succeeded":
+        click.echo(f"error {job.error_code or 'job.' + job.state}: "
+                   f"{job.error_message or 'job ' + job.state}", err=True)
+        sys.exit(EXIT_INPUT_ERROR)
+    result = job.result
+    where = str(out) if out else _on_server(client, result.url)
+    if out:
+        with _reported():
+            client.download(job, out)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"{where}: {result.frames} frames, {result.width}x{result.height} @ "
+               f"{result.fps or 0:g} fps, {result.duration or 0:.2f} s of video rendered in "
+               f"{result.elapsed or 0:.2f} s (job {job.id}, {result.backend})")
+
+
+class _JobProgress:
+    """Feeds a job's progress to the bar (without a terminal, one line per stage), and says
+    when the service cannot be reached for a while: the job is still followed."""
+
+    def __init__(self, bar: _ProgressBar, quiet: bool):
+        self.bar, self.quiet = bar, quiet
+        self.shown: list[str] = []
+        self.fraction = 0.0
+        self.outage = False
+
+    def progress(self, job) -> None:
+        self.fraction, self.outage = job.progress / 100, False
+        self.bar.update(self.fraction, job.stage or job.state)
+        if not self.bar.enabled and not self.quiet and job.stage not in self.shown:
+            self.shown.append(job.stage)
+            click.echo(f"{job.id}: {job.state} {job.progress}% {job.stage}", err=True)
+
+    def retry(self, error) -> None:
+        self.bar.update(self.fraction, "reconnecting…")
+        if not self.outage and not self.bar.enabled and not self.quiet:
+            click.echo(f"reconnecting… ({error.code}: {error.message})", err=True)
+        self.outage = True
+
+
+def _on_server(client, path: str) -> str:
+    """A path the server gave (already under its SCRIPT_NAME behind a proxy) as a full URL."""
+    from urllib.parse import urljoin
+
+    return urljoin(client.base_url + "/", path)
+
+
+@main.command()
+@click.argument("job_id", metavar="CODE")
+@click.option("--server", default=None, help=_SERVER_HELP)
+@click.option("--api-key", default=None, help=_KEY_HELP)
+@click.option("--json", "as_json", is_flag=True, help="The job as the server's JSON document.")
+@click.pass_context
+def status(ctx: click.Context, job_id: str, server: str | None, api_key: str | None,
+           as_json: bool) -> None:
+    """One job of a running service: state, progress, times, result or error."""
+    import json
+
+    client = _client(server, api_key)
+    with _reported():
+        job = client.get(job_id)
+    if as_json:
+        click.echo(json.dumps(job.document, indent=2, sort_keys=True))
+        return
+    click.echo(f"{job.id} {job.state} {job.progress}% {job.stage}"
+               f"{' (cancel requested)' if job.cancel_requested and not job.finished else ''}")
+    click.echo(f"  video: {job.video}\n  audio: {job.audio}")
+    click.echo(f"  submitted {job.created_at}, started {job.started_at or '-'}, "
+               f"finished {job.finished_at or '-'}")
+    if job.result:
+        r = job.result
+        click.echo(f"  result: {_on_server(client, r.url)} ({r.width}x{r.height}, "
+                   f"{r.duration or 0:.2f} s, rendered in {r.elapsed or 0:.2f} s)")
+    if job.error_code:
+        click.echo(f"  error {job.error_code}: {job.error_message}")
 
 
 class _ProgressBar:

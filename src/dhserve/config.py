@@ -19,6 +19,7 @@ CHOICES = {"loop": LOOP_MODES, "multiple_faces": MULTIPLE_FACE_POLICIES,
            "x264_preset": X264_PRESETS, "gpu_provider": GPU_PROVIDERS,
            "cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCHES}
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"    # prometheus_client reads it when imported
 POSITIVE = ("batch_size", "lease_seconds", "heartbeat_seconds", "max_attempts", "max_queued",
             "poll_seconds", "download_timeout_seconds", "log_max_mb")
 
@@ -85,6 +86,12 @@ class Settings:
                                                   # "Authorization: Bearer <key>"
     input_roots: str = ""                # folders (os.pathsep-separated) whose files clients
                                          # may name as inputs; default: the data dir
+    server: str = ""                     # the service `dhserve submit/status` talk to;
+                                         # default http://<bind>
+    # prometheus_client's multiprocess folder (its own variable name); None: `dhserve serve`
+    # and the Gunicorn master make <data dir>/run/metrics, fresh at each start
+    metrics_dir: Path | None = field(default=None,
+                                     metadata={"env": METRICS_DIR_ENV})
     # logs of the service's processes: <data dir>/log/dh.log, rotated by size
     log_max_mb: float = 50.0
     log_backups: int = 5
@@ -132,6 +139,11 @@ class Settings:
         return roots or [self.data_dir]
 
     @property
+    def metrics_path(self) -> Path:
+        """The multiprocess metrics folder the service's processes share (GET /metrics)."""
+        return Path(self.metrics_dir) if self.metrics_dir else self.data_dir / "run" / "metrics"
+
+    @property
     def log_path(self) -> Path:
         """The service's log file, shared by all its processes."""
         return self.data_dir / "log" / "dh.log"
@@ -145,6 +157,42 @@ class Settings:
     def database(self) -> str:
         """The job store's SQLAlchemy URL: DHSERVE_DATABASE_URL, else SQLite in the data dir."""
         return self.database_url or f"sqlite:///{(self.data_dir / 'dhserve.db').resolve()}"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What `dhserve submit/status` need of Settings: where the service is and its key. Read
+    on their own, so that a bad variable the client has no use for (DHSERVE_CRF=abc) does not
+    stop it."""
+
+    server: str = ""
+    api_key: str = field(default="", repr=False)
+    bind: str = Settings.bind
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 **overrides: Any) -> ClientSettings:
+        return cls(**_read_env(cls, environ, overrides))
+
+    @property
+    def server_url(self) -> str:
+        """Where a client finds the service: DHSERVE_SERVER, else this machine's bind address
+        (a wildcard bind is reached on loopback)."""
+        if self.server:
+            return self.server.rstrip("/")
+        host, _, port = self.bind.rpartition(":")
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1"
+        return f"http://{host}:{port}"
+
+
+def active_metrics_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The folder this process's metrics go to, as prometheus_client sees it (it reads the
+    variable itself on import, so this is process-wide, whatever Settings a caller holds);
+    None: a single process, prometheus_client's default registry."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(METRICS_DIR_ENV) or environ.get(METRICS_DIR_ENV.lower())
+    return Path(value) if value else None
 
 
 LAYOUTS = ("split", "all-in-one")

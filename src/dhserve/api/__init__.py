@@ -40,11 +40,11 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     settings.temp_dir.mkdir(parents=True, exist_ok=True)
     app.extensions[EXTENSION] = ApiContext(settings, store)
 
-    from dhserve.api import health, heygem, openapi, v1
+    from dhserve.api import health, heygem, metrics, openapi, ui, v1
 
     problems.install(app)
     auth.install(app, settings.api_key)
-    for module in (heygem, v1, health, openapi):
+    for module in (heygem, v1, health, openapi, ui, metrics):
         app.register_blueprint(module.blueprint)
     _install_body_limit(app)
     _install_access_log(app)

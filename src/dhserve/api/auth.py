@@ -1,5 +1,5 @@
-"""The optional API key: with DHSERVE_API_KEY set, every route but /livez needs
-`Authorization: Bearer <key>`."""
+"""The optional API key: with DHSERVE_API_KEY set, every route but /livez and the web page's
+own files (which hold no data) needs `Authorization: Bearer <key>`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import hmac
 
 from flask import Flask, Response, request
 
+from dhserve.api import ui
 from dhserve.api.problems import problem
 
-OPEN_ENDPOINTS = frozenset({"health.livez"})
+OPEN_ENDPOINTS = frozenset({"health.livez", *ui.OPEN_ENDPOINTS})
 
 
 def install(app: Flask, api_key: str) -> None:

@@ -7,20 +7,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from flask import current_app
+from flask import current_app, request
 
+from dhserve import metrics
 from dhserve.api.inputs import KINDS, check_media
 from dhserve.config import ServingSettings, Settings
 from dhserve.errors import InputError
-from dhserve.jobs.model import Job, JobSpec, WorkerInfo
+from dhserve.jobs.model import HEARTBEAT_STALE_FACTOR, Job, JobSpec, WorkerInfo
 from dhserve.jobs.options import check_job
 from dhserve.jobs.store import JobStore
 
 EXTENSION = "dhserve"
 # A job id is a file name too (HeyGem's <code>-r.mp4), so it is kept to safe characters.
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-# A worker counts as alive while its last heartbeat is younger than this many intervals.
-HEARTBEAT_STALE_FACTOR = 3.0
 
 
 @dataclass
@@ -44,6 +43,13 @@ class ApiContext:
 
     def submit(self, job_id: str, spec: JobSpec, record_refusal: bool = False,
                refused: InputError | None = None) -> tuple[Job, bool]:
+        job, created = self._submit(job_id, spec, record_refusal, refused)
+        if created:     # by API: the blueprint that took the request (heygem, v1, …)
+            metrics.JOBS_SUBMITTED.labels(request.blueprint or "other").inc()
+        return job, created
+
+    def _submit(self, job_id: str, spec: JobSpec, record_refusal: bool,
+                refused: InputError | None) -> tuple[Job, bool]:
         """The one way a job enters the queue from HTTP; returns (job, created).
 
         A replay (the id exists) is answered by the store alone: the same spec is the same

@@ -254,8 +254,28 @@ def document() -> dict[str, Any]:
                                                             "content": {"application/json": {
                                                                 "schema": {"type": "object"}}}},
                                                     **UNAUTHORIZED}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics (text format 0.0.4): jobs, queue, render "
+                           "workers, HTTP requests, process memory, GPUs",
+                "responses": {"200": {"description": "the metrics",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              **_problems(401)}}},
+            **PAGE_PATHS,
         },
     }
+
+
+def _page_file(summary: str, media: str) -> dict[str, Any]:
+    """The web page's files: open without the API key (they hold no data)."""
+    return {"get": {"summary": summary, "security": [{}],
+                    "responses": {"200": {"description": summary,
+                                          "content": {media: {}}},
+                                  "304": {"description": "not modified"}}}}
+
+
+PAGE_PATHS = {"/": _page_file("The web page: submit, follow and watch jobs", "text/html"),
+              "/ui/app.js": _page_file("The web page's script", "text/javascript"),
+              "/ui/app.css": _page_file("The web page's style sheet", "text/css")}
 
 
 @blueprint.get("/openapi.json")

@@ -2,14 +2,18 @@
 service will meet them — the Gunicorn config as Gunicorn loads it, the ONNX Runtime providers a
 session really gets, the models as they load — and says for each problem what to do.
 
-Nothing here is imported by the service itself; running the checks imports ONNX Runtime, PyAV
-and (when installed) PyTorch, but never makes a CUDA context through them in a way a forking
-server would inherit: the doctor is its own process.
+Nothing here is imported by the service itself. What could crash, hang or leave a CUDA
+context (an ONNX Runtime session on a GPU provider, asking torch about CUDA) runs in a child
+process (doctor.probes) with the environment the doctor was started with; the Gunicorn config
+is loaded here, as Gunicorn's master would load it, so that what it imports is seen. Only the
+groups asked for run, and what they share (NVML's view, the Gunicorn config) is read when one
+of them first needs it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dhserve.config import ServingSettings, Settings, diagnostic_environment
@@ -23,50 +27,51 @@ __all__ = ["GROUPS", "Check", "Report", "run_checks"]
 
 
 def run_checks(config: Path | None = None, data_dir: Path | None = None,
-               environ: Mapping[str, str] | None = None,
                groups: Iterable[str] | None = None) -> Report:
-    """Runs the checks (all groups, or `groups`), in GROUPS order. `config`: the Gunicorn
-    config file (default: what Gunicorn would pick, else `dhserve serve`'s own settings);
-    `environ`: the variables to read settings from (default: this process's)."""
+    """Runs the checks (all groups, or `groups`), in GROUPS order, on this process's
+    environment (the settings as the service reads them; the probes' child processes get it
+    as it is now). `config`: the Gunicorn config file (default: what Gunicorn would pick, else
+    `dhserve serve`'s own settings)."""
     from dhserve.doctor import checks as c
-    from dhserve.doctor.gunicorn import gunicorn_checks
-    from dhserve.doctor.providers import installed_distributions, onnxruntime_checks
-    from dhserve.runtime.gpu import gpu_summary
+    from dhserve.doctor.gunicorn import gunicorn_checks, loader
 
     wanted = set(groups or GROUPS)
     unknown = wanted - set(GROUPS)
     if unknown:
         raise ValueError(f"unknown check group(s) {', '.join(sorted(unknown))}; "
                          f"known: {', '.join(GROUPS)}")
+    environ = dict(os.environ)         # before loading a config file can change it
     settings_checks, settings, serving = _settings(environ, data_dir)
-    facts = Facts(settings, serving, diagnostic_environment(environ), gpu_summary())
+    facts = Facts(settings, serving, diagnostic_environment(environ), environ=environ,
+                  load_config=loader(config))
     found: dict[str, list[Check]] = {"system": settings_checks}
 
     def run(group: str, check: Callable[[], list[Check]]) -> None:
-        found.setdefault(group, []).extend(guarded(group, check))
+        if group in wanted:
+            found.setdefault(group, []).extend(guarded(group, check))
 
-    # The Gunicorn config first: it tells the other groups the plan and the bind, and what it
-    # imports is noticed only before the doctor imports ONNX Runtime itself.
-    run("gunicorn", lambda: gunicorn_checks(facts, config))
+    # The Gunicorn config first: what it imports is noticed only before the doctor imports
+    # ONNX Runtime itself.
+    run("gunicorn", lambda: gunicorn_checks(facts))
     run("system", lambda: c.system_checks(facts))
     run("gpu", lambda: c.gpu_checks(facts))
-    if "onnxruntime" in wanted:
-        run("onnxruntime", lambda: onnxruntime_checks(facts))
-    if "pytorch" in wanted:
-        run("pytorch", lambda: c.pytorch_checks(facts, _ort_cuda_major(installed_distributions())))
-    if "models" in wanted:
-        run("models", lambda: c.model_checks(facts))
-    if "media" in wanted:
-        run("media", lambda: c.media_checks(facts))
-    if "storage" in wanted:
-        run("storage", lambda: c.storage_checks(facts))
-    if "network" in wanted:
-        run("network", lambda: c.network_checks(facts))
+    run("onnxruntime", lambda: _onnxruntime(facts))
+    run("pytorch", lambda: c.pytorch_checks(facts, *_ort_cuda_majors()))
+    run("models", lambda: c.model_checks(facts))
+    run("media", lambda: c.media_checks(facts))
+    run("storage", lambda: c.storage_checks(facts))
+    run("network", lambda: c.network_checks(facts))
     return Report(tuple(check for group in GROUPS if group in wanted
                         for check in found.get(group, [])))
 
 
-def _settings(environ: Mapping[str, str] | None, data_dir: Path | None
+def _onnxruntime(facts: Facts) -> list[Check]:
+    from dhserve.doctor.providers import onnxruntime_checks
+
+    return onnxruntime_checks(facts)
+
+
+def _settings(environ: dict[str, str], data_dir: Path | None
               ) -> tuple[list[Check], Settings, ServingSettings | None]:
     """The settings as the service would read them; an invalid variable is an error line and
     the checks go on with the defaults."""
@@ -92,8 +97,14 @@ def _settings(environ: Mapping[str, str] | None, data_dir: Path | None
     return found, settings, serving
 
 
-def _ort_cuda_major(distributions: dict[str, str]) -> int | None:
+def _ort_cuda_majors() -> tuple[int | None, int]:
+    """The CUDA major onnxruntime-gpu needs (None: not installed), and the one the installed
+    onnxruntime's GPU build would need (12 when there is none)."""
+    from dhserve.doctor.providers import installed_distributions
     from dhserve.runtime.onnx import cuda_major_for_runtime
 
-    version = distributions.get("onnxruntime-gpu")
-    return cuda_major_for_runtime(version) if version else None
+    found = installed_distributions()
+    gpu = found.get("onnxruntime-gpu")
+    any_version = gpu or next(iter(found.values()), None)
+    return (cuda_major_for_runtime(gpu) if gpu else None,
+            cuda_major_for_runtime(any_version) if any_version else 12)

@@ -12,8 +12,7 @@ import os
 import platform
 import shutil
 import sys
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,10 @@ DISK_ERROR_BYTES = 500 * MIB       # one render's output and its temporary file 
 RAM_WARN_BYTES = 2 * GIB           # MediaPipe + ONNX Runtime + frame cache of one render
 GPU_FREE_WARN_MB = 2048            # CUDA context (~0.5 GB) + models + cuDNN workspace
 SUPPORTED_PYTHON = ((3, 10), (3, 12))   # mediapipe 0.10.21 wheels exist for these
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # never http_proxy
+TORCH_PROBE_TIMEOUT_S = 120.0      # importing torch with its CUDA libraries takes seconds
+# The PyTorch wheel index for a CUDA major (the one onnxruntime-gpu needs, so both load the
+# same CUDA libraries)
+TORCH_INDEX = {12: "cu126", 13: "cu130"}
 
 
 @dataclass(frozen=True)
@@ -51,18 +53,58 @@ class Check:
             raise ValueError(f"status must be ok, warning or error; got {self.status!r}")
 
 
-@dataclass
 class Facts:
-    """What every check may look at, read once: the settings (from the environment, as the
-    service would read them), the other variables that matter, NVML's view of the GPUs, and
-    what the Gunicorn check learns of the serving plan and the bind address."""
+    """What the checks look at, each read once and only when a check first asks: the settings
+    (from the environment, as the service would read them), the other variables that matter,
+    the environment itself (given to the probes the doctor runs as child processes), NVML's
+    view of the GPUs, and the Gunicorn configuration with dhserve's serving plan in it.
 
-    settings: Settings
-    serving: ServingSettings | None
-    variables: dict[str, str | None]
-    gpu: dict[str, Any]
-    plan: Any = None                     # dhserve.serving.plan.ServingPlan, once known
-    binds: list[str] = field(default_factory=list)
+    `gpu` may be given as data (an NVML summary, as tests and pure decisions do); `load_config`
+    returns a doctor.gunicorn.LoadedConfig (none: no configuration, no plan)."""
+
+    def __init__(self, settings: Settings, serving: ServingSettings | None,
+                 variables: dict[str, str | None], gpu: dict[str, Any] | None = None,
+                 environ: Mapping[str, str] | None = None,
+                 load_config: Callable[[Facts], Any] | None = None):
+        self.settings = settings
+        self.serving = serving
+        self.variables = variables
+        self.environ = dict(os.environ if environ is None else environ)
+        self._gpu = gpu
+        self._load_config = load_config
+        self._config: Any = None
+        self._config_loaded = load_config is None
+
+    @property
+    def gpu(self) -> dict[str, Any]:
+        if self._gpu is None:
+            self._gpu = read_gpus()
+        return self._gpu
+
+    @property
+    def config(self) -> Any:
+        """The Gunicorn configuration, loaded the first time a check asks."""
+        if not self._config_loaded:
+            self._config_loaded = True
+            self._config = self._load_config(self)
+        return self._config
+
+    @property
+    def plan(self) -> Any:
+        """dhserve's serving plan (serving.plan.ServingPlan) in the configuration; None when
+        it has none or could not be loaded."""
+        return getattr(self.config, "plan", None)
+
+    @property
+    def binds(self) -> list[str]:
+        """Where the server will listen: the configuration's binds, else the settings'."""
+        cfg = getattr(self.config, "cfg", None)
+        if cfg is not None:
+            return list(cfg.bind)
+        if self.plan is not None:
+            return [self.plan.bind]
+        return [(self.serving.bind if self.serving is not None else None)
+                or self.settings.bind]
 
     def cuda_renderers(self) -> list[str]:
         """What makes renders run on CUDA here: DHSERVE_DEVICE, or a serving plan that puts
@@ -100,6 +142,18 @@ def guarded(group: str, run: Callable[[], list[Check]], name: str = "check") -> 
         return [failed(group, name, exc)]
 
 
+def read_gpus() -> dict[str, Any]:
+    """NVML's summary (runtime.gpu); a failure beyond NVML's own errors (which it reports as
+    `reason`) is kept as `error` for the gpu group to report, never raised."""
+    try:
+        from dhserve.runtime.gpu import gpu_summary
+
+        return gpu_summary()
+    except Exception as exc:  # noqa: BLE001 - a broken driver or pynvml must not end the run
+        said = f"{type(exc).__name__}: {first_line(exc)}"
+        return {"available": False, "reason": f"NVML failed ({said})", "error": said}
+
+
 def failed(group: str, name: str, exc: BaseException) -> Check:
     return Check(group, name, ERROR,
                  f"the check itself failed: {type(exc).__name__}: {first_line(exc)}",
@@ -119,8 +173,6 @@ def existing_parent(path: Path) -> Path:
 
 
 def system_checks(facts: Facts) -> list[Check]:
-    import psutil
-
     checks = []
     version = sys.version_info[:2]
     low, high = SUPPORTED_PYTHON
@@ -146,34 +198,41 @@ def system_checks(facts: Facts) -> list[Check]:
     checks.append(Check("system", "cpus", OK,
                         f"{os.cpu_count()} CPUs, {usable} usable by this process",
                         data={"count": os.cpu_count(), "usable": usable}))
+    checks.extend(guarded("system", _memory, "memory"))
+    checks.extend(guarded("system", lambda: [_disk(facts.settings.data_dir)], "disk"))
+    return checks
+
+
+def _memory() -> list[Check]:
+    import psutil
+
     memory = psutil.virtual_memory()
     mem_text = (f"{memory.total / GIB:.1f} GiB RAM, {memory.available / GIB:.1f} GiB "
                 "available")
     mem_data = {"total_bytes": memory.total, "available_bytes": memory.available}
     if memory.available < RAM_WARN_BYTES:
-        checks.append(Check("system", "memory", WARNING, mem_text,
-                            "a render needs about 1–2 GiB (MediaPipe, ONNX Runtime, the frame "
-                            "cache); free memory, or lower DHSERVE_FRAME_CACHE_MB and "
-                            "GUNICORN_MAX_MEMORY so workers recycle before the OOM killer "
-                            "strikes", data=mem_data))
-    else:
-        checks.append(Check("system", "memory", OK, mem_text, data=mem_data))
-    data_dir = facts.settings.data_dir
+        return [Check("system", "memory", WARNING, mem_text,
+                      "a render needs about 1–2 GiB (MediaPipe, ONNX Runtime, the frame "
+                      "cache); free memory, or lower DHSERVE_FRAME_CACHE_MB and "
+                      "GUNICORN_MAX_MEMORY so workers recycle before the OOM killer "
+                      "strikes", data=mem_data)]
+    return [Check("system", "memory", OK, mem_text, data=mem_data)]
+
+
+def _disk(data_dir: Path) -> Check:
     where = existing_parent(data_dir)
     usage = shutil.disk_usage(where)
     disk_text = (f"{usage.free / GIB:.1f} GiB free of {usage.total / GIB:.1f} GiB at "
                  f"{where} (data dir {data_dir.absolute()})")
     disk_data = {"path": str(where), "free_bytes": usage.free, "total_bytes": usage.total}
     if usage.free < DISK_WARN_BYTES:
-        checks.append(Check(
+        return Check(
             "system", "disk", ERROR if usage.free < DISK_ERROR_BYTES else WARNING, disk_text,
             "results, uploads and the template cache live in the data dir; free space there, "
             "lower DHSERVE_RETENTION_DAYS (finished jobs and their files are deleted after it) "
             "or point DHSERVE_DATA_DIR at a larger disk",
-            f"du -sh {data_dir}/* ; export DHSERVE_RETENTION_DAYS=2", data=disk_data))
-    else:
-        checks.append(Check("system", "disk", OK, disk_text, data=disk_data))
-    return checks
+            f"du -sh {data_dir}/* ; export DHSERVE_RETENTION_DAYS=2", data=disk_data)
+    return Check("system", "disk", OK, disk_text, data=disk_data)
 
 
 # -- GPU --------------------------------------------------------------------------------------
@@ -187,6 +246,12 @@ def gpu_checks(facts: Facts) -> list[Check]:
     asks = facts.gpu_requests()
     devices = gpu.get("devices", []) if gpu.get("available") else []
     checks = []
+    if "error" in gpu:
+        checks.append(Check("gpu", "nvml", ERROR, f"reading the GPUs failed: {gpu['error']}",
+                            "NVML (the driver's management library) or nvidia-ml-py is broken "
+                            "here: `nvidia-smi` shows whether the driver answers; reinstall "
+                            "the driver, or nvidia-ml-py from requirements.lock",
+                            "nvidia-smi", data={"nvml": gpu}))
     if not devices:
         reason = gpu.get("reason", "NVML sees no device")
         if asks:
@@ -241,14 +306,16 @@ def _visibility(variables: dict[str, str | None], devices: list[dict[str, Any]],
     shown = f"CUDA_VISIBLE_DEVICES={'unset' if cuda is None else repr(cuda)}, " \
             f"NVIDIA_VISIBLE_DEVICES={'unset' if nvidia is None else repr(nvidia)}"
     if cuda is not None:
-        entries = _index_list(cuda)
-        if any(not e.isdigit() for e in entries):
+        from dhserve.serving.plan import ServingConfigError, visible_indices
+
+        try:
+            entries = visible_indices(cuda)
+        except ServingConfigError as exc:     # `dhserve serve` refuses it with this message
             return Check("gpu", "visibility", ERROR,
-                         f"{shown}: names GPUs by UUID or MIG id",
-                         "dhserve picks GPUs by NVML index and pins each renderer itself; name "
-                         "them with DHSERVE_GPUS=0,1 and leave CUDA_VISIBLE_DEVICES unset",
-                         "unset CUDA_VISIBLE_DEVICES; export DHSERVE_GPUS=0", data=data)
-        missing = [e for e in entries if int(e) >= len(devices)]
+                         f"{shown}: not a list of GPU indices (a UUID or MIG id?)",
+                         exc.message, "unset CUDA_VISIBLE_DEVICES; export DHSERVE_GPUS=0",
+                         data=data)
+        missing = [e for e in entries if e >= len(devices)]
         if missing:
             return Check("gpu", "visibility", ERROR,
                          f"{shown}: NVML sees {len(devices)} GPU(s), so GPU {missing[0]} does "
@@ -285,7 +352,7 @@ def _visibility(variables: dict[str, str | None], devices: list[dict[str, Any]],
                          "the runtime mounts exactly these GPUs: check the container's "
                          "--gpus / NVIDIA_VISIBLE_DEVICES against `nvidia-smi -L`",
                          "nvidia-smi -L", data=data)
-    if cuda is not None and not _index_list(cuda):
+    if cuda is not None and not cuda.strip():
         return Check("gpu", "visibility", OK, f"{shown}: every GPU hidden from CUDA (CPU mode)",
                      data=data)
     return Check("gpu", "visibility", OK,
@@ -294,39 +361,52 @@ def _visibility(variables: dict[str, str | None], devices: list[dict[str, Any]],
 
 # -- PyTorch ----------------------------------------------------------------------------------
 
-def pytorch_checks(facts: Facts, onnxruntime_cuda_major: int | None = None) -> list[Check]:
-    """Only where torch is installed; it is imported with PyTorch's NVML-based availability
-    check, so asking whether CUDA is there does not initialise it (the fork-safe way)."""
+def pytorch_checks(facts: Facts, onnxruntime_cuda_major: int | None = None,
+                   wheel_cuda_major: int = 12) -> list[Check]:
+    """Only where torch is installed. torch is asked about CUDA in a child process with the
+    environment the doctor was started with (doctor.probes): whether that initialised CUDA is
+    what a forking server would meet. `onnxruntime_cuda_major`: the CUDA major onnxruntime-gpu
+    needs (None: not installed); `wheel_cuda_major`: the one to suggest for torch."""
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
         return [Check("pytorch", "torch", OK, "not installed (dhserve renders with ONNX "
                       "Runtime; PyTorch is optional)", data={"installed": False})]
-    if "torch" not in sys.modules:
-        from dhserve.serving.cuda_guard import NVML_CHECK
+    from dhserve.doctor import probes
 
-        os.environ[NVML_CHECK[0]] = NVML_CHECK[1]     # read by torch when imported
-    import torch
+    result = probes.run(["torch"], facts.environ, TORCH_PROBE_TIMEOUT_S)
+    answer = result.answer or {}
+    if result.problem or "error" in answer:
+        said = result.problem or answer["error"]
+        return [Check("pytorch", "torch", ERROR, f"torch is installed but asking it about CUDA "
+                      f"failed: {said}", "a broken or mismatched torch install (its own log is "
+                      "in --json, data.log): reinstall it, or uninstall it (dhserve does not "
+                      "need it)", "pip uninstall -y torch",
+                      data={"installed": True, "problem": said, "log": result.log[-20:]})]
+    return pytorch_verdict(facts, answer, onnxruntime_cuda_major, wheel_cuda_major)
 
-    cuda_build = torch.version.cuda
-    available = bool(torch.cuda.is_available())
-    count = torch.cuda.device_count() if available else 0
-    initialised = bool(torch.cuda.is_initialized())
-    data = {"installed": True, "version": torch.__version__, "cuda_build": cuda_build,
-            "cuda_available": available, "device_count": count,
-            "cuda_initialised_by_check": initialised,
-            "PYTORCH_NVML_BASED_CUDA_CHECK": facts.variables.get("PYTORCH_NVML_BASED_CUDA_CHECK")}
-    text = (f"torch {torch.__version__}, " + (f"CUDA {cuda_build} build" if cuda_build
-                                             else "CPU-only build")
-            + f", CUDA available (NVML check): {available}, {count} device(s)")
+
+def pytorch_verdict(facts: Facts, torch: dict[str, Any], onnxruntime_cuda_major: int | None,
+                    wheel_cuda_major: int = 12) -> list[Check]:
+    """The pytorch lines from what the probe found (`torch`: version, cuda_build,
+    cuda_available, device_count, cuda_initialised), the GPUs NVML sees and the variables."""
+    nvml_check = facts.variables.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    cuda_build = torch.get("cuda_build")
+    available, count = torch.get("cuda_available"), torch.get("device_count", 0)
+    data = {"installed": True, **torch, "PYTORCH_NVML_BASED_CUDA_CHECK": nvml_check}
+    text = (f"torch {torch.get('version')}, " + (f"CUDA {cuda_build} build" if cuda_build
+                                                 else "CPU-only build")
+            + f", CUDA available: {available}, {count} device(s)")
     checks = []
     gpus = facts.gpu.get("devices", []) if facts.gpu.get("available") else []
+    index = TORCH_INDEX.get(wheel_cuda_major, f"cu{wheel_cuda_major}0")
     if cuda_build is None and gpus:
         checks.append(Check("pytorch", "torch", WARNING, text,
                             "this machine has a GPU but torch is the CPU build; if anything "
-                            "here uses torch on the GPU, install the CUDA build",
-                            "pip install torch --index-url https://download.pytorch.org/whl/cu124",
-                            data=data))
+                            "here uses torch on the GPU, install the CUDA build for the CUDA "
+                            f"major onnxruntime-gpu uses ({wheel_cuda_major})",
+                            f"pip install torch --index-url https://download.pytorch.org/whl/"
+                            f"{index}", data=data))
     elif gpus and not available:
         checks.append(Check("pytorch", "torch", WARNING, text,
                             "torch does not see the GPUs NVML sees: check "
@@ -343,14 +423,36 @@ def pytorch_checks(facts: Facts, onnxruntime_cuda_major: int | None = None) -> l
             f"{onnxruntime_cuda_major}",
             "importing torch first loads its CUDA libraries, and ONNX Runtime's CUDA provider "
             "then fails to load its own major; use an onnxruntime-gpu and a torch built for the "
-            "same CUDA major", data={"torch": cuda_build, "onnxruntime": onnxruntime_cuda_major}))
-    if initialised:
-        checks.append(Check("pytorch", "fork safety", ERROR,
-                            "asking torch about CUDA initialised CUDA in this process",
-                            "set PYTORCH_NVML_BASED_CUDA_CHECK=1 (PyTorch >= 1.14) wherever a "
-                            "process forks workers after asking torch.cuda.is_available(): "
-                            "the Gunicorn master, app_production.py",
-                            "export PYTORCH_NVML_BASED_CUDA_CHECK=1", data=data))
+            "same CUDA major", f"pip install torch --index-url "
+            f"https://download.pytorch.org/whl/{index}",
+            data={"torch": cuda_build, "onnxruntime": onnxruntime_cuda_major}))
+    evidence = torch.get("cuda_initialised")
+    where = ("the Gunicorn master, app_production.py, anything that asks "
+             "torch.cuda.is_available() and then forks workers")
+    if nvml_check != "1":
+        shown = "unset" if nvml_check is None else f"{nvml_check!r}"
+        checks.append(Check(
+            "pytorch", "fork safety", WARNING,
+            f"PYTORCH_NVML_BASED_CUDA_CHECK is {shown}: torch.cuda.is_available() initialises "
+            "CUDA in the process that asks" + (f" (it did here: {evidence})" if evidence else ""),
+            f"export PYTORCH_NVML_BASED_CUDA_CHECK=1 (PyTorch >= 2.0) wherever a process asks "
+            f"torch about CUDA and then forks: {where}; workers forked from it inherit a CUDA "
+            "they cannot use (\"Cannot re-initialize CUDA in forked subprocess\"). dhserve's "
+            "own Gunicorn hooks set it for the master they run in",
+            "export PYTORCH_NVML_BASED_CUDA_CHECK=1", data=data))
+    elif evidence:
+        checks.append(Check(
+            "pytorch", "fork safety", ERROR,
+            f"with PYTORCH_NVML_BASED_CUDA_CHECK=1, asking torch about CUDA still initialised "
+            f"CUDA ({evidence})",
+            "this torch ignores the variable (it needs PyTorch >= 2.0): upgrade torch, or ask "
+            f"NVML (nvidia-ml-py) instead of torch in {where}",
+            f"pip install \"torch>=2.0\" --index-url https://download.pytorch.org/whl/{index}",
+            data=data))
+    else:
+        checks.append(Check("pytorch", "fork safety", OK,
+                            "PYTORCH_NVML_BASED_CUDA_CHECK=1: asking torch about CUDA does not "
+                            "initialise it", data=data))
     return checks
 
 
@@ -420,10 +522,7 @@ REQUIRED_ENCODERS = ("libx264", "aac")
 def media_checks(facts: Facts, encoders: tuple[str, ...] = REQUIRED_ENCODERS) -> list[Check]:
     """The encoders dhserve writes with, present and working (a real 2-frame MP4 in memory);
     NVENC shown where this FFmpeg has it (dhserve does not need it)."""
-    import io
-
     import av
-    import numpy as np
 
     versions = getattr(av, "library_versions", {})
     checks = [Check("media", "pyav", OK,
@@ -446,36 +545,52 @@ def media_checks(facts: Facts, encoders: tuple[str, ...] = REQUIRED_ENCODERS) ->
         checks.append(Check("media", name, OK, f"encoder {name} ({codec.long_name})",
                             data={"codec": name}))
     if all(c.status == OK for c in checks):
-        buffer = io.BytesIO()
-        with av.open(buffer, "w", format="mp4") as container:
-            video = container.add_stream("libx264", rate=25)
-            video.width = video.height = 64
-            video.pix_fmt = "yuv420p"
-            audio = container.add_stream("aac", rate=16000)
-            for i in range(2):
-                frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 80 * i, np.uint8),
-                                                   format="rgb24")
-                frame.pts = i
-                container.mux(video.encode(frame))
-            container.mux(video.encode(None))
-            sound = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                               layout="mono")
-            sound.sample_rate, sound.pts = 16000, 0
-            container.mux(audio.encode(sound))
-            container.mux(audio.encode(None))
-        checks.append(Check("media", "encode", OK,
-                            f"libx264 + aac wrote a {len(buffer.getvalue())}-byte MP4",
-                            data={"bytes": len(buffer.getvalue())}))
+        checks.extend(guarded("media", _encode, "encode"))
+    checks.extend(guarded("media", lambda: [_nvenc(facts)], "h264_nvenc"))
+    return checks
+
+
+def _encode() -> list[Check]:
+    """A real 2-frame H.264 + AAC MP4, written in memory."""
+    import io
+
+    import av
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream("aac", rate=16000)
+        for i in range(2):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 80 * i, np.uint8),
+                                               format="rgb24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        sound = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                           layout="mono")
+        sound.sample_rate, sound.pts = 16000, 0
+        container.mux(audio.encode(sound))
+        container.mux(audio.encode(None))
+    return [Check("media", "encode", OK,
+                  f"libx264 + aac wrote a {len(buffer.getvalue())}-byte MP4",
+                  data={"bytes": len(buffer.getvalue())})]
+
+
+def _nvenc(facts: Facts) -> Check:
+    import av
+
     try:
         av.codec.Codec("h264_nvenc", "w")
         nvenc = "compiled into this FFmpeg"
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - UnknownCodecError and kin
         nvenc = "not in this FFmpeg"
     gpus = facts.gpu.get("available")
-    checks.append(Check("media", "h264_nvenc", OK,
-                        f"h264_nvenc {nvenc}" + ("" if gpus else "; no GPU, so not usable") +
-                        " (dhserve encodes with libx264 either way)", data={"nvenc": nvenc}))
-    return checks
+    return Check("media", "h264_nvenc", OK,
+                 f"h264_nvenc {nvenc}" + ("" if gpus else "; no GPU, so not usable") +
+                 " (dhserve encodes with libx264 either way)", data={"nvenc": nvenc})
 
 
 # -- storage and queue ------------------------------------------------------------------------
@@ -488,15 +603,13 @@ def storage_checks(facts: Facts) -> list[Check]:
 
 
 def _data_dir(data_dir: Path) -> Check:
+    from dhserve.serving.launcher import write_error
+
     where = data_dir.absolute()
     data = {"path": str(where)}
-    try:
-        created = not where.exists()
-        where.mkdir(parents=True, exist_ok=True)      # what `dhserve serve` does first
-        probe = where / f".dhserve-doctor-{os.getpid()}"
-        probe.write_bytes(b"probe")
-        probe.unlink()
-    except OSError as exc:
+    created = not where.exists()
+    exc = write_error(where)          # what `dhserve serve` does first
+    if exc is not None:
         return Check("storage", "data dir", ERROR,
                      f"{where}: not writable ({type(exc).__name__}: {exc.strerror or exc})",
                      "dhserve writes uploads, results, the template cache, the SQLite store and "
@@ -543,7 +656,7 @@ def _database(settings: Settings) -> list[Check]:
     head = migrate.head()
     data.update(schema=current, head=head)
     checks = [Check("storage", "database", OK, f"{shown}: reachable", data=data)]
-    known = _known_revisions()
+    known = migrate.revisions()
     if current is None:
         checks.append(Check("storage", "schema", OK, "no dhserve tables yet (created on the "
                             "first start of `dhserve serve` or `dhserve worker`)", data=data))
@@ -568,17 +681,6 @@ def _database(settings: Settings) -> list[Check]:
     return checks
 
 
-def _known_revisions() -> set[str]:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    from dhserve.jobs.migrate import MIGRATIONS
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
-
-
 def _queue(settings: Settings, url: str) -> list[Check]:
     from dhserve.jobs import JobStore
     from dhserve.jobs.model import JobState
@@ -587,6 +689,8 @@ def _queue(settings: Settings, url: str) -> list[Check]:
     try:
         counts = store.counts()
         registered = store.workers()
+        held = {job.worker_id: job.id for job in store.list(JobState.RUNNING, limit=10_000)
+                if job.worker_id}
         now = store.now()
     finally:
         store.close()
@@ -612,20 +716,29 @@ def _queue(settings: Settings, url: str) -> list[Check]:
     listing = "; ".join(f"{w.id} on {w.device} {w.state}, heartbeat {age:.0f} s ago"
                         for w, age in [*alive, *silent])
     data = {"workers": workers, "lease_seconds": settings.lease_seconds}
-    if silent:
+    stuck = [(w, held[w.id]) for w, _ in silent if w.id in held]
+    gone = (f"; {len(silent)} silent for longer than the lease ({settings.lease_seconds:g} s): "
+            "gone workers' rows, harmless, removed with old jobs" if silent else "")
+    if stuck:
         worker = Check("storage", "workers", WARNING,
-                       f"{len(silent)} worker(s) silent for longer than the lease "
-                       f"({settings.lease_seconds:g} s): {listing}",
+                       f"{len(stuck)} silent worker(s) hold a running job ("
+                       + ", ".join(f"{job} on {w.id}" for w, job in stuck)
+                       + f"): {listing}",
                        "a silent worker crashed or lost its machine; its job is requeued when "
-                       "the lease expires. Look at <data dir>/log/dh.log on its host; rows of "
-                       "workers that are gone are harmless", data=data)
+                       "the lease expires (DHSERVE_LEASE_SECONDS) and another worker renders "
+                       "it. Look at <data dir>/log/dh.log on its host", data=data)
     elif depth and not alive:
         worker = Check("storage", "workers", WARNING,
                        f"{depth} job(s) wait and no render worker heartbeats",
                        "start the service (`dhserve serve`) or a render worker "
                        "(`dhserve worker`) against this database", "dhserve worker", data=data)
     elif alive:
-        worker = Check("storage", "workers", OK, f"{len(alive)} alive: {listing}", data=data)
+        worker = Check("storage", "workers", OK, f"{len(alive)} alive{gone}: {listing}",
+                       data=data)
+    elif silent:
+        worker = Check("storage", "workers", OK,
+                       f"none alive (none needed while nothing waits){gone}: {listing}",
+                       data=data)
     else:
         worker = Check("storage", "workers", OK,
                        "no render worker registered (none needed while nothing waits)",
@@ -638,9 +751,7 @@ def _queue(settings: Settings, url: str) -> list[Check]:
 def network_checks(facts: Facts) -> list[Check]:
     from dhserve.serving.plan import exposed_without_key
 
-    fallback = (facts.plan.bind if facts.plan is not None else
-                (facts.serving.bind if facts.serving is not None else None) or facts.settings.bind)
-    binds = facts.binds or [fallback]
+    binds = facts.binds
     checks = []
     for bind in binds:
         suffix = f" {bind}" if len(binds) > 1 else ""
@@ -663,18 +774,29 @@ def network_checks(facts: Facts) -> list[Check]:
 
 
 def _port(bind: str, name: str) -> Check:
-    from dhserve.serving.launcher import _bindable, base_url
+    from dhserve.serving.launcher import answers_livez, base_url, bindable
 
     data: dict[str, Any] = {"bind": bind}
-    if _bindable(bind):
+    if bindable(bind):
         return Check("network", name, OK, f"{bind}: free", data={**data, "free": True})
     if bind.startswith("unix:"):
-        return Check("network", name, WARNING, f"{bind}: the socket file exists",
-                     "a server is on it, or a stale file is left: stop the server, or remove "
-                     "the file", f"rm {bind[5:]}", data={**data, "free": False})
+        data["free"] = False
+        if answers_livez(bind):          # it connects: a server listens there
+            return Check("network", name, OK,
+                         f"{bind}: a server listens on it (a running dhserve, if this is "
+                         "its socket)", data={**data, "listening": True})
+        return Check("network", name, WARNING,
+                     f"{bind}: the file exists but nothing accepts connections on it",
+                     "a stale socket left by a server that was killed: Gunicorn cannot bind "
+                     "it until it is removed", f"rm {bind[5:]}",
+                     data={**data, "listening": False})
+    # /livez's JSON tells dhserve from another server that answers there
+    import urllib.request
+
     url = f"{base_url(bind)}/livez"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # no http_proxy
     try:
-        with _DIRECT.open(url, timeout=3) as response:
+        with direct.open(url, timeout=3) as response:
             answer = json.loads(response.read(1000) or b"null")
     except (OSError, ValueError):
         answer = None

@@ -5,7 +5,11 @@ The file is executed the way `gunicorn -c FILE` executes it (Gunicorn's own load
 GUNICORN_CMD_ARGS is applied over it (Gunicorn's precedence). Loading a file runs its code:
 dhserve's own gunicorn.conf.py only builds settings and starts nothing; what a file imports
 (a model framework, CUDA) is noticed and reported, because the Gunicorn master would do the
-same before forking its workers.
+same before forking its workers. GUNICORN_CMD_ARGS and the variables the file reads come from
+this process's environment, as they would for Gunicorn.
+
+Gunicorn is imported only here, when a configuration is loaded: where it cannot be imported
+(Windows, a broken install) that is a finding, and `dhserve serve` falls back to Flask.
 """
 
 from __future__ import annotations
@@ -15,14 +19,12 @@ import io
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gunicorn.app.base import Application
-from gunicorn.config import Config
-
-from dhserve.doctor.checks import ERROR, OK, WARNING, Check, Facts
+from dhserve.doctor.checks import ERROR, OK, WARNING, Check, Facts, guarded
 from dhserve.errors import first_line
 from dhserve.serving.cuda_guard import ENGINE_MODULES, REMEDY, cuda_initialised_here
 from dhserve.serving.hooks import EXIT_MARGIN_S, ServingHooks
@@ -38,7 +40,7 @@ class LoadedConfig:
     """A Gunicorn configuration, loaded, with what loading it did."""
 
     source: str                          # the file, or BUILT_IN
-    cfg: Config | None                   # None: it could not be loaded
+    cfg: Any                             # gunicorn.config.Config; None: it could not be loaded
     plan: Any = None                     # dhserve's ServingPlan, read from its hooks
     problem: str | None = None           # why it could not be loaded
     imported: list[str] = field(default_factory=list)   # model frameworks the file imported
@@ -53,28 +55,40 @@ class LoadedConfig:
         return values
 
 
-class _Reader(Application):
-    """Gunicorn's loading without the command line: the file, then GUNICORN_CMD_ARGS over it.
-    Nothing is started: Application.run() is never called."""
+def _read(path: Path) -> Any:
+    """Gunicorn's loading without the command line: the file, then GUNICORN_CMD_ARGS over it;
+    its Config. Nothing is started (Application.run() is never called), and sys.path is left
+    as it was found."""
+    from gunicorn.app.base import Application
 
-    def __init__(self, path: Path | None):
-        self.path = path
-        super().__init__()
-
-    def load_config(self) -> None:
-        parser = self.cfg.parser()
-        env_args = parser.parse_args(self.cfg.get_cmd_args_from_env())
-        path = self.path or (Path(env_args.config) if env_args.config else None)
-        if path is not None:
+    class Reader(Application):
+        def load_config(self) -> None:
+            parser = self.cfg.parser()
+            env_args = parser.parse_args(self.cfg.get_cmd_args_from_env())
             if os.getcwd() not in sys.path:       # as Gunicorn's chdir() does
                 sys.path.insert(0, os.getcwd())
             self.load_config_from_file(str(path))
-        for key, value in vars(env_args).items():
-            if value is not None and key not in ("args", "config"):
-                self.cfg.set(key.lower(), value)
+            for key, value in vars(env_args).items():
+                if value is not None and key not in ("args", "config"):
+                    self.cfg.set(key.lower(), value)
 
-    def load(self) -> None:   # pragma: no cover - the doctor never loads the app
-        raise RuntimeError("the doctor does not load the application")
+        def load(self) -> None:   # pragma: no cover - the doctor never loads the app
+            raise RuntimeError("the doctor does not load the application")
+
+    saved = list(sys.path)
+    try:
+        return Reader().cfg
+    finally:
+        sys.path[:] = saved
+
+
+def _gunicorn_missing() -> str | None:
+    """Why Gunicorn cannot be imported here (None: it can)."""
+    try:
+        import gunicorn.config  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - ImportError, or what its import raises
+        return f"Gunicorn cannot be imported ({type(exc).__name__}: {first_line(exc)})"
+    return None
 
 
 def config_path(explicit: Path | None, cmd_args: str | None) -> Path | None:
@@ -86,9 +100,11 @@ def config_path(explicit: Path | None, cmd_args: str | None) -> Path | None:
         return explicit
     if cmd_args:
         try:
+            from gunicorn.config import Config
+
             with contextlib.redirect_stderr(io.StringIO()):
                 parsed = Config().parser().parse_args(shlex.split(cmd_args))
-        except (SystemExit, ValueError):     # reported when the file is loaded with them
+        except (Exception, SystemExit):  # noqa: BLE001 - reported when the file is loaded
             parsed = None
         if parsed is not None and parsed.config:
             return Path(parsed.config)
@@ -104,12 +120,15 @@ def load(path: Path | None, facts: Facts) -> LoadedConfig:
     source = str(path.absolute())
     if not path.is_file():
         return LoadedConfig(source, None, problem=f"{path}: no such file")
+    missing = _gunicorn_missing()
+    if missing:
+        return LoadedConfig(source, None, problem=missing)
     before = set(sys.modules)
     had_cuda = cuda_initialised_here()
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
-            reader = _Reader(path)
+            cfg = _read(path)
     except SystemExit as exc:
         text = " … ".join(line.strip() for line in said.getvalue().splitlines()
                           if line.strip() and not line.startswith("  File "))[-600:]
@@ -118,14 +137,13 @@ def load(path: Path | None, facts: Facts) -> LoadedConfig:
     except Exception as exc:  # noqa: BLE001 - a file that raises past Gunicorn's own handler
         return LoadedConfig(source, None,
                             problem=f"{type(exc).__name__}: {first_line(exc)}")
-    cfg = reader.cfg
     imported = [m for m in ENGINE_MODULES if m in sys.modules and m not in before]
     cuda = None if had_cuda else cuda_initialised_here()
     return LoadedConfig(source, cfg, plan=_plan_of(cfg), imported=imported, cuda=cuda,
                         cmd_args=bool(cfg.get_cmd_args_from_env()))
 
 
-def _plan_of(cfg: Config) -> Any:
+def _plan_of(cfg: Any) -> Any:
     """dhserve's plan, when the config's hooks are dhserve's (they carry the plan they judge
     with); None for a configuration without them."""
     hook = cfg.settings["when_ready"].get()
@@ -134,33 +152,48 @@ def _plan_of(cfg: Config) -> Any:
 
 
 def _built_in(facts: Facts) -> LoadedConfig:
+    """The plan's Gunicorn options (what serving.web gives Gunicorn, less the hooks and the
+    log set-up, which make folders and judge nothing here)."""
     from dhserve.serving.plan import ServingConfigError, plan_serving
-    from dhserve.serving.web import gunicorn_settings
 
     if facts.serving is None:
         return LoadedConfig(BUILT_IN, None, problem="the serving settings are invalid (see "
-                                                    "system.settings)")
+                                                    "system/serving settings)")
     try:
         plan = plan_serving(facts.settings, facts.serving, "split", gpu=facts.gpu)
     except ServingConfigError as exc:
         return LoadedConfig(BUILT_IN, None, problem=exc.message)
-    try:
-        options = gunicorn_settings(facts.settings, plan)
-    except OSError:       # no log dir in an unusable data dir: storage/data dir says why
-        options = {**plan.gunicorn_options(), **ServingHooks(facts.settings, plan).as_options()}
+    missing = _gunicorn_missing()
+    if missing:                   # the plan still holds: `dhserve serve` falls back to Flask
+        return LoadedConfig(BUILT_IN, None, plan=plan, problem=missing)
+    from gunicorn.config import Config
+
     cfg = Config()
-    for key, value in options.items():
-        if key in cfg.settings:
+    for key, value in plan.gunicorn_options().items():
+        if key in cfg.settings:          # control_socket_disable: Gunicorn >= 25
             cfg.set(key, value)
     return LoadedConfig(BUILT_IN, cfg, plan=plan)
 
 
-def gunicorn_checks(facts: Facts, explicit: Path | None = None) -> list[Check]:
-    """Loads the configuration (`explicit`: --config), tells `facts` the plan and the bind,
-    judges the settings."""
-    loaded = load(config_path(explicit, facts.variables.get("GUNICORN_CMD_ARGS")), facts)
+def loader(explicit: Path | None = None) -> Callable[[Facts], LoadedConfig]:
+    """What Facts calls, once, when a check first needs the configuration (`explicit`:
+    --config)."""
+    return lambda facts: load(config_path(explicit, facts.variables.get("GUNICORN_CMD_ARGS")),
+                              facts)
+
+
+def gunicorn_checks(facts: Facts) -> list[Check]:
+    """Judges the configuration Facts loaded."""
+    loaded = facts.config
     data = {"source": loaded.source, "settings": _jsonable(loaded.settings()),
             "gunicorn_cmd_args": facts.variables.get("GUNICORN_CMD_ARGS")}
+    if loaded.cfg is None and loaded.plan is not None:
+        return [Check("gunicorn", "config", WARNING, f"{loaded.source}: {loaded.problem}",
+                      "`dhserve serve` falls back to Flask's threaded server (fine for a few "
+                      "users; no worker recycling, no per-worker memory limit); for Gunicorn "
+                      "use Linux (or WSL2) and reinstall it",
+                      "pip install --force-reinstall --no-deps -r requirements.lock",
+                      data={**data, "plan": loaded.plan.summary()})]
     if loaded.cfg is None:
         return [Check("gunicorn", "config", ERROR, f"{loaded.source}: {loaded.problem}",
                       "fix what the message names; `gunicorn --check-config -c FILE APP` shows "
@@ -168,8 +201,6 @@ def gunicorn_checks(facts: Facts, explicit: Path | None = None) -> list[Check]:
                       "gunicorn --check-config -c gunicorn.conf.py 'dhserve.api:create_app()'",
                       data=data)]
     cfg, plan = loaded.cfg, loaded.plan
-    facts.plan = plan if plan is not None else facts.plan
-    facts.binds = list(cfg.bind)
     checks = [_config_line(loaded, data)]
     if loaded.imported or loaded.cuda:
         what = ", ".join(loaded.imported) + (f"; {loaded.cuda}" if loaded.cuda else "")
@@ -183,12 +214,15 @@ def gunicorn_checks(facts: Facts, explicit: Path | None = None) -> list[Check]:
     gpu = all_in_one and plan.devices[0].gpu is not None
     renderer = (f"the all-in-one renderer on {plan.devices[0].label}" if all_in_one else
                 "no renderer (web tier only)")
-    checks.append(_preload(cfg, renderer))
-    checks.append(_workers(cfg, all_in_one, gpu, plan))
-    checks.append(_worker_class(cfg, all_in_one))
-    checks.extend(_timeouts(cfg, all_in_one, facts.settings.stop_grace_seconds))
-    checks.append(_max_requests(cfg, all_in_one, plan))
-    checks.append(_heartbeat_dir(cfg))
+    judged = (("preload_app", lambda: [_preload(cfg, renderer)]),
+              ("workers", lambda: [_workers(cfg, all_in_one, gpu, plan)]),
+              ("worker_class", lambda: [_worker_class(cfg, all_in_one)]),
+              ("timeouts", lambda: _timeouts(cfg, all_in_one,
+                                             facts.settings.stop_grace_seconds)),
+              ("max_requests", lambda: [_max_requests(cfg, all_in_one, plan)]),
+              ("worker_tmp_dir", lambda: [_heartbeat_dir(cfg)]))
+    for name, judge in judged:
+        checks.extend(guarded("gunicorn", judge, name))
     return checks
 
 
@@ -216,7 +250,7 @@ def _config_line(loaded: LoadedConfig, data: dict[str, Any]) -> Check:
                  f"{', '.join(d.label for d in plan.devices)}", data=data)
 
 
-def _preload(cfg: Config, renderer: str) -> Check:
+def _preload(cfg: Any, renderer: str) -> Check:
     if cfg.preload_app:
         return Check("gunicorn", "preload_app", ERROR,
                      f"preload_app is on, with {renderer}",
@@ -230,7 +264,7 @@ def _preload(cfg: Config, renderer: str) -> Check:
                  "fork", data={"preload_app": False})
 
 
-def _workers(cfg: Config, all_in_one: bool, gpu: bool, plan: Any) -> Check:
+def _workers(cfg: Any, all_in_one: bool, gpu: bool, plan: Any) -> Check:
     data = {"workers": cfg.workers, "threads": cfg.threads}
     if all_in_one and cfg.workers > 1 and gpu:
         return Check("gunicorn", "workers", ERROR,
@@ -251,7 +285,7 @@ def _workers(cfg: Config, all_in_one: bool, gpu: bool, plan: Any) -> Check:
                  "thread(s)", data=data)
 
 
-def _worker_class(cfg: Config, all_in_one: bool) -> Check:
+def _worker_class(cfg: Any, all_in_one: bool) -> Check:
     name = cfg.worker_class_str
     data = {"worker_class": name}
     try:
@@ -295,7 +329,7 @@ def _gist(exc: BaseException) -> str:
     return f"{lines[0].rstrip(': ')} … {lines[-1]}"
 
 
-def _timeouts(cfg: Config, all_in_one: bool, stop_grace: float) -> list[Check]:
+def _timeouts(cfg: Any, all_in_one: bool, stop_grace: float) -> list[Check]:
     """A leaving all-in-one worker lets its running render finish for up to
     DHSERVE_STOP_GRACE_SECONDS (the longest render dhserve waits for), then hands it back
     EXIT_MARGIN_S before the master's kill: both timeouts must leave that room."""
@@ -324,7 +358,8 @@ def _timeouts(cfg: Config, all_in_one: bool, stop_grace: float) -> list[Check]:
             "gunicorn", "graceful_timeout", WARNING,
             f"graceful_timeout {cfg.graceful_timeout} s is shorter than a render's stop grace "
             f"({stop_grace:g} s) + {EXIT_MARGIN_S:g} s",
-            f"on SIGTERM/HUP a running render gets only {max(cfg.graceful_timeout - 5, 0):g} s "
+            "on SIGTERM/HUP a running render gets only "
+            f"{max(cfg.graceful_timeout - EXIT_MARGIN_S, 0):g} s "
             f"to finish before it is handed back and started again; set graceful_timeout >= "
             f"{needed:g}, or lower DHSERVE_STOP_GRACE_SECONDS",
             f"export GUNICORN_GRACEFUL_TIMEOUT={int(needed) + 25}", data=data))
@@ -335,7 +370,7 @@ def _timeouts(cfg: Config, all_in_one: bool, stop_grace: float) -> list[Check]:
     return checks
 
 
-def _max_requests(cfg: Config, all_in_one: bool, plan: Any) -> Check:
+def _max_requests(cfg: Any, all_in_one: bool, plan: Any) -> Check:
     data = {"max_requests": cfg.max_requests,
             "dhserve_max_requests": plan.max_requests if plan is not None else None}
     if all_in_one and cfg.max_requests > 0:
@@ -373,7 +408,7 @@ def filesystem_type(path: str) -> str | None:
     return kind
 
 
-def _heartbeat_dir(cfg: Config) -> Check:
+def _heartbeat_dir(cfg: Any) -> Check:
     where = cfg.worker_tmp_dir or tempfile.gettempdir()
     kind = filesystem_type(where)
     data = {"worker_tmp_dir": cfg.worker_tmp_dir, "path": where, "filesystem": kind}

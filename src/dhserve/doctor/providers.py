@@ -1,38 +1,38 @@
 """ONNX Runtime: which package is installed, which providers are compiled in, and which are
-really usable here — a tiny session is made on each and asked which providers it runs on.
+really usable here: a tiny session is made on each, in a child process (doctor.probes), and
+asked which providers it runs on.
 
 `get_available_providers()` lists what was compiled in, not what works: when the CUDA or cuDNN
 libraries cannot be loaded ONNX Runtime builds the session on the CPU without an exception and
-says why only in its own log (on file descriptor 2, past Python). So each session is created
-with that log captured, and the reason is read from it.
+says why only in its own log (on file descriptor 2, past Python). The probe's log is kept and
+the reason read from it; a probe that crashes or hangs is a finding, not the doctor's end.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import re
 import struct
-import sys
-import tempfile
-import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
-from dhserve.doctor.checks import ERROR, OK, WARNING, Check, Facts
-from dhserve.errors import first_line
+from dhserve.doctor import probes
+from dhserve.doctor.checks import ERROR, OK, WARNING, Check, Facts, failed, guarded
 
 # Every distribution that installs the `onnxruntime` module: two of them overwrite each other.
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml",
                      "onnxruntime-openvino", "onnxruntime-qnn", "onnxruntime-training")
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+# Seconds a probe may take, the process's imports included: CUDA's start and cuDNN's search
+# take seconds, a TensorRT engine build (even for one Conv) tens of seconds.
+PROBE_TIMEOUT_S = {CPU: 60.0, CUDA: 120.0, TENSORRT: 300.0}
 MISSING_LIBRARY = re.compile(r"([\w.+-]+\.(?:so(?:\.\d+)*|dll)): cannot open shared object file"
                              r"|LoadLibrary failed with error \d+ \"[^\"]*\" when trying to load "
                              r"\"[^\"]*?([\w.+-]+\.dll)\"")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")       # ONNX Runtime colours its log on a terminal
 REQUIRES = re.compile(r"Require (cuDNN [\d.*]+) and (CUDA [\d.*]+)")
+CUDA_LIBRARIES = re.compile(r"cudnn|cublas|cudart|cufft|curand|nvrtc|libcuda|nvcuda",
+                            re.IGNORECASE)
 # ONNX Runtime / CUDA messages → what to do about them, for this project
 KNOWN_FAILURES = (
     (re.compile(r"driver version is insufficient|CUDA failure 35", re.IGNORECASE),
@@ -49,33 +49,6 @@ KNOWN_FAILURES = (
     (re.compile(r"CUDA failure 999|unknown error", re.IGNORECASE),
      "the driver is in a bad state (after a suspend, an Xid error): reload nvidia_uvm or reboot"),
 )
-
-
-@contextmanager
-def captured_output() -> Iterator[list[str]]:
-    """Everything written to file descriptors 1 and 2 (ONNX Runtime's native log,
-    preload_dlls' report) and every Python warning inside the block; the lines are in the
-    yielded list once the block has ended."""
-    lines: list[str] = []
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile() as sink, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            sink.seek(0)
-            lines.extend(sink.read().decode(errors="replace").splitlines())
-            lines.extend(str(w.message) for w in caught)
 
 
 # -- a tiny model, without the onnx package -------------------------------------------------
@@ -152,6 +125,9 @@ def onnxruntime_checks(facts: Facts) -> list[Check]:
             data=data))
     else:
         checks.append(Check("onnxruntime", "package", OK, f"{listed}", data=data))
+    # What asks for CUDA may be the Gunicorn config: it is loaded (and judged for what it
+    # imports) before ONNX Runtime is imported here.
+    asks = facts.cuda_renderers()
     import onnxruntime as ort
 
     from dhserve.runtime.onnx import cuda_major_for_runtime
@@ -161,16 +137,34 @@ def onnxruntime_checks(facts: Facts) -> list[Check]:
     checks.append(Check("onnxruntime", "compiled", OK,
                         f"onnxruntime {ort.__version__} compiled with {', '.join(compiled)}",
                         data={"version": ort.__version__, "providers": compiled,
-                              "module": os.path.dirname(ort.__file__)}))
+                              "module": ort.__file__}))
     settings = facts.settings
-    asks = facts.cuda_renderers()
     wants_gpu = bool(asks)
     wants_trt = wants_gpu and settings.gpu_provider == "tensorrt"
     tried = [CPU] + ([CUDA] if CUDA in compiled or wants_gpu else []) \
         + ([TENSORRT] if wants_trt else [])
+    device = settings.device if settings.device.startswith("cuda") else "cuda:0"
+    running: dict[str, probes.RunningProbe | Check] = {}
+    for provider in tried:          # side by side: each is a process of its own
+        if provider in compiled:
+            request = {"provider": provider, "device": device,
+                       "cudnn_conv_algo_search": settings.cudnn_conv_algo_search}
+            try:
+                running[provider] = probes.start(["onnxruntime", json.dumps(request)],
+                                                 facts.environ, PROBE_TIMEOUT_S[provider])
+            except OSError as exc:
+                running[provider] = failed("onnxruntime", provider, exc)
     for provider in tried:
-        requested = {CPU: False, CUDA: wants_gpu, TENSORRT: wants_trt}[provider]
-        checks.append(_usable(provider, facts, asks if requested else [], compiled, major))
+        requested = asks if {CPU: False, CUDA: wants_gpu, TENSORRT: wants_trt}[provider] else []
+        probe = running.get(provider)
+        if probe is None:
+            checks.append(_not_compiled(provider, requested, compiled, major, ort.__version__))
+        elif isinstance(probe, Check):        # it could not even be started
+            checks.append(probe)
+        else:
+            checks.extend(guarded("onnxruntime", lambda p=provider, r=requested, pr=probe: [
+                provider_check(p, probes.finish(pr), r, compiled, major, ort.__version__,
+                               facts.variables.get("LD_LIBRARY_PATH"))], provider))
     if TENSORRT in compiled and TENSORRT not in tried:
         checks.append(Check("onnxruntime", TENSORRT, OK, "compiled in, not tried "
                             "(DHSERVE_GPU_PROVIDER=tensorrt with a cuda device uses it; its "
@@ -178,85 +172,75 @@ def onnxruntime_checks(facts: Facts) -> list[Check]:
     return checks
 
 
-def _usable(provider: str, facts: Facts, requested: list[str], compiled: list[str],
-            major: int) -> Check:
-    """A session on `provider` (with the CPU after it, as dhserve makes them): which
-    providers it really runs on, whether a Conv gives the right answer, and ONNX Runtime's
-    own words when the provider was dropped."""
-    import numpy as np
-    import onnxruntime as ort
+def _asked(requested: list[str]) -> str:
+    return (f" {' and '.join(requested)} asks for it" if requested else
+            " not asked for (renders run on the CPU)")
 
-    from dhserve.runtime import onnx as runtime
 
-    device = facts.settings.device if facts.settings.device.startswith("cuda") else "cuda:0"
-    config = runtime.SessionConfig(
-        device="cpu" if provider == CPU else device,
-        gpu_provider="tensorrt" if provider == TENSORRT else "cuda",
-        cudnn_conv_algo_search=facts.settings.cudnn_conv_algo_search, trt_cache_dir=None)
-    options = runtime.session_options(config)
-    options.log_severity_level = 2          # warnings: a provider that failed to load is one
-    started = time.perf_counter()
-    error: BaseException | None = None
-    in_use: list[str] = []
-    result_ok = False
-    with captured_output() as said:
-        ort.set_default_logger_severity(2)
-        try:
-            if provider != CPU:
-                runtime._preload_gpu_libraries()    # as create_session does
-            session = ort.InferenceSession(tiny_model(), options, providers=config.providers())
-            in_use = session.get_providers()
-            if provider in in_use:
-                session.disable_fallback()
-            x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
-            y = session.run(None, {"x": x})[0]
-            result_ok = bool(np.allclose(y, 2 * x))
-        except Exception as exc:  # noqa: BLE001 - EPFail, RuntimeException, ...
-            error = exc
-        finally:
-            ort.set_default_logger_severity(3)
-    elapsed = (time.perf_counter() - started) * 1000
-    log = [ANSI.sub("", line) for line in said if line.strip()]
+def _not_compiled(provider: str, requested: list[str], compiled: list[str], major: int,
+                  version: str) -> Check:
+    from dhserve.runtime.onnx import install_hint
+
+    return Check("onnxruntime", provider, ERROR if requested else WARNING,
+                 f"not usable: {provider} is not compiled into this onnxruntime {version} (it "
+                 f"has {', '.join(compiled)});" + _asked(requested),
+                 f"this onnxruntime has no {provider}: {install_hint()}",
+                 f"pip uninstall -y onnxruntime && pip install "
+                 f"\"onnxruntime-gpu[cuda,cudnn]=={version}\"    # with CUDA {major} + cuDNN 9 "
+                 "from PyPI", data={"requested": bool(requested), "asked_by": requested,
+                                    "compiled": False, "session_providers": [],
+                                    "cuda_major": major})
+
+
+def provider_check(provider: str, result: probes.ProbeResult, requested: list[str],
+                   compiled: list[str], major: int, version: str,
+                   ld_library_path: str | None = None) -> Check:
+    """The line for one provider from its probe: which providers the session really ran on,
+    whether the Conv gave the right answer, and ONNX Runtime's own words when the provider
+    was dropped (or the probe's end when it crashed or hung)."""
+    answer = result.answer or {}
+    in_use = answer.get("session_providers", [])
+    result_ok = bool(answer.get("result_ok"))
+    error = answer.get("error")
+    log = [ANSI.sub("", line) for line in result.log if line.strip()]
     data = {"requested": bool(requested) or provider == CPU, "asked_by": requested,
-            "compiled": provider in compiled, "session_providers":
-            in_use, "result_ok": result_ok, "ms": round(elapsed, 1), "log": log[-20:]}
-    if error is None and provider in in_use and result_ok:
+            "compiled": provider in compiled, "session_providers": in_use,
+            "result_ok": result_ok, "ms": answer.get("ms"),
+            "probe_seconds": round(result.seconds, 1), "probe_problem": result.problem,
+            "log": log[-20:]}
+    if result.problem is None and error is None and provider in in_use and result_ok:
         return Check("onnxruntime", provider, OK,
                      f"usable: a session runs on {', '.join(in_use)} and computes right "
-                     f"({elapsed:.0f} ms)", data=data)
+                     f"({answer.get('ms', 0):.0f} ms)", data=data)
     if provider == CPU:
         return Check("onnxruntime", provider, ERROR,
                      f"the CPU provider does not work: "
-                     f"{first_line(error) if error else 'wrong result'}",
+                     f"{result.problem or error or 'wrong result'}",
                      "this onnxruntime is broken (a partial install, a wrong-platform wheel): "
                      "reinstall it", "pip install --force-reinstall --no-deps onnxruntime",
                      data=data)
     reason = failure_reason(log, error)
-    data.update(reason=reason, LD_LIBRARY_PATH=facts.variables.get("LD_LIBRARY_PATH"))
-    if provider in in_use:
+    data.update(reason=reason, LD_LIBRARY_PATH=ld_library_path, cuda_major=major)
+    if result.problem:
+        landed = result.problem
+    elif provider in in_use:
         landed = (f"a session runs on {', '.join(in_use)} but the Conv "
                   f"{'failed' if error else 'gave a wrong result'}")
     else:
         landed = f"the session landed on {', '.join(in_use)}" if in_use else "no session"
     detail = f"not usable: {landed}"
     if error is not None:
-        detail += f" ({first_line(error)})"
-    detail += f"; {reason['summary']}"
-    if provider in compiled:
-        detail += f" (onnxruntime-gpu {ort.__version__} needs CUDA {major} and cuDNN 9)"
-    remedy = _remedy(provider, reason, compiled, major, ort.__version__)
-    data["cuda_major"] = major
-    status = ERROR if requested else WARNING
-    ask = (f" {' and '.join(requested)} asks for it" if requested else
-           " not asked for (renders run on the CPU)")
-    return Check("onnxruntime", provider, status, detail + ";" + ask, remedy[0], remedy[1],
-                 data=data)
+        detail += f" ({error[:300]})"
+    detail += f"; {reason['summary']} (onnxruntime-gpu {version} needs CUDA {major} and cuDNN 9)"
+    remedy, fix = _remedy(provider, reason, major, version, crashed=result.problem is not None)
+    return Check("onnxruntime", provider, ERROR if requested else WARNING,
+                 detail + ";" + _asked(requested), remedy, fix, data=data)
 
 
-def failure_reason(log: list[str], error: BaseException | None = None) -> dict[str, Any]:
+def failure_reason(log: list[str], error: str | None = None) -> dict[str, Any]:
     """What ONNX Runtime said about a provider it dropped: the library that failed to load,
     the CUDA/cuDNN it requires, a known CUDA failure; `summary` says it in one phrase."""
-    text = "\n".join(log) + ("\n" + str(error) if error else "")
+    text = "\n".join(log) + ("\n" + error if error else "")
     libraries = []
     for match in MISSING_LIBRARY.finditer(text):
         name = match.group(1) or match.group(2)
@@ -285,28 +269,30 @@ def failure_reason(log: list[str], error: BaseException | None = None) -> dict[s
             "not_compiled": bool(not_compiled)}
 
 
-def _remedy(provider: str, reason: dict[str, Any], compiled: list[str], major: int,
-            version: str) -> tuple[str, str]:
+def _remedy(provider: str, reason: dict[str, Any], major: int, version: str,
+            crashed: bool = False) -> tuple[str, str]:
     gpu_wheel = f"onnxruntime-gpu[cuda,cudnn]=={version}"
-    if provider not in compiled:
-        return ((f"this onnxruntime has no {provider}: on a GPU host install onnxruntime-gpu "
-                f"{version} (CUDA {major}, cuDNN 9) in place of onnxruntime — never both — or "
-                "serve on the CPU (DHSERVE_DEVICE=cpu)"),
-                (f"pip uninstall -y onnxruntime && pip install \"{gpu_wheel}\"    # with CUDA "
-                f"{major} + cuDNN 9 from PyPI"))
-    missing = " ".join(reason["missing_libraries"])
+    missing = reason["missing_libraries"]
     if reason["advice"]:
         return reason["advice"], "nvidia-smi"
-    if "libcuda.so" in missing or "nvcuda" in missing:
+    if any("libcuda.so" in lib or "nvcuda" in lib for lib in missing):
         return (("the NVIDIA driver's libcuda is not loadable: install the driver; in Docker "
                 "start the container with `--gpus all` (NVIDIA Container Toolkit)"),
                 "nvidia-smi\nldconfig -p | grep libcuda")
-    if "nvinfer" in missing or provider == TENSORRT:
+    cuda_missing = [lib for lib in missing if CUDA_LIBRARIES.search(lib)]
+    if not cuda_missing and (any("nvinfer" in lib for lib in missing)
+                             or (provider == TENSORRT and not crashed)):
         return ((f"TensorRT 10 for CUDA {major} is missing: install it (pip install "
                 f"tensorrt-cu{major}-libs), or use the CUDA provider (DHSERVE_GPU_PROVIDER=cuda)"),
                 f"pip install tensorrt-cu{major}-libs\nexport DHSERVE_GPU_PROVIDER=cuda")
+    if crashed and not missing:
+        return (("the probe crashed or hung inside ONNX Runtime, CUDA, cuDNN or TensorRT: its last "
+                 "log lines are in --json (data.log); check the driver with `nvidia-smi`, that "
+                 f"CUDA {major} and cuDNN 9 libraries match this onnxruntime-gpu {version}, and "
+                 "`dmesg` for Xid errors; until then serve on the CPU (DHSERVE_DEVICE=cpu)"),
+                "nvidia-smi\ndmesg | grep -i xid")
     return ((f"onnxruntime-gpu {version} needs CUDA {major} and cuDNN 9 libraries it can load "
-            f"({missing or 'see the log in --json'}): install them from PyPI with "
+            f"({' '.join(missing) or 'see the log in --json'}): install them from PyPI with "
             f"`pip install \"{gpu_wheel}\"` (dhserve preloads them), or put a CUDA {major} "
             "toolkit and cuDNN 9 on LD_LIBRARY_PATH; importing a torch built for CUDA "
             f"{major} first also works"),

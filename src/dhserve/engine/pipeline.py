@@ -321,6 +321,7 @@ def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBa
                 for frame in animated:
                     writer.write(frame)
                 done += count
+                progress.frames(done, total)
                 progress.update(_span(SPAN_ANIMATE, done / total), "lip-sync")
             progress.update(SPAN_ANIMATE[1], "encoding")
         os.replace(tmp, out)

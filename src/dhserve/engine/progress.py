@@ -17,6 +17,9 @@ class Progress:
     def check_cancelled(self) -> None:
         """Raises Canceled when the render should stop; called between batches."""
 
+    def frames(self, done: int, total: int) -> None:
+        """`done` of `total` output frames written: lets a listener measure frames/s."""
+
 
 no_progress = Progress()
 

@@ -27,6 +27,12 @@ def head() -> str:
     return ScriptDirectory.from_config(_config(None)).get_current_head()
 
 
+def revisions() -> list[str]:
+    """Every schema revision this dhserve knows, oldest first."""
+    script = ScriptDirectory.from_config(_config(None))
+    return [s.revision for s in reversed(list(script.walk_revisions()))]
+
+
 def current(conn: sa.Connection) -> str | None:
     return MigrationContext.configure(
         conn, opts={"version_table": VERSION_TABLE}).get_current_revision()

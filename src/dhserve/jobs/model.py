@@ -22,6 +22,8 @@ class JobState(str, enum.Enum):
 
 
 FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
+# A worker counts as alive while its last heartbeat is younger than this many intervals.
+HEARTBEAT_STALE_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class WorkerInfo:
     ready: bool                     # models loaded, claiming
     started_at: float
     heartbeat_at: float
+    fps: float | None = None        # the running render's output frames per second
 
 
 class JobError(DhserveError):

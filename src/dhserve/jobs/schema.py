@@ -48,4 +48,6 @@ workers = sa.Table(
     sa.Column("ready", sa.Boolean, nullable=False, default=False),
     sa.Column("started_at", Time, nullable=False),
     sa.Column("heartbeat_at", Time, nullable=False),
+    # output frames per second of the running render, over its last few seconds (None: idle)
+    sa.Column("fps", sa.Float),
 )

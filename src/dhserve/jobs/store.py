@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from dhserve import metrics
 from dhserve.config import Settings
 from dhserve.errors import DhserveError, first_line
 from dhserve.jobs import migrate
@@ -147,6 +148,8 @@ class JobStore:
                     if failed is None:
                         self._notify(conn)
             if created is not None:
+                if failed is not None:
+                    metrics.count_finished(JobState.FAILED.value)
                 return created, True
         except sa.exc.IntegrityError:
             pass                # the id exists: a retried request, or a conflict
@@ -208,6 +211,8 @@ class JobStore:
         job = self.get(job_id)
         if state.finished:
             raise not_cancelable(job)
+        if state is JobState.QUEUED:
+            metrics.count_finished(JobState.CANCELED.value)
         return job
 
     # -- the worker's side -------------------------------------------------------------
@@ -239,9 +244,9 @@ class JobStore:
                        jobs.c.state == JobState.RUNNING.value)
 
     def renew(self, job_id: str, worker_id: str, progress: int | None = None,
-              stage: str | None = None) -> Lease:
-        """Extends the lease (and records progress); says whether the job is still ours and
-        whether someone asked to cancel it."""
+              stage: str | None = None, fps: float | None = None) -> Lease:
+        """Extends the lease (and records progress, and the worker's frames per second);
+        says whether the job is still ours and whether someone asked to cancel it."""
         values: dict[str, Any] = {"lease_expires_at": self._now() + self.lease_seconds}
         if progress is not None:
             values["progress"] = max(0, min(int(progress), 100))
@@ -250,6 +255,9 @@ class JobStore:
         with self._write() as conn:
             updated = conn.execute(jobs.update().where(self._mine(job_id, worker_id))
                                    .values(**values).returning(jobs.c.cancel_requested)).first()
+            if fps is not None:
+                conn.execute(workers.update().where(workers.c.id == worker_id)
+                             .values(fps=round(fps, 2)))
         return Lease(False) if updated is None else Lease(True, bool(updated.cancel_requested))
 
     def succeed(self, job_id: str, worker_id: str, result: str,
@@ -269,6 +277,8 @@ class JobStore:
         with self._write() as conn:
             done = conn.execute(jobs.update().where(self._mine(job_id, worker_id)).values(
                 finished_at=self._now(), lease_expires_at=None, **values)).rowcount
+        if done == 1:
+            metrics.count_finished(values["state"])
         return done == 1
 
     def release(self, job_id: str, worker_id: str) -> bool:
@@ -285,6 +295,7 @@ class JobStore:
                 else sa.func.greatest(jobs.c.attempts - 1, 0),
                 progress=0, stage="requeued: worker stopped")).rowcount
             self._notify(conn)
+        metrics.count_finished(JobState.CANCELED.value, canceled)
         return canceled + done == 1
 
     def reap(self) -> int:
@@ -295,15 +306,16 @@ class JobStore:
             now = conn.execute(sa.select(self._now())).scalar_one()
             expired = sa.and_(jobs.c.state == JobState.RUNNING.value,
                               jobs.c.lease_expires_at < now)
-            changed = conn.execute(jobs.update().where(expired, jobs.c.cancel_requested).values(
-                **CANCELED, finished_at=self._now(),
-                lease_expires_at=None)).rowcount
-            changed += conn.execute(jobs.update().where(
+            canceled = conn.execute(jobs.update().where(expired, jobs.c.cancel_requested)
+                                    .values(**CANCELED, finished_at=self._now(),
+                                            lease_expires_at=None)).rowcount
+            lost = conn.execute(jobs.update().where(
                 expired, jobs.c.attempts >= self.max_attempts).values(
                 state=JobState.FAILED.value, stage="failed", finished_at=self._now(),
                 lease_expires_at=None, error_code=WORKER_LOST,
                 error_message=f"the render worker stopped answering; gave up after "
                               f"{self.max_attempts} attempts")).rowcount
+            changed = canceled + lost
             requeued = conn.execute(jobs.update().where(
                 expired, ~jobs.c.cancel_requested,
                 jobs.c.attempts < self.max_attempts).values(
@@ -311,6 +323,8 @@ class JobStore:
                 progress=0, stage="requeued: worker lost")).rowcount
             if requeued:
                 self._notify(conn)
+        metrics.count_finished(JobState.CANCELED.value, canceled)
+        metrics.count_finished(JobState.FAILED.value, lost)
         if changed + requeued:
             log.warning("lease expired: %d job(s) requeued, %d finished", requeued, changed)
         return changed + requeued
@@ -338,8 +352,11 @@ class JobStore:
                 job_id=None, ready=False, started_at=self._now(), heartbeat_at=self._now()))
 
     def worker_heartbeat(self, worker_id: str, state: str, job_id: str | None = None,
-                         ready: bool | None = None, backend: str | None = None) -> None:
-        values: dict[str, Any] = {"state": state, "job_id": job_id,
+                         ready: bool | None = None, backend: str | None = None,
+                         fps: float | None = None) -> None:
+        """Records that the worker lives and what it does; `fps` is its running render's
+        frames per second (None when it has none)."""
+        values: dict[str, Any] = {"state": state, "job_id": job_id, "fps": fps,
                                   "heartbeat_at": self._now()}
         if ready is not None:
             values["ready"] = ready

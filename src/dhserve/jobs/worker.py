@@ -10,6 +10,7 @@ hand-back.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -25,6 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from dhserve import metrics
 from dhserve.config import Settings
 from dhserve.engine.face import AnalysisCache
 from dhserve.engine.face.restore import FaceRestorer
@@ -48,6 +50,7 @@ PROGRESS_INTERVAL_S = 1.0
 HOUSEKEEPING_INTERVAL_S = 3600.0
 STALE_PART_S = 3600.0
 STORE_ERRORS = (sa.exc.DBAPIError,)
+FPS_WINDOW_S = 5.0          # frames per second are measured over the last few seconds
 
 
 class _Running:
@@ -57,6 +60,10 @@ class _Running:
         self.job = job
         self.stop_reason: str | None = None       # "canceled", "handback" or "lost"
         self.stopped = threading.Event()
+        self.started = time.monotonic()
+        self.fps: float | None = None             # output frames/s, recent (None: not yet)
+        self.outcome: str | None = None           # the final state it is recorded with
+        self.render_fps: float | None = None      # frames / seconds of the whole render
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -72,6 +79,7 @@ class _JobProgress(Progress):
         self.running = running
         self._last_write = 0.0
         self._last_stage = ""
+        self._frames: collections.deque[tuple[float, int]] = collections.deque()
 
     def update(self, fraction: float, stage: str) -> None:
         now = time.monotonic()
@@ -84,6 +92,17 @@ class _JobProgress(Progress):
     def check_cancelled(self) -> None:
         if self.running.stopped.is_set():
             raise Canceled(f"render stopped: {self.running.stop_reason}")
+
+    def frames(self, done: int, total: int) -> None:
+        """Frames per second over the last FPS_WINDOW_S, written with the next progress."""
+        now = time.monotonic()
+        window = self._frames
+        window.append((now, done))
+        while len(window) > 2 and now - window[1][0] >= FPS_WINDOW_S:
+            window.popleft()
+        first_t, first_done = window[0]
+        if now > first_t:
+            self.running.fps = (done - first_done) / (now - first_t)
 
 
 class RenderWorker:
@@ -119,6 +138,7 @@ class RenderWorker:
                                    device_label(self.settings.device))
         backend = self._backend(self.settings.backend)
         self.store.worker_heartbeat(self.id, "idle", ready=True, backend=backend.name)
+        metrics.record_rss()
         log.info("worker %s ready on %s (backend %s)", self.id, self.settings.device,
                  backend.name)
 
@@ -224,6 +244,7 @@ class RenderWorker:
         if self._stopping.is_set():         # stop() raced with the claim
             running.stop("handback")
         log.info("claimed (attempt %d)", job.attempts)
+        metrics.observe_claim((job.started_at or job.created_at) - job.created_at)
         downloads = self.settings.data_dir / "downloads" / f"{job.id}-{uuid.uuid4().hex[:8]}"
         try:
             self._store_call(self.store.worker_heartbeat, self.id, "busy", job.id)
@@ -233,9 +254,14 @@ class RenderWorker:
             shutil.rmtree(downloads, ignore_errors=True)
         # Recorded only while the lease is ours; a store that cannot be reached now leaves
         # the lease to expire, and the job is rendered again (delivery is at-least-once).
-        if self._store_call(outcome) is False:
+        recorded = self._store_call(outcome)
+        if recorded is False:
             log.warning("outcome not recorded, the lease was lost (%s)",
                         running.stop_reason or "expired")
+        elif recorded and running.outcome:
+            metrics.observe_render(running.outcome, time.monotonic() - running.started,
+                                   running.render_fps)
+        metrics.record_rss()
         self._store_call(self.store.worker_heartbeat, self.id,
                          "stopping" if self._stopping.is_set() else "idle")
 
@@ -255,9 +281,11 @@ class RenderWorker:
             return self._stopped(job, running)
         except DhserveError as exc:
             log.info("failed: %s %s", exc.code, exc.message)
+            running.outcome = JobState.FAILED.value
             return functools.partial(self.store.fail, job.id, self.id, exc.code, exc.message)
         except Exception as exc:
             log.exception("internal error")
+            running.outcome = JobState.FAILED.value
             return functools.partial(self.store.fail, job.id, self.id, "render.internal",
                                      f"internal error: {type(exc).__name__}: {exc}")
         log.info("succeeded: %d frames in %.1f s", result.frames,
@@ -266,6 +294,7 @@ class RenderWorker:
                 "fps": float(result.fps), "duration": result.duration,
                 "elapsed": result.elapsed, "analysis_cached": result.analysis_cached,
                 "warnings": result.warnings, "backend": backend.name}
+        running.outcome, running.render_fps = JobState.SUCCEEDED.value, result.render_fps
         return functools.partial(self.store.succeed, job.id, self.id, str(out), info)
 
     def _store_call(self, call: Callable[..., Any], *args: Any) -> Any:
@@ -292,6 +321,7 @@ class RenderWorker:
             return functools.partial(self.store.release, job.id, self.id)
         if reason == "canceled":
             log.info("canceled")
+            running.outcome = JobState.CANCELED.value
             return functools.partial(self.store.mark_canceled, job.id, self.id)
         log.warning("lease lost; another worker owns it now")
         return lambda: None
@@ -303,7 +333,7 @@ class RenderWorker:
         """Renews the running job's lease; flags the render to stop if it was canceled or
         the lease went to another worker."""
         try:
-            lease = self.store.renew(running.job.id, self.id, progress, stage)
+            lease = self.store.renew(running.job.id, self.id, progress, stage, running.fps)
         except Exception:
             log.warning("job %s: cannot reach the job store", running.job.id, exc_info=True)
             return
@@ -319,9 +349,10 @@ class RenderWorker:
                 self.store.worker_heartbeat(
                     self.id, "busy" if running else
                     ("stopping" if self._stopping.is_set() else "idle"),
-                    running.job.id if running else None)
+                    running.job.id if running else None, fps=running.fps if running else None)
             except Exception:
                 log.warning("worker %s: heartbeat failed", self.id, exc_info=True)
+            metrics.record_rss()
             if running is not None:
                 self.renew(running)
 

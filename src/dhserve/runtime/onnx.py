@@ -121,7 +121,8 @@ def cuda_major_for_runtime(version: str = ort.__version__) -> int:
     return 13 if (major, minor) >= (1, 27) else 12
 
 
-def _install_hint() -> str:
+def install_hint() -> str:
+    """What to install for a GPU this onnxruntime cannot use (also `dhserve doctor`'s remedy)."""
     cuda = cuda_major_for_runtime()
     return (f"install onnxruntime-gpu {ort.__version__} in place of onnxruntime (never both: "
             f"they share the module name) with CUDA {cuda} and cuDNN 9, e.g. "
@@ -140,9 +141,9 @@ def check_available(config: SessionConfig) -> None:
         raise GpuUnavailable(
             f"device {config.device} asks for {wanted}, but this onnxruntime "
             f"{ort.__version__} has only {', '.join(compiled)} compiled in: "
-            + _install_hint())
+            + install_hint())
     if wanted == TENSORRT and CUDA not in compiled:
-        raise GpuUnavailable(f"{TENSORRT} needs {CUDA} as well: " + _install_hint())
+        raise GpuUnavailable(f"{TENSORRT} needs {CUDA} as well: " + install_hint())
 
 
 def check_session(session: ort.InferenceSession, config: SessionConfig, what: str) -> None:
@@ -157,7 +158,7 @@ def check_session(session: ort.InferenceSession, config: SessionConfig, what: st
             f"{', '.join(in_use)}: the provider could not be loaded (ONNX Runtime's log above "
             f"names the missing library, often libcudnn or libcublasLt for CUDA "
             f"{cuda_major_for_runtime()}, or the GPU {config.device_id} does not exist); "
-            + _install_hint())
+            + install_hint())
     session.disable_fallback()   # a failing GPU run is an error, not a CPU rerun
 
 
@@ -166,7 +167,7 @@ _GPU_FAILURE = re.compile(r"cuda|cudnn|cublas|tensorrt|nvinfer|execution provide
                           re.IGNORECASE)
 
 
-def _preload_gpu_libraries() -> None:
+def preload_gpu_libraries() -> None:
     """Loads CUDA/cuDNN from the nvidia-* wheels when they are installed (it only logs on
     failure; the provider check after session creation is what decides)."""
     global _preloaded
@@ -198,23 +199,30 @@ def create_session(path: Path, config: SessionConfig, what: str = "model",
     if not path.is_file():
         raise ModelError("model.missing", path, f"{what} file not found")
     check_available(config)
+    session = open_session(path, config, what, session_options(config, optimize))
+    check_session(session, config, what)
+    return session
+
+
+def open_session(path: Path, config: SessionConfig, what: str,
+                 options: ort.SessionOptions) -> ort.InferenceSession:
+    """The session as ONNX Runtime makes it, not yet checked: it may have landed on the CPU
+    (`dhserve doctor` reads which providers it got before check_session judges it)."""
     if config.wants_gpu:
-        _preload_gpu_libraries()
+        preload_gpu_libraries()
         if config.trt_cache_dir is not None and config.gpu_provider == "tensorrt":
             config.trt_cache_dir.mkdir(parents=True, exist_ok=True)
     try:
-        session = ort.InferenceSession(str(path), session_options(config, optimize),
-                                       providers=config.providers())
+        session = ort.InferenceSession(str(path), options, providers=config.providers())
     except ort.capi.onnxruntime_pybind11_state.EPFail as exc:
         raise GpuUnavailable(f"{what}: {config.gpu_provider_name} failed to start: "
-                             f"{first_line(exc)}; " + _install_hint()) from None
+                             f"{first_line(exc)}; " + install_hint()) from None
     except Exception as exc:  # noqa: BLE001 - ORT raises several types for a damaged file
         if config.wants_gpu and _GPU_FAILURE.search(str(exc)):
             raise GpuUnavailable(f"{what}: {config.gpu_provider_name} failed: "
-                                 f"{first_line(exc)}; " + _install_hint()) from None
+                                 f"{first_line(exc)}; " + install_hint()) from None
         raise ModelError("model.corrupt", path, f"cannot be loaded as an ONNX {what} "
                          f"({first_line(exc)})") from None
-    check_session(session, config, what)
     return session
 
 

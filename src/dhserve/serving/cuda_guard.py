@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-# Makes torch.cuda.is_available() ask NVML instead of initialising CUDA (PyTorch >= 1.14).
+# Makes torch.cuda.is_available() ask NVML instead of initialising CUDA (PyTorch >= 2.0).
 NVML_CHECK = ("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 REMEDY = ("Load models in the workers, after the fork: keep preload_app = False (and no "

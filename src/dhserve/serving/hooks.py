@@ -11,15 +11,17 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from dhserve.config import Settings
+from dhserve.config import METRICS_DIR_ENV, Settings
 from dhserve.serving.cuda_guard import (
     NVML_CHECK,
     cuda_initialised_here,
     engine_in_master,
     refusal,
 )
+from dhserve.serving.metrics_files import fresh_metrics_dir, mark_dead
 from dhserve.serving.plan import ServingPlan
 from dhserve.serving.supervisor import watch_supervisor
 from dhserve.serving.watchdog import MemoryWatchdog
@@ -40,18 +42,38 @@ class ServingHooks:
     def __init__(self, settings: Settings, plan: ServingPlan):
         self.settings = settings
         self.plan = plan
+        self.metrics_dir: Path | None = None
         os.environ.setdefault(*NVML_CHECK)     # inherited by every worker
 
     def as_options(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (
             "on_starting", "when_ready", "post_fork", "post_worker_init", "post_request",
-            "worker_int", "worker_abort", "worker_exit")}
+            "worker_int", "worker_abort", "worker_exit", "child_exit")}
 
     # -- master ------------------------------------------------------------------------------
 
     def on_starting(self, server: Any) -> None:
         for line in self.plan.describe():
             server.log.info("dhserve %s", line)
+
+    def _share_metrics_dir(self) -> None:
+        """Before the first fork, once the port is ours (so a second Gunicorn started by
+        mistake cannot empty a running one's folder): every worker's metrics go to one folder.
+        One given (PROMETHEUS_MULTIPROC_DIR, e.g. by `dhserve serve`, whose render workers
+        already write there) is used as it is; otherwise <data dir>/run/metrics is made
+        fresh."""
+        given = self.settings.metrics_dir
+        if given is not None:
+            self.metrics_dir = Path(given).resolve()
+            self.metrics_dir.mkdir(parents=True, exist_ok=True)
+            return
+        self.metrics_dir = fresh_metrics_dir(self.settings.metrics_path)
+        os.environ[METRICS_DIR_ENV] = str(self.metrics_dir)     # inherited by every worker
+
+    def child_exit(self, server: Any, worker: Any) -> None:
+        """In the master, once a worker has exited (however it ended, SIGKILL included):
+        its live gauges leave /metrics."""
+        mark_dead(worker.pid, self.metrics_dir)
 
     def when_ready(self, server: Any) -> None:
         """Last moment before the first fork: refuse what would break the workers, judged on
@@ -73,6 +95,7 @@ class ServingHooks:
             server.log.error(problem)
             server.halt("refused to start", GUARD_EXIT_STATUS)
         server.log.info("master is CUDA-free; workers load their models after the fork")
+        self._share_metrics_dir()
         watch_supervisor(lambda: os.kill(os.getpid(), signal.SIGTERM))
 
     # -- worker ------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from dhserve.config import ServingSettings, Settings
+from dhserve.config import METRICS_DIR_ENV, ServingSettings, Settings
 from dhserve.runtime.gpu import gpu_summary
 from dhserve.serving.cuda_guard import cuda_initialised_here
+from dhserve.serving.metrics_files import fresh_metrics_dir, mark_dead
 from dhserve.serving.plan import ServingPlan, plan_serving
 from dhserve.serving.supervisor import Child, ChildSpec, Supervisor, child_environment
 
@@ -29,13 +30,16 @@ def serve(settings: Settings, serving: ServingSettings, mode: str = "auto") -> i
     plan = plan_serving(settings, serving, default_layout="split")
     for line in plan.describe():
         log.info("%s", line)
-    if not _bindable(plan.bind):
+    if not bindable(plan.bind):
         log.error("%s is in use (another dhserve?): stop it or choose --bind", plan.bind)
         return 1
-    supervisor = Supervisor(stop_timeout=settings.stop_grace_seconds + plan.graceful_timeout)
+    metrics_dir = fresh_metrics_dir(settings.metrics_path)    # shared by every child
+    supervisor = Supervisor(stop_timeout=settings.stop_grace_seconds + plan.graceful_timeout,
+                            on_exit=lambda pid: mark_dead(pid, metrics_dir))
     supervisor.install_signal_handlers()
     env = child_environment({**plan.environment(),
-                             "DHSERVE_DATA_DIR": str(settings.data_dir.resolve())})
+                             "DHSERVE_DATA_DIR": str(settings.data_dir.resolve()),
+                             METRICS_DIR_ENV: str(metrics_dir)})
     if not plan.renders_in_web_workers:
         for device in plan.devices:
             supervisor.start(ChildSpec(f"renderer {device.label}",
@@ -184,8 +188,8 @@ def diagnose(settings: Settings, serving: ServingSettings) -> int:
     lines.append("this process: " + (f"CUDA initialised ({evidence})" if evidence else
                                       "CUDA not initialised (as a Gunicorn master must be)"))
     lines.append(f"data dir {settings.data_dir.resolve()}: "
-                 f"{'writable' if _writable(settings.data_dir) else 'NOT writable'}")
-    lines.append(f"bind {plan.bind}: {'free' if _bindable(plan.bind) else 'IN USE'}")
+                 f"{'writable' if write_error(settings.data_dir) is None else 'NOT writable'}")
+    lines.append(f"bind {plan.bind}: {'free' if bindable(plan.bind) else 'IN USE'}")
     print("\n".join(lines))
     return 0
 
@@ -196,18 +200,21 @@ def _version(module: str) -> str:
     return f"{module} {version(module)}"
 
 
-def _writable(path: Path) -> bool:
+def write_error(path: Path) -> OSError | None:
+    """Why the service could not make and write `path` (None: it can); `dhserve doctor` shows
+    the error."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".dhserve-write-probe"
         probe.write_bytes(b"")
         probe.unlink()
-        return True
-    except OSError:
-        return False
+        return None
+    except OSError as exc:
+        return exc
 
 
-def _bindable(bind: str) -> bool:
+def bindable(bind: str) -> bool:
+    """Whether a server could bind `bind` now (a unix socket: its file does not exist)."""
     if bind.startswith("unix:"):
         return not Path(bind[5:]).exists()
     host, _, port = bind.rpartition(":")

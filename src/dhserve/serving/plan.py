@@ -196,17 +196,24 @@ def exposed_without_key(settings: Settings, bind: str) -> bool:
         return host != "localhost"
 
 
+def visible_indices(visible: str) -> list[int]:
+    """CUDA_VISIBLE_DEVICES as GPU indices ("" hides every GPU: []). UUIDs and MIG ids are
+    refused: dhserve picks GPUs by NVML index and pins each renderer itself (`dhserve doctor`
+    reports the same refusal)."""
+    if not GPU_LIST.fullmatch(visible.strip()):
+        raise ServingConfigError(
+            f"CUDA_VISIBLE_DEVICES={visible}: dhserve picks GPUs by index (it pins each "
+            "renderer itself); name them with DHSERVE_GPUS=0,1 and leave "
+            "CUDA_VISIBLE_DEVICES unset")
+    return [int(i) for i in visible.strip().split(",") if i]
+
+
 def _selected_gpus(selection: str, visible: str | None,
                    gpu: dict[str, Any]) -> list[dict[str, Any]]:
     """DHSERVE_GPUS; when auto, CUDA_VISIBLE_DEVICES set for the whole service narrows it."""
     devices = gpu.get("devices", []) if gpu.get("available") else []
     if selection == "auto" and visible is not None:
-        if not GPU_LIST.fullmatch(visible.strip()):
-            raise ServingConfigError(
-                f"CUDA_VISIBLE_DEVICES={visible}: dhserve picks GPUs by index (it pins each "
-                "renderer itself); name them with DHSERVE_GPUS=0,1 and leave "
-                "CUDA_VISIBLE_DEVICES unset")
-        selection = visible.strip() or "none"
+        selection = ",".join(str(i) for i in visible_indices(visible)) or "none"
     if selection == "none":
         return []
     if selection == "auto":

@@ -73,8 +73,10 @@ class Child:
 class Supervisor:
     """Starts children and keeps them up until stop() or a TERM/INT signal."""
 
-    def __init__(self, stop_timeout: float):
+    def __init__(self, stop_timeout: float, on_exit: Callable[[int], None] | None = None):
+        """`on_exit(pid)` runs once a child process has exited (before any restart)."""
         self.stop_timeout = stop_timeout
+        self.on_exit = on_exit
         self.children: dict[str, Child] = {}
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.stopping = False
@@ -97,6 +99,7 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             child.send(signal.SIGKILL)
             child.process.wait()
+        self._exited(child)
         del self.children[child.spec.name]
 
     def run(self) -> int:
@@ -140,12 +143,20 @@ class Supervisor:
             else:
                 child.backoff = min(max(child.backoff * 2, 1.0), MAX_BACKOFF_S)
             child.restart_at = now + child.backoff
+            self._exited(child)
             log.log(logging.INFO if status == 0 else logging.ERROR,
                     "%s (pid %d) exited with status %s after %.0f s; starting it again%s",
                     child.spec.name, child.process.pid, status, ran,
                     f" in {child.backoff:g} s" if child.backoff else "")
         if now >= child.restart_at:
             child.start()
+
+    def _exited(self, child: Child) -> None:
+        if self.on_exit is not None:
+            try:
+                self.on_exit(child.process.pid)
+            except Exception:
+                log.warning("after %s exited", child.spec.name, exc_info=True)
 
     def stop(self) -> None:
         """Asks every child to stop gracefully (SIGTERM); run() then waits for them."""
@@ -167,6 +178,7 @@ class Supervisor:
         for child in self.children.values():
             if child.process is not None:
                 child.process.wait()
+                self._exited(child)
         log.info("stopped")
         return 0
 

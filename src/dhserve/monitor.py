@@ -1,0 +1,194 @@
+"""`dhserve top`: the render workers, the queue, recent jobs and the GPUs on one screen,
+redrawn every second — what otherwise takes `nvidia-smi -l 1`, `ps aux | grep gunicorn` and
+`tail -f log/dh.log` side by side. It reads the job store directly (and NVML), so it works
+without the web tier, from any machine that reaches the store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from dhserve.config import Settings
+from dhserve.jobs.model import HEARTBEAT_STALE_FACTOR, Job, JobState
+from dhserve.jobs.store import JobStore
+from dhserve.runtime.gpu import gpu_summary
+
+GIB = 1024.0        # gpu_summary gives MiB
+CLEAR = "\x1b[H\x1b[2J"
+ALT_SCREEN_ON, ALT_SCREEN_OFF = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """A render worker as `top` shows it: what it runs, how fast, and when it last spoke."""
+
+    id: str
+    host: str
+    pid: int
+    device: str
+    backend: str
+    state: str                  # starting, idle, busy, stopping, or silent (no heartbeat)
+    job_id: str | None
+    progress: int | None        # of its current job, 0..100
+    stage: str | None
+    fps: float | None           # output frames per second of its current render
+    heartbeat_age: float        # seconds
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One look at the service, taken from the job store and NVML."""
+
+    taken_at: float             # the store's clock, epoch seconds
+    store: str                  # the store's URL, password hidden
+    counts: dict[str, int]
+    workers: list[WorkerView]
+    recent: list[Job]
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    gpu_note: str = ""          # why there are no GPU figures
+
+
+def take_snapshot(store: JobStore, settings: Settings, recent: int = 10) -> Snapshot:
+    now = store.now()
+    counts = {state.value: n for state, n in store.counts().items()}
+    running = {job.id: job for job in store.list(JobState.RUNNING, limit=1000)}
+    silent_after = settings.heartbeat_seconds * HEARTBEAT_STALE_FACTOR
+    workers = []
+    for w in store.workers():
+        age = max(now - w.heartbeat_at, 0.0)
+        job = running.get(w.job_id) if w.job_id else None
+        workers.append(WorkerView(
+            w.id, w.host, w.pid, w.device, w.backend,
+            "silent" if age > silent_after else w.state, w.job_id,
+            job.progress if job else None, job.stage if job else None,
+            w.fps if job else None, age))
+    gpu = gpu_summary(max_age=0.5)
+    return Snapshot(now, store.engine.url.render_as_string(hide_password=True), counts,
+                    workers, store.list(limit=recent) if recent else [],
+                    gpu.get("devices", []) if gpu.get("available") else [],
+                    "" if gpu.get("available") else gpu.get("reason", "no GPU"))
+
+
+def render_snapshot(snap: Snapshot, width: int = 120) -> str:
+    """The snapshot as plain text, each line cut to `width`."""
+    clock = datetime.fromtimestamp(snap.taken_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    lines = [f"dhserve top  {clock} UTC  store {snap.store}",
+             "queue: " + "  ".join(f"{state} {n}" for state, n in snap.counts.items()),
+             "",
+             f"WORKERS ({len(snap.workers)})"]
+    if snap.workers:
+        lines.append(f"  {'WORKER':<30} {'DEVICE':<16} {'STATE':<8} {'JOB':<24} "
+                     f"{'PROGRESS':<20} {'FPS':>6} {'HEARTBEAT':>9}")
+        for w in snap.workers:
+            progress = f"{w.progress:3d}% {w.stage}" if w.progress is not None else "-"
+            fps = f"{w.fps:6.1f}" if w.fps is not None else f"{'-':>6}"
+            lines.append(f"  {_cut(w.id, 30):<30} {_cut(w.device, 16):<16} {w.state:<8} "
+                         f"{_cut(w.job_id or '-', 24):<24} {_cut(progress, 20):<20} {fps} "
+                         f"{_age(w.heartbeat_age):>9}")
+    else:
+        lines.append("  no render worker registered (start one: dhserve worker)")
+    lines += ["", "GPUS"]
+    if snap.gpus:
+        for g in snap.gpus:
+            util = f"{g['utilization_percent']:3d}%" if g["utilization_percent"] is not None \
+                else "   -"
+            lines.append(f"  {g['index']}  {_cut(g['name'], 28):<28} util {util}  memory "
+                         f"{g['memory_used_mb'] / GIB:6.1f} / {g['memory_total_mb'] / GIB:.1f} "
+                         "GiB")
+    else:
+        lines.append(f"  none ({snap.gpu_note})")
+    lines += ["", f"RECENT JOBS ({len(snap.recent)})"]
+    for job in snap.recent:
+        lines.append(f"  {_cut(job.id, 30):<30} {job.state.value:<9} {_job_detail(job, snap)}")
+    return "\n".join(line[:width] for line in lines) + "\n"
+
+
+def _job_detail(job: Job, snap: Snapshot) -> str:
+    if job.state is JobState.QUEUED:
+        return f"waiting {_age(snap.taken_at - job.created_at)}"
+    if job.state is JobState.RUNNING:
+        return f"{job.progress:3d}% {job.stage}  on {job.worker_id or '-'}"
+    took = (f" in {_age(job.finished_at - job.created_at)}" if job.finished_at else "")
+    if job.state is JobState.SUCCEEDED:
+        return f"done{took}  {job.result or ''}"
+    return f"{job.error_code or job.state.value}{took}: {job.error_message or ''}"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def run_top(store: JobStore, settings: Settings, once: bool = False, interval: float = 1.0,
+            recent: int = 10, out: TextIO = sys.stdout) -> int:
+    """Prints one snapshot (`once`), or redraws one every `interval` seconds until q or
+    Ctrl-C; returns the exit status."""
+    if once:        # lines cut to a terminal's width; whole into a pipe or a file
+        width = shutil.get_terminal_size().columns if out.isatty() else 10_000
+        out.write(render_snapshot(take_snapshot(store, settings, recent), width))
+        return 0
+    import sqlalchemy as sa
+
+    with _screen(out) as keys:
+        while True:
+            width = shutil.get_terminal_size((120, 40)).columns
+            try:
+                text = render_snapshot(take_snapshot(store, settings, recent), width)
+            except sa.exc.DBAPIError as exc:   # keep watching: the store may come back
+                text = f"dhserve top: job store unreachable: {str(exc.orig).splitlines()[0]}\n"
+            out.write(CLEAR + text.replace("\n", "\x1b[K\n") + "\nq quits\x1b[J")
+            out.flush()
+            if keys(interval) in ("q", "Q"):
+                break
+    return 0
+
+
+@contextlib.contextmanager
+def _screen(out: TextIO) -> Iterator[Any]:
+    """The terminal in top's mode (alternate screen, keys unbuffered); yields a function
+    that waits up to `timeout` seconds for a key. Ctrl-C ends it quietly."""
+    tty = sys.stdin.isatty()
+    saved = None
+    if tty:
+        import termios
+        import tty as ttymode
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        ttymode.setcbreak(fd)
+
+    def key(timeout: float) -> str | None:
+        if not tty:
+            time.sleep(timeout)
+            return None
+        ready, _, _ = select.select([sys.stdin], [], [], timeout)
+        return os.read(sys.stdin.fileno(), 1).decode(errors="replace") if ready else None
+
+    out.write(ALT_SCREEN_ON)
+    try:
+        yield key
+    except KeyboardInterrupt:
+        pass
+    finally:
+        out.write(ALT_SCREEN_OFF)
+        out.flush()
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)

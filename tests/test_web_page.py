@@ -1,0 +1,421 @@
+"""The web page (GET /) in a real headless Chromium against a real HTTP server with a render
+worker: upload, live progress, the result playing and seeking, cancel from the job list, the
+API key asked for once, the server's message beside the field it names, names and messages
+shown as text, never as HTML. Screenshots are kept in test-artifacts/.
+
+Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them); where they are
+missing the tests skip with "CHROMIUM NOT TESTED"."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from api_support import Service
+from conftest import EXAMPLES, ROOT, wait_for
+from serving_support import stage_example
+from werkzeug.serving import make_server
+
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+class LiveService:
+    """The API app under a real (threaded werkzeug) HTTP server on a free port, and a render
+    worker, on threads of the test process, over one data dir. While `restarting` is set,
+    every request is answered 503 as a proxy does while the service behind it restarts."""
+
+    def __init__(self, data_dir: Path, **overrides):
+        self.service = Service(data_dir, **overrides)
+        self.restarting = False
+        self.server = make_server("127.0.0.1", 0, self._app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.service.start_worker()
+
+    def _app(self, environ, start_response):
+        if self.restarting:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"restarting"]
+        return self.service.app(environ, start_response)
+
+    def job(self, job_id: str) -> dict:
+        return self.service.client.get(f"/v1/jobs/{job_id}",
+                                       headers=self._auth()).get_json()
+
+    def _auth(self) -> dict[str, str]:
+        key = self.service.settings.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=10)
+        self.service.close()
+
+
+@pytest.fixture
+def live(tmp_path):
+    made: list[LiveService] = []
+
+    def start(**overrides) -> LiveService:
+        made.append(LiveService(tmp_path / f"data{len(made)}", **overrides))
+        return made[-1]
+
+    yield start
+    for service in made:
+        service.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("CHROMIUM NOT TESTED: Debian's chromium and chromium-driver are not "
+                    "installed (apt-get install chromium chromium-driver; .ci/run does it)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1280,1000", "--mute-audio",
+                     "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(argument)
+    # An explicit driver path: Selenium Manager never runs, so nothing is downloaded.
+    driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def long_speech(tmp_path_factory) -> Path:
+    """The example speech three times over (~35 s): a render still running when cancelled."""
+    folder = tmp_path_factory.mktemp("long")
+    stage_example(folder, speech_repeats=3)
+    return folder / "speech.wav"
+
+
+def by_id(browser, element_id: str):
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, element_id)
+
+
+def text(browser, element_id: str) -> str:
+    return by_id(browser, element_id).text
+
+
+def wait_page(browser, predicate, timeout: float, what: str):
+    """Polls the page; on a timeout, keeps a screenshot of what it showed."""
+    try:
+        return wait_for(lambda: predicate(), timeout, what, every=0.1)
+    except AssertionError:
+        screenshot(browser, "web-page-timeout")
+        raise
+
+
+def screenshot(browser, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    browser.save_screenshot(str(path))
+    return path
+
+
+def choose_files(browser, video: Path | None, audio: Path | None) -> None:
+    for element_id, path in (("video-file", video), ("audio-file", audio)):
+        field = by_id(browser, element_id)
+        field.clear()
+        if path is not None:
+            field.send_keys(str(path))
+
+
+def follow_progress(browser, timeout: float) -> list[tuple[int, str]]:
+    """The (percent, stage) the progress bar showed until the job ended."""
+    seen: list[tuple[int, str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = by_id(browser, "progress").get_attribute("data-state")
+        shown = (int(text(browser, "progress-percent").rstrip(" %") or 0),
+                 text(browser, "progress-stage"))
+        if not seen or seen[-1] != shown:
+            seen.append(shown)
+        if state in ("succeeded", "failed", "canceled"):
+            return seen
+        time.sleep(0.05)
+    screenshot(browser, "web-page-timeout")
+    raise AssertionError(f"the job did not end in {timeout} s; the bar showed {seen}")
+
+
+def no_alert(browser) -> bool:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        alert = browser.switch_to.alert
+    except NoAlertPresentException:
+        return True
+    return alert is None
+
+
+def test_the_page_files_load_without_the_key_and_hold_nothing_from_elsewhere(service):
+    svc = service(api_key="k")              # every response is checked against /openapi.json
+    assert svc.client.get("/v1/jobs").status_code == 401
+    bodies = {}
+    for path, media in (("/", "text/html"), ("/ui/app.js", "text/javascript"),
+                        ("/ui/app.css", "text/css")):
+        response = svc.client.get(path)
+        assert response.status_code == 200 and response.mimetype == media
+        assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+        again = svc.client.get(path, headers={"If-None-Match": response.headers["ETag"]})
+        assert again.status_code == 304
+        bodies[path] = response.get_data(as_text=True)
+    assert '<script src="/ui/app.js"' in bodies["/"] and "/ui/app.css" in bodies["/"]
+    for body in bodies.values():              # no CDN, no web font: it works offline
+        assert "http://" not in body and "https://" not in body and "//cdn" not in body
+    raw = svc.client.client                   # a path the document does not have
+    assert raw.get("/ui/index.html").status_code == 401      # only the three routes are open
+
+
+SEEK = """
+const [seconds, done] = arguments;
+const player = document.getElementById("player");
+player.addEventListener("seeked", () => done({time: player.currentTime,
+                                              ready: player.readyState}), {once: true});
+player.currentTime = seconds;
+"""
+
+
+def test_upload_progress_play_seek_and_cancel_from_the_list(browser, live, long_speech,
+                                                            caplog):
+    caplog.set_level(logging.INFO, logger="dhserve.api.access")
+    service = live()
+    browser.get(service.url + "/")
+    wait_page(browser, lambda: text(browser, "service-status") == "ready", 30,
+              "the page to show a ready render worker")
+    assert "cpu" in text(browser, "workers") and "rendering on the CPU" in text(browser, "gpus")
+
+    choose_files(browser, EXAMPLES / "avatar.mp4", EXAMPLES / "speech.wav")
+    by_id(browser, "submit").click()
+    seen = follow_progress(browser, 90)
+    assert by_id(browser, "progress").get_attribute("data-state") == "succeeded", seen
+    percents = [p for p, stage in seen if stage != "uploading"]     # the job's own progress
+    assert percents == sorted(percents) and percents[-1] == 100, seen
+    assert any(0 < p < 100 for p in percents), f"no progress between 0 and 100: {seen}"
+    assert "lip-sync" in {stage for _, stage in seen}, seen
+    job_id = text(browser, "progress-job").split()[1]
+    assert service.job(job_id)["state"] == "succeeded"
+
+    # The result plays in the page, streamed from the result route, and seeks.
+    wait_page(browser, lambda: browser.execute_script(
+        "return document.getElementById('player').readyState") >= 1, 30, "the video to load")
+    duration, seekable_end, src = browser.execute_script(
+        "const p = document.getElementById('player');"
+        "return [p.duration, p.seekable.length ? p.seekable.end(0) : 0, p.currentSrc];")
+    assert duration == pytest.approx(11.76, abs=0.1)
+    assert seekable_end == pytest.approx(duration, abs=0.1)
+    assert src == f"{service.url}/v1/jobs/{job_id}/result"
+    seek = browser.execute_async_script(SEEK, 7.5)
+    assert seek["time"] == pytest.approx(7.5, abs=0.1) and seek["ready"] >= 2
+    assert any(f"GET /v1/jobs/{job_id}/result 206" in r.getMessage() for r in caplog.records)
+    download = by_id(browser, "download")
+    assert download.get_attribute("href") == src
+    assert download.get_attribute("download") == f"{job_id}.mp4"
+    assert requests.get(src, timeout=10).content[4:8] == b"ftyp"
+
+    # A second job reuses the avatar already uploaded; it is cancelled from the job list.
+    from selenium.webdriver.support.ui import Select
+
+    reuse = Select(by_id(browser, "video-reuse"))
+    wait_page(browser, lambda: len(reuse.options) == 2, 10, "the used avatar to be offered")
+    assert reuse.options[1].text.startswith("avatar.mp4")
+    reuse.select_by_index(1)
+    choose_files(browser, None, long_speech)
+    by_id(browser, "submit").click()
+    wait_page(browser, lambda: text(browser, "progress-job").split()[1:2] not in ([], [job_id]),
+              15, "the second job to be submitted")
+    second = text(browser, "progress-job").split()[1]
+    assert service.job(second)["inputs"]["video"] == service.job(job_id)["inputs"]["video"]
+
+    # The service restarts behind its proxy (503 for a while): the bar says so and follows on.
+    wait_for(lambda: service.job(second)["state"] == "running", 30, "the second job to run")
+    service.restarting = True
+    wait_page(browser, lambda: text(browser, "progress-error") == "reconnecting… (HTTP 503)",
+              10, "the bar to say it is reconnecting")
+    service.restarting = False
+    wait_page(browser, lambda: text(browser, "progress-error") == "", 10,
+              "the bar to follow the job again")
+    row = f'tr[data-job="{second}"]'
+    from selenium.webdriver.common.by import By
+
+    wait_page(browser, lambda: browser.find_elements(By.CSS_SELECTOR, f"{row} button.cancel"),
+              15, "the second job's cancel button")
+    browser.find_element(By.CSS_SELECTOR, f"{row} button.cancel").click()
+    wait_page(browser, lambda: browser.find_element(By.CSS_SELECTOR, row)
+              .get_attribute("data-state") == "canceled", 30, "the second job to be canceled")
+    assert service.job(second)["state"] == "canceled"
+    wait_page(browser, lambda: by_id(browser, "progress").get_attribute("data-state")
+              == "canceled", 10, "the progress bar to show the cancel")
+    first_row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]')
+    assert first_row.get_attribute("data-state") == "succeeded"
+    assert no_alert(browser)
+    path = screenshot(browser, "web-page")
+    assert path.stat().st_size > 20_000
+
+
+def test_a_bad_input_shows_the_servers_message_beside_its_field(browser, live, tmp_path):
+    service = live()
+    browser.get(service.url + "/")
+    wait_page(browser, lambda: text(browser, "service-status") == "ready", 30, "the page")
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("this is not a video\n" * 50)
+    choose_files(browser, not_video, EXAMPLES / "speech.wav")
+    by_id(browser, "submit").click()
+    wait_page(browser, lambda: text(browser, "error-video"), 15, "the video field's error")
+    with not_video.open("rb") as video, (EXAMPLES / "speech.wav").open("rb") as audio:
+        answer = requests.post(service.url + "/v1/jobs", timeout=10,
+                               files={"video": video, "audio": audio}).json()
+    assert answer["field"] == "video"
+    assert text(browser, "error-video") == answer["detail"]    # the server's words, as sent
+    assert "field invalid" in by_id(browser, "error-video").find_element(
+        "xpath", "..").get_attribute("class")
+    assert text(browser, "error-audio") == "" and text(browser, "error-form") == ""
+    assert no_alert(browser)
+    screenshot(browser, "web-page-bad-input")
+
+    # An option the server refuses (a backend whose model file is absent): beside its select.
+    from selenium.webdriver.support.ui import Select
+
+    choose_files(browser, EXAMPLES / "avatar.mp4", EXAMPLES / "speech.wav")
+    Select(by_id(browser, "backend")).select_by_value("wav2lip")
+    by_id(browser, "submit").click()
+    wait_page(browser, lambda: text(browser, "error-backend"), 15, "the backend's error")
+    assert text(browser, "error-backend").startswith("needs models/wav2lip_gan_96.onnx")
+    assert text(browser, "error-video") == ""       # the earlier message is gone
+    assert service.service.store.list(None, 10) == []     # nothing was queued
+
+    # A problem naming no field of the form (or one that is not a form field, like the
+    # error-form slot's own name) goes under the Render button.
+    for field, shown in (("form", "form: d1"), ("options", "options: d2"), (None, "d3")):
+        browser.execute_script("showError(new ApiError(422, {code: 'x', detail: arguments[1], "
+                               "field: arguments[0]}))", field, shown.split()[-1])
+        assert text(browser, "error-form") == shown
+    assert no_alert(browser)
+
+
+XSS = "<img src=x onerror=window.__xss=1>"
+
+
+def test_names_and_messages_from_jobs_are_shown_as_text(browser, live, short_speech, tmp_path):
+    service = live()
+    # A job whose input (a URL, as given) and error message (it cannot be downloaded) hold HTML.
+    failing = service.service.client.post("/v1/jobs", json={
+        "video": f"http://127.0.0.1:9/{XSS}.mp4", "audio": "http://127.0.0.1:9/a.wav"})
+    failing = failing.get_json()["id"]
+    wait_for(lambda: service.job(failing)["state"] == "failed", 30, "the job to fail")
+    message = service.job(failing)["error"]["message"]
+    assert XSS in message
+    # An upload whose file name holds HTML: the page remembers and offers it by that name.
+    named = tmp_path / f"{XSS}.mp4"
+    shutil.copy(EXAMPLES / "avatar.mp4", named)
+    browser.get(service.url + "/")
+    wait_page(browser, lambda: text(browser, "service-status") == "ready", 30, "the page")
+    choose_files(browser, named, short_speech)
+    by_id(browser, "submit").click()
+    seen = follow_progress(browser, 60)
+    assert by_id(browser, "progress").get_attribute("data-state") == "succeeded", seen
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    row = f'tr[data-job="{failing}"]'
+    wait_page(browser, lambda: browser.find_elements(By.CSS_SELECTOR, row), 10, "the list")
+    assert browser.find_element(By.CSS_SELECTOR, f"{row} td:nth-child(3)").text == message
+    assert XSS in browser.find_element(By.CSS_SELECTOR, f"{row} td").get_attribute("title")
+    reuse = Select(by_id(browser, "video-reuse"))
+    wait_page(browser, lambda: len(reuse.options) == 2, 10, "the used avatar to be offered")
+    assert reuse.options[1].text.startswith(f"{XSS}.mp4 · job ")
+    assert browser.execute_script("return [window.__xss, document.images.length]") == [None, 0]
+    assert no_alert(browser)
+
+
+# Blob URLs made and not yet revoked, and response bodies read as blobs, from here on.
+TRACK_BLOBS = """
+window.__liveBlobs = new Set();
+window.__blobsRead = 0;
+const create = URL.createObjectURL, revoke = URL.revokeObjectURL;
+const blob = Response.prototype.blob;
+URL.createObjectURL = (b) => { const u = create.call(URL, b); window.__liveBlobs.add(u); return u; };
+URL.revokeObjectURL = (u) => { window.__liveBlobs.delete(u); revoke.call(URL, u); };
+Response.prototype.blob = async function () {
+  const b = await blob.call(this);
+  window.__blobsRead += 1;
+  return b;
+};
+"""
+
+
+def test_with_an_api_key_the_page_asks_once_then_works(browser, live, short_speech):
+    service = live(api_key="s3cret-key")
+    assert requests.get(service.url + "/v1/jobs", timeout=10).status_code == 401
+    for path in ("/", "/ui/app.js", "/ui/app.css"):      # the page itself needs no key
+        assert requests.get(service.url + path, timeout=10).status_code == 200
+    browser.get(service.url + "/")
+    dialog = by_id(browser, "key-dialog")
+    wait_page(browser, lambda: dialog.get_attribute("open") is not None, 15, "the key dialog")
+    by_id(browser, "key-input").send_keys("wrong-key")
+    by_id(browser, "key-submit").click()
+    wait_page(browser, lambda: "refused" in text(browser, "key-error"), 15,
+              "the wrong key to be refused")
+    assert dialog.get_attribute("open") is not None
+    by_id(browser, "key-input").send_keys("s3cret-key")
+    by_id(browser, "key-submit").click()
+    wait_page(browser, lambda: text(browser, "service-status") == "ready", 30,
+              "the page to work with the key")
+    assert dialog.get_attribute("open") is None
+
+    choose_files(browser, EXAMPLES / "avatar.mp4", EXAMPLES / "speech.wav")
+    by_id(browser, "submit").click()
+    seen = follow_progress(browser, 90)
+    assert seen[-1][0] == 100 and by_id(browser, "progress").get_attribute("data-state") \
+        == "succeeded", seen
+    wait_page(browser, lambda: browser.execute_script(
+        "return document.getElementById('player').readyState") >= 1, 30, "the video to load")
+    src = browser.execute_script("return document.getElementById('player').currentSrc")
+    assert src.startswith("blob:")      # fetched with the key: a <video> cannot send it
+    seek = browser.execute_async_script(SEEK, 4.0)
+    assert seek["time"] == pytest.approx(4.0, abs=0.1)
+
+    # Play for a second job while the first one's file still loads: the second plays, and
+    # the first one's file, once loaded, is dropped (only the player's blob URL lives).
+    first = text(browser, "progress-job").split()[1]
+    shutil.copy(EXAMPLES / "avatar.mp4", service.service.temp / "avatar.mp4")
+    shutil.copy(short_speech, service.service.temp / "short.wav")
+    other = service.service.client.post("/v1/jobs", headers=service._auth(), json={
+        "video": "avatar.mp4", "audio": "short.wav"}).get_json()["id"]
+    wait_for(lambda: service.job(other)["state"] == "succeeded", 60, "the second job")
+    from selenium.webdriver.common.by import By
+
+    wait_page(browser, lambda: browser.find_elements(
+        By.CSS_SELECTOR, f'tr[data-job="{other}"] button.play'), 10, "the second Play button")
+    browser.execute_script(TRACK_BLOBS)
+    browser.execute_script(
+        "for (const id of arguments) "
+        "document.querySelector(`tr[data-job='${id}'] button.play`).click();", first, other)
+    wait_page(browser, lambda: browser.execute_script("return window.__blobsRead") == 2
+              and text(browser, "result-summary").startswith(f"job {other[:8]}"), 30,
+              "both files loaded, the second job shown")
+    live_blobs, src = browser.execute_script(
+        "return [[...window.__liveBlobs], document.getElementById('player').src]")
+    assert live_blobs == [src] and src.startswith("blob:")
+
+    browser.refresh()                   # the key is kept: not asked again
+    wait_page(browser, lambda: text(browser, "service-status") == "ready", 30, "the page")
+    wait_page(browser, lambda: "succeeded" in text(browser, "jobs"), 10, "the job list")
+    assert by_id(browser, "key-dialog").get_attribute("open") is None
+    assert no_alert(browser)
+    screenshot(browser, "web-page-api-key")
