@@ -443,7 +443,7 @@ def _client(server: str | None, api_key: str | None):
 @click.option("--wait", is_flag=True, help="Follow the job to its end with a progress bar.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Download the result to this file (implies --wait).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar, no stage lines: only the result.")
 @click.pass_context
 def submit(ctx: click.Context, video: str, audio: str, server: str | None,
            api_key: str | None, backend: str | None, loop: str | None, job_id: str | None,
