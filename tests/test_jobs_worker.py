@@ -471,3 +471,41 @@ def test_a_redirect_away_from_http_is_refused(tmp_path):
     assert refused.value.code == "input.download_failed"
     assert "redirect to ftp: refused" in refused.value.reason
     assert list(tmp_path.iterdir()) == []
+
+
+class _CutOff(http.server.BaseHTTPRequestHandler):
+    """Promises 100000 bytes and sends 10 (the connection then closes), or with /chunked a
+    chunked body that stops without its last chunk."""
+
+    def do_GET(self):
+        self.send_response(200)
+        if self.path.endswith("/chunked"):
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"a\r\n0123456789\r\n")
+        else:
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"0123456789")
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("path", ["/a.mp4", "/chunked"])
+def test_a_download_that_breaks_off_is_refused_not_rendered(tmp_path, path):
+    from dhserve.errors import InputError
+    from dhserve.jobs.downloads import download
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutOff)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(InputError) as refused:
+            download(f"http://127.0.0.1:{server.server_address[1]}{path}", "video", tmp_path,
+                     2**20, 10)
+    finally:
+        server.shutdown()
+    assert (refused.value.code, refused.value.field) == ("input.download_failed", "video")
+    assert list(tmp_path.iterdir()) == []          # nothing left that looks like an input

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import re
 import time
 import urllib.error
@@ -56,12 +57,17 @@ def download(url: str, field: str, folder: Path, max_bytes: int, timeout_s: floa
                     raise InputError("input.download_failed", field,
                                      f"download took longer than {timeout_s:g} s")
                 out.write(chunk)
+            if declared and declared.isdigit() and size < int(declared):
+                # read() answers b"" when the server closes early: a cut-off file would be
+                # rendered as if it were whole
+                raise InputError("input.download_failed", field,
+                                 f"download of {url} broke off after {size} of {declared} bytes")
         part.replace(path)
         return path
     except urllib.error.HTTPError as exc:
         raise InputError("input.download_failed", field,
                          f"{url} answered HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise InputError("input.download_failed", field,
                          f"cannot download {url}: {reason}") from None
