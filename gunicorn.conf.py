@@ -39,7 +39,7 @@ logconfig_dict = _dhserve["logconfig_dict"]      # stderr + <data dir>/log/dh.lo
 control_socket_disable = _dhserve["control_socket_disable"]  # no shared ~/.gunicorn socket
 
 # hooks: CUDA guard in the master, GPU pinning and the renderer in the worker, memory watchdog,
-# the metrics folder (made in on_starting, before any fork)
+# the metrics folder (made in when_ready, once the port is bound, before the first fork)
 on_starting = _dhserve["on_starting"]
 when_ready = _dhserve["when_ready"]
 post_fork = _dhserve["post_fork"]

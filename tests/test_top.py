@@ -3,19 +3,21 @@ job store with real workers' rows and jobs in every state."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
 import signal
 import subprocess
 import sys
-import time
 
+import pytest
 from conftest import wait_for
 
 from dhserve.config import Settings
 from dhserve.jobs import JobSpec, JobStore
-from dhserve.monitor import render_snapshot, take_snapshot
+from dhserve.jobs.schema import workers
+from dhserve.monitor import _age, render_snapshot, take_snapshot
 from dhserve.runtime.gpu import gpu_summary
 
 SPEC = JobSpec(video="avatar.mp4", audio="speech.wav")
@@ -36,7 +38,7 @@ def busy_store(url: str) -> JobStore:
     store.succeed("s1", "box-1-w", "/data/results/s1.mp4", {"frames": 10})
     store.fail("f1", "box-1-w", "video.no_face", "video: no face found in any of 25 frames")
     store.renew("r1", "box-1-w", progress=42, stage="lip-sync", fps=31.5)
-    store.worker_heartbeat("box-1-w", "busy", "r1", ready=True, backend="classic", fps=31.5)
+    store.worker_heartbeat("box-1-w", "busy", "r1", ready=True, backend="classic")
     store.submit("q1", SPEC)
     return store
 
@@ -70,20 +72,66 @@ def test_once_shows_workers_queue_jobs_and_gpus(database_url):
 
 
 def test_a_worker_that_stopped_heartbeating_shows_as_silent(tmp_path):
-    settings = Settings(data_dir=tmp_path, heartbeat_seconds=0.1, lease_seconds=1)
+    settings = Settings(data_dir=tmp_path, heartbeat_seconds=1, lease_seconds=60)
     store = JobStore.from_settings(settings)
     try:
         store.register_worker("gone", "box", 1, "cpu")
         store.register_worker("alive", "box", 2, "cpu")
-        time.sleep(0.5)                                     # > 3 heartbeat intervals
+        with store.engine.begin() as conn:                  # 10 intervals ago: silent (> 3),
+            conn.execute(workers.update().where(workers.c.id == "gone").values(   # not yet
+                heartbeat_at=workers.c.heartbeat_at - 10))                          # forgotten
         store.worker_heartbeat("alive", "idle")
+        store.reap()
         snap = take_snapshot(store, settings)
     finally:
         store.close()
     assert {w.id: w.state for w in snap.workers} == {"gone": "silent", "alive": "idle"}
-    assert next(w for w in snap.workers if w.id == "gone").heartbeat_age >= 0.5
+    assert next(w for w in snap.workers if w.id == "gone").heartbeat_age >= 10
     text = render_snapshot(snap)
     assert "no render worker" not in text and "RECENT JOBS (0)" in text
+
+
+def test_json_and_piped_text_are_whole_for_scripts(tmp_path):
+    url = f"sqlite:///{tmp_path / 'dhserve.db'}"
+    store = busy_store(url)
+    long_id = "render-worker-on-a-host-with-a-long-name-7"          # over the 30-char column
+    store.register_worker(long_id, "host-with-a-long-name", 7, "cuda:1 (GPU 5, NVIDIA H200)")
+    store.close()
+    text = top("--once", url=url)
+    assert text.returncode == 0, text.stderr
+    assert long_id in text.stdout and "cuda:1 (GPU 5, NVIDIA H200)" in text.stdout   # not cut
+    assert "…" not in text.stdout
+    shown = top("--json", "--jobs", "3", url=url)
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert doc["queue"] == {"queued": 1, "running": 1, "succeeded": 1, "failed": 1,
+                            "canceled": 0}
+    by_id = {w["id"]: w for w in doc["workers"]}
+    assert set(by_id) == {"box-1-w", long_id}
+    busy = by_id["box-1-w"]
+    assert (busy["device"], busy["state"], busy["job_id"], busy["progress"], busy["stage"],
+            busy["fps"]) == ("cuda:0 (GPU 3)", "busy", "r1", 42, "lip-sync", 31.5)
+    assert by_id[long_id]["state"] == "starting" and by_id[long_id]["fps"] is None
+    assert [(j["id"], j["state"]) for j in doc["jobs"]] == [
+        ("q1", "queued"), ("r1", "running"), ("f1", "failed")]
+    assert doc["jobs"][2]["error_code"] == "video.no_face"
+    assert isinstance(doc["gpus"], list) and doc["taken_at"] > 0
+    assert bool(doc["gpus"]) == bool(gpu_summary().get("available"))
+
+
+def test_the_live_view_into_a_pipe_is_refused_with_the_way_out(tmp_path):
+    url = f"sqlite:///{tmp_path / 'dhserve.db'}"
+    shown = top(url=url)
+    assert shown.returncode == 2 and shown.stdout == ""
+    assert shown.stderr.startswith("error top.no_terminal: ") and "--json" in shown.stderr
+
+
+@pytest.mark.parametrize("seconds, shown", [
+    (0, "0.0s"), (-3, "0.0s"), (12.34, "12.3s"), (59.94, "59.9s"), (59.96, "1m00s"),
+    (60, "1m00s"), (119.4, "1m59s"), (119.7, "2m00s"), (3599.4, "59m59s"),
+    (3599.9, "1h00m"), (3660, "1h01m"), (7199.9, "2h00m"), (90061, "25h01m")])
+def test_ages_are_rounded_before_they_are_split(seconds, shown):
+    assert _age(seconds) == shown
 
 
 def test_an_unreachable_store_is_an_error_not_a_traceback():
@@ -136,15 +184,21 @@ def test_live_view_redraws_every_interval_and_q_quits(tmp_path):
         store.close()
 
 
-def test_live_view_ends_quietly_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_live_view_ends_quietly_on_ctrl_c_and_sigterm(tmp_path, sig):
+    """Either way the terminal is given back: cursor shown, main screen, keys echoed."""
+    import termios
+
     url = f"sqlite:///{tmp_path / 'dhserve.db'}"
     busy_store(url).close()
     terminal = Terminal(url)
     try:
         wait_for(lambda: "dhserve top " in terminal.read(), 30, "the first screen")
-        terminal.process.send_signal(signal.SIGINT)
+        assert not termios.tcgetattr(terminal.master)[3] & termios.ICANON    # cbreak now
+        terminal.process.send_signal(sig)
         assert terminal.process.wait(timeout=10) == 0
         shown = terminal.read()
-        assert shown.rstrip().endswith("\x1b[?1049l") and "Traceback" not in shown
+        assert shown.rstrip().endswith("\x1b[?25h\x1b[?1049l") and "Traceback" not in shown
+        assert termios.tcgetattr(terminal.master)[3] & termios.ICANON         # restored
     finally:
         terminal.close()

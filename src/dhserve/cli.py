@@ -210,11 +210,15 @@ def worker(ctx: click.Context, max_jobs: int | None, max_memory_mb: float | None
            **overrides) -> None:
     """Render jobs from the queue until stopped (SIGTERM/SIGINT: finish or hand back;
     SIGHUP: finish the job, then exit to be restarted)."""
+    from dhserve.serving.metrics_files import join_service_metrics
+
+    settings = _settings(ctx, **overrides)
+    join_service_metrics(settings)      # before prometheus_client loads: `dhserve web`'s
+                                        # /metrics counts this worker's renders
     from dhserve.jobs.worker import RenderWorker
     from dhserve.serving.supervisor import watch_supervisor
     from dhserve.serving.watchdog import MemoryWatchdog
 
-    settings = _settings(ctx, **overrides)
     limit = _serving(max_memory_mb=max_memory_mb).max_memory_mb
     _service_logging(ctx, settings)
     with _reported():
@@ -227,23 +231,26 @@ def worker(ctx: click.Context, max_jobs: int | None, max_memory_mb: float | None
 @main.command()
 @click.option("--database-url", default=None,
               help="Job store [env DHSERVE_DATABASE_URL; default SQLite in the data dir].")
-@click.option("--once", is_flag=True, help="Print one snapshot and exit (for scripts).")
+@click.option("--once", is_flag=True, help="Print one snapshot as text and exit.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one snapshot as JSON (workers, queue, jobs, gpus) and exit.")
 @click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True,
               help="Seconds between redraws.")
 @click.option("--jobs", "recent", type=click.IntRange(0), default=10, show_default=True,
               help="Recent jobs shown.")
 @click.pass_context
-def top(ctx: click.Context, database_url: str | None, once: bool, interval: float,
-        recent: int) -> None:
+def top(ctx: click.Context, database_url: str | None, once: bool, as_json: bool,
+        interval: float, recent: int) -> None:
     """Live view of the render workers (device, job, frames/s, heartbeat), the queue, recent
-    jobs and each GPU, from the job store and NVML; q or Ctrl-C quits."""
+    jobs and each GPU, from the job store and NVML; q, Ctrl-C or SIGTERM quits. Needs a
+    terminal; scripts use --once or --json."""
     from dhserve.jobs import JobStore
     from dhserve.monitor import run_top
 
     settings = _settings(ctx, database_url=database_url)
     with _reported():
         sys.exit(run_top(JobStore.from_settings(settings), settings, once=once,
-                         interval=interval, recent=recent))
+                         interval=interval, recent=recent, as_json=as_json))
 
 
 @main.command()
@@ -311,10 +318,16 @@ def jobs(ctx: click.Context, database_url: str | None) -> None:
     ctx.obj["database_url"] = database_url
 
 
-def _store(ctx: click.Context):
+def _store(ctx: click.Context, counted: bool = False):
+    """The job store; `counted`: the command records metrics (a cancel), which go to a
+    running service's metrics folder on this machine."""
+    settings = _settings(ctx, database_url=ctx.obj.get("database_url"))
+    if counted:
+        from dhserve.serving.metrics_files import join_service_metrics
+
+        join_service_metrics(settings)          # before prometheus_client loads
     from dhserve.jobs import JobStore
 
-    settings = _settings(ctx, database_url=ctx.obj.get("database_url"))
     with _reported():
         return settings, JobStore.from_settings(settings)
 
@@ -404,7 +417,7 @@ def jobs_show(ctx: click.Context, job_id: str) -> None:
 @click.pass_context
 def jobs_cancel(ctx: click.Context, job_id: str) -> None:
     """Cancel a job: at once when queued, at the next frame batch when running."""
-    _, store = _store(ctx)
+    _, store = _store(ctx, counted=True)
     with _reported():
         click.echo(_job_line(store.cancel(job_id)))
 

@@ -31,7 +31,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -39,11 +38,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
     from dhserve.jobs.store import JobStore
-
-if MULTIPROCESS_DIR is not None and not getattr(values.ValueClass, "_multiprocess", False):
-    # prometheus_client was imported before the folder was set (by a library, say): the
-    # values made from here on must still go to the shared files.
-    values.ValueClass = values.get_value_class()
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4     # the text format every Prometheus version reads
 MIB = 2**20
@@ -56,7 +50,9 @@ JOBS_FINISHED = Counter(
     "dhserve_jobs_finished", "Jobs that reached a final state, by state, counted by the "
     "process that recorded it.", ["state"])
 QUEUE_WAIT = Histogram(
-    "dhserve_job_queue_wait_seconds", "From a job's submit to a render worker's claim of it.",
+    "dhserve_job_queue_wait_seconds", "From a job's submit to a render worker's claim of it, "
+    "each claim (a requeued job's later claims are measured from its submit too: its earlier "
+    "attempts included).",
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
 RENDER_DURATION = Histogram(
     "dhserve_job_render_duration_seconds", "Wall time of one render attempt, from claim to "
@@ -127,10 +123,8 @@ class ServiceCollector:
 
         up = GaugeMetricFamily("dhserve_store_up", "1 when the job store answered this scrape.")
         try:
-            counts = self.store.counts()
-            now = self.store.now()
-            workers = self.store.workers()
-        except sa.exc.DBAPIError:
+            now, counts, workers = self.store.overview()
+        except sa.exc.SQLAlchemyError:      # unreachable, pool exhausted, tables gone
             up.add_metric([], 0)
             yield up
             return

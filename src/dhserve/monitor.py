@@ -6,9 +6,12 @@ without the web tier, from any machine that reaches the store."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import select
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from dhserve.config import Settings
+from dhserve.errors import DhserveError, first_line
 from dhserve.jobs.model import HEARTBEAT_STALE_FACTOR, Job, JobState
 from dhserve.jobs.store import JobStore
 from dhserve.runtime.gpu import gpu_summary
@@ -57,12 +61,12 @@ class Snapshot:
 
 
 def take_snapshot(store: JobStore, settings: Settings, recent: int = 10) -> Snapshot:
-    now = store.now()
-    counts = {state.value: n for state, n in store.counts().items()}
+    now, by_state, registered = store.overview()
+    counts = {state.value: n for state, n in by_state.items()}
     running = {job.id: job for job in store.list(JobState.RUNNING, limit=1000)}
     silent_after = settings.heartbeat_seconds * HEARTBEAT_STALE_FACTOR
     workers = []
-    for w in store.workers():
+    for w in registered:
         age = max(now - w.heartbeat_at, 0.0)
         job = running.get(w.job_id) if w.job_id else None
         workers.append(WorkerView(
@@ -77,8 +81,21 @@ def take_snapshot(store: JobStore, settings: Settings, recent: int = 10) -> Snap
                     "" if gpu.get("available") else gpu.get("reason", "no GPU"))
 
 
-def render_snapshot(snap: Snapshot, width: int = 120) -> str:
-    """The snapshot as plain text, each line cut to `width`."""
+def snapshot_json(snap: Snapshot) -> str:
+    """The snapshot as one JSON document for scripts: workers, queue, jobs (newest first),
+    gpus; times are epoch seconds of the store's clock, ages seconds."""
+    return json.dumps({
+        "taken_at": snap.taken_at, "store": snap.store, "queue": snap.counts,
+        "workers": [dataclasses.asdict(w) for w in snap.workers],
+        "jobs": [{**dataclasses.asdict(job), "state": job.state.value} for job in snap.recent],
+        "gpus": snap.gpus, "gpu_note": snap.gpu_note}, indent=2) + "\n"
+
+
+def render_snapshot(snap: Snapshot, width: int | None = 120) -> str:
+    """The snapshot as plain text: each line cut to `width` and long cells shortened with …;
+    width None (a pipe, a file): nothing cut. Device and stage may hold spaces: scripts
+    that want fields read --json."""
+    cut = _cut if width is not None else (lambda text, _width: text)
     clock = datetime.fromtimestamp(snap.taken_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     lines = [f"dhserve top  {clock} UTC  store {snap.store}",
              "queue: " + "  ".join(f"{state} {n}" for state, n in snap.counts.items()),
@@ -90,8 +107,8 @@ def render_snapshot(snap: Snapshot, width: int = 120) -> str:
         for w in snap.workers:
             progress = f"{w.progress:3d}% {w.stage}" if w.progress is not None else "-"
             fps = f"{w.fps:6.1f}" if w.fps is not None else f"{'-':>6}"
-            lines.append(f"  {_cut(w.id, 30):<30} {_cut(w.device, 16):<16} {w.state:<8} "
-                         f"{_cut(w.job_id or '-', 24):<24} {_cut(progress, 20):<20} {fps} "
+            lines.append(f"  {cut(w.id, 30):<30} {cut(w.device, 16):<16} {w.state:<8} "
+                         f"{cut(w.job_id or '-', 24):<24} {cut(progress, 20):<20} {fps} "
                          f"{_age(w.heartbeat_age):>9}")
     else:
         lines.append("  no render worker registered (start one: dhserve worker)")
@@ -100,14 +117,14 @@ def render_snapshot(snap: Snapshot, width: int = 120) -> str:
         for g in snap.gpus:
             util = f"{g['utilization_percent']:3d}%" if g["utilization_percent"] is not None \
                 else "   -"
-            lines.append(f"  {g['index']}  {_cut(g['name'], 28):<28} util {util}  memory "
+            lines.append(f"  {g['index']}  {cut(g['name'], 28):<28} util {util}  memory "
                          f"{g['memory_used_mb'] / GIB:6.1f} / {g['memory_total_mb'] / GIB:.1f} "
                          "GiB")
     else:
         lines.append(f"  none ({snap.gpu_note})")
     lines += ["", f"RECENT JOBS ({len(snap.recent)})"]
     for job in snap.recent:
-        lines.append(f"  {_cut(job.id, 30):<30} {job.state.value:<9} {_job_detail(job, snap)}")
+        lines.append(f"  {cut(job.id, 30):<30} {job.state.value:<9} {_job_detail(job, snap)}")
     return "\n".join(line[:width] for line in lines) + "\n"
 
 
@@ -123,12 +140,16 @@ def _job_detail(job: Job, snap: Snapshot) -> str:
 
 
 def _age(seconds: float) -> str:
-    seconds = max(seconds, 0.0)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
-    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+    """12.3s under a minute, 4m05s under an hour, then 2h07m: rounded to the unit shown
+    first, then split (59.96 s is 1m00s, never 60.0s)."""
+    tenths = round(max(seconds, 0.0) * 10)
+    if tenths < 600:
+        return f"{tenths / 10:.1f}s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def _cut(text: str, width: int) -> str:
@@ -136,13 +157,19 @@ def _cut(text: str, width: int) -> str:
 
 
 def run_top(store: JobStore, settings: Settings, once: bool = False, interval: float = 1.0,
-            recent: int = 10, out: TextIO = sys.stdout) -> int:
-    """Prints one snapshot (`once`), or redraws one every `interval` seconds until q or
-    Ctrl-C; returns the exit status."""
+            recent: int = 10, out: TextIO = sys.stdout, as_json: bool = False) -> int:
+    """Prints one snapshot (`once`, or `as_json`), or redraws one every `interval` seconds
+    until q, Ctrl-C or SIGTERM; returns the exit status."""
+    if as_json:
+        out.write(snapshot_json(take_snapshot(store, settings, recent)))
+        return 0
     if once:        # lines cut to a terminal's width; whole into a pipe or a file
-        width = shutil.get_terminal_size().columns if out.isatty() else 10_000
+        width = shutil.get_terminal_size().columns if out.isatty() else None
         out.write(render_snapshot(take_snapshot(store, settings, recent), width))
         return 0
+    if not out.isatty():
+        raise DhserveError("top.no_terminal", "the live view needs a terminal; for a pipe or "
+                           "a file use --once (text) or --json")
     import sqlalchemy as sa
 
     with _screen(out) as keys:
@@ -150,13 +177,19 @@ def run_top(store: JobStore, settings: Settings, once: bool = False, interval: f
             width = shutil.get_terminal_size((120, 40)).columns
             try:
                 text = render_snapshot(take_snapshot(store, settings, recent), width)
-            except sa.exc.DBAPIError as exc:   # keep watching: the store may come back
-                text = f"dhserve top: job store unreachable: {str(exc.orig).splitlines()[0]}\n"
+            except sa.exc.SQLAlchemyError as exc:   # keep watching: the store may come back
+                text = f"dhserve top: job store unreachable: {first_line(exc)}\n"
             out.write(CLEAR + text.replace("\n", "\x1b[K\n") + "\nq quits\x1b[J")
             out.flush()
             if keys(interval) in ("q", "Q"):
                 break
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (kill, a closing session) ends top like Ctrl-C: the terminal is given back.
+    Raising here is safe: top is one thread, and its clean-up takes no lock a query holds."""
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -165,6 +198,8 @@ def _screen(out: TextIO) -> Iterator[Any]:
     that waits up to `timeout` seconds for a key. Ctrl-C ends it quietly."""
     tty = sys.stdin.isatty()
     saved = None
+    previous = {signum: signal.signal(signum, _interrupt)
+                for signum in (signal.SIGTERM, signal.SIGHUP)}
     if tty:
         import termios
         import tty as ttymode
@@ -192,3 +227,5 @@ def _screen(out: TextIO) -> Iterator[Any]:
             import termios
 
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -44,6 +44,9 @@ CANCELED = {"state": JobState.CANCELED.value, "stage": "canceled",
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SUBMIT_LOCK = 0x64687366     # PostgreSQL advisory lock that keeps the queue bound exact
 REFUSAL_WINDOW_S = 3600.0    # jobs refused on arrival: at most max_queued per hour
+PG_CONNECT_TIMEOUT_S = 5     # an unreachable PostgreSQL host fails in seconds, not minutes
+FORGET_WORKER_LEASES = 10    # a worker row silent this many lease periods, holding no running
+                             # job, is deleted by the reaper (it crashed; its jobs are requeued)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,13 @@ class JobStore:
     def now(self) -> float:
         with self._read() as conn:
             return float(conn.execute(sa.select(self._now())).scalar_one())
+
+    def overview(self) -> tuple[float, dict[JobState, int], list[WorkerInfo]]:
+        """The store's clock, the jobs by state and the workers, read in one transaction (a
+        scrape or `dhserve top` sees one moment, and takes one connection)."""
+        with self._read() as conn:
+            now = float(conn.execute(sa.select(self._now())).scalar_one())
+            return now, self._counts(conn), self._workers(conn)
 
     def _notify(self, conn: Connection) -> None:
         if self.dialect == "postgresql":
@@ -186,8 +196,12 @@ class JobStore:
 
     def counts(self) -> dict[JobState, int]:
         with self._read() as conn:
-            rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state))
-            found = {JobState(state): n for state, n in rows}
+            return self._counts(conn)
+
+    @staticmethod
+    def _counts(conn: Connection) -> dict[JobState, int]:
+        rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state))
+        found = {JobState(state): n for state, n in rows}
         return {state: found.get(state, 0) for state in JobState}
 
     def queue_depth(self) -> int:
@@ -245,8 +259,9 @@ class JobStore:
 
     def renew(self, job_id: str, worker_id: str, progress: int | None = None,
               stage: str | None = None, fps: float | None = None) -> Lease:
-        """Extends the lease (and records progress, and the worker's frames per second);
-        says whether the job is still ours and whether someone asked to cancel it."""
+        """Extends the lease (and records progress, and the worker's frames per second: the
+        only place it is written while a job runs; None clears it, as after lip-sync); says
+        whether the job is still ours and whether someone asked to cancel it."""
         values: dict[str, Any] = {"lease_expires_at": self._now() + self.lease_seconds}
         if progress is not None:
             values["progress"] = max(0, min(int(progress), 100))
@@ -255,9 +270,9 @@ class JobStore:
         with self._write() as conn:
             updated = conn.execute(jobs.update().where(self._mine(job_id, worker_id))
                                    .values(**values).returning(jobs.c.cancel_requested)).first()
-            if fps is not None:
+            if updated is not None:
                 conn.execute(workers.update().where(workers.c.id == worker_id)
-                             .values(fps=round(fps, 2)))
+                             .values(fps=None if fps is None else round(fps, 2)))
         return Lease(False) if updated is None else Lease(True, bool(updated.cancel_requested))
 
     def succeed(self, job_id: str, worker_id: str, result: str,
@@ -300,7 +315,8 @@ class JobStore:
 
     def reap(self) -> int:
         """Jobs whose lease expired: canceled if that was asked, requeued while attempts
-        remain, else failed as "worker lost". Returns how many rows changed."""
+        remain, else failed as "worker lost"; and workers silent for FORGET_WORKER_LEASES
+        leases that hold no running job are deleted. Returns how many job rows changed."""
         with self._write() as conn:
             # one instant for all three statements, so no job slips between their conditions
             now = conn.execute(sa.select(self._now())).scalar_one()
@@ -323,6 +339,15 @@ class JobStore:
                 progress=0, stage="requeued: worker lost")).rowcount
             if requeued:
                 self._notify(conn)
+            # crashed workers: their rows (and /metrics series, alerts) go once long silent
+            running_one = sa.exists().where(jobs.c.worker_id == workers.c.id,
+                                            jobs.c.state == JobState.RUNNING.value)
+            forgotten = conn.execute(workers.delete().where(
+                workers.c.heartbeat_at < now - FORGET_WORKER_LEASES * self.lease_seconds,
+                ~running_one)).rowcount
+        if forgotten:
+            log.info("forgot %d render worker(s) silent for over %.0f s", forgotten,
+                     FORGET_WORKER_LEASES * self.lease_seconds)
         metrics.count_finished(JobState.CANCELED.value, canceled)
         metrics.count_finished(JobState.FAILED.value, lost)
         if changed + requeued:
@@ -352,12 +377,13 @@ class JobStore:
                 job_id=None, ready=False, started_at=self._now(), heartbeat_at=self._now()))
 
     def worker_heartbeat(self, worker_id: str, state: str, job_id: str | None = None,
-                         ready: bool | None = None, backend: str | None = None,
-                         fps: float | None = None) -> None:
-        """Records that the worker lives and what it does; `fps` is its running render's
-        frames per second (None when it has none)."""
-        values: dict[str, Any] = {"state": state, "job_id": job_id, "fps": fps,
+                         ready: bool | None = None, backend: str | None = None) -> None:
+        """Records that the worker lives and what it does. Without a job its frames per
+        second are cleared; with one, renew() keeps them."""
+        values: dict[str, Any] = {"state": state, "job_id": job_id,
                                   "heartbeat_at": self._now()}
+        if job_id is None:
+            values["fps"] = None
         if ready is not None:
             values["ready"] = ready
         if backend is not None:
@@ -371,8 +397,12 @@ class JobStore:
 
     def workers(self) -> list[WorkerInfo]:
         with self._read() as conn:
-            rows = conn.execute(sa.select(workers).order_by(workers.c.started_at))
-            return [WorkerInfo(**row._mapping) for row in rows]
+            return self._workers(conn)
+
+    @staticmethod
+    def _workers(conn: Connection) -> list[WorkerInfo]:
+        rows = conn.execute(sa.select(workers).order_by(workers.c.started_at))
+        return [WorkerInfo(**row._mapping) for row in rows]
 
 
 def _create_engine(url: str) -> Engine:
@@ -395,7 +425,11 @@ def _create_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S      # libpq: none by default
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _normalised(payload: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,7 @@ HOUSEKEEPING_INTERVAL_S = 3600.0
 STALE_PART_S = 3600.0
 STORE_ERRORS = (sa.exc.DBAPIError,)
 FPS_WINDOW_S = 5.0          # frames per second are measured over the last few seconds
+LIP_SYNC_STAGE = "lip-sync"  # the stage whose frames are counted (engine/pipeline.py)
 
 
 class _Running:
@@ -82,6 +83,9 @@ class _JobProgress(Progress):
         self._frames: collections.deque[tuple[float, int]] = collections.deque()
 
     def update(self, fraction: float, stage: str) -> None:
+        if stage != LIP_SYNC_STAGE and self.running.fps is not None:
+            self.running.fps = None         # frames/s are lip-sync's: not kept into encoding
+            self._frames.clear()
         now = time.monotonic()
         if now - self._last_write < PROGRESS_INTERVAL_S and (
                 stage == self._last_stage or now - self._last_write < 0.2):
@@ -349,7 +353,7 @@ class RenderWorker:
                 self.store.worker_heartbeat(
                     self.id, "busy" if running else
                     ("stopping" if self._stopping.is_set() else "idle"),
-                    running.job.id if running else None, fps=running.fps if running else None)
+                    running.job.id if running else None)
             except Exception:
                 log.warning("worker %s: heartbeat failed", self.id, exc_info=True)
             metrics.record_rss()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dhserve.config import METRICS_DIR_ENV, Settings
+from dhserve.config import METRICS_DIR_ENV, Settings, active_metrics_dir
 from dhserve.serving.cuda_guard import (
     NVML_CHECK,
     cuda_initialised_here,
@@ -72,8 +72,10 @@ class ServingHooks:
 
     def child_exit(self, server: Any, worker: Any) -> None:
         """In the master, once a worker has exited (however it ended, SIGKILL included):
-        its live gauges leave /metrics."""
-        mark_dead(worker.pid, self.metrics_dir)
+        its live gauges leave /metrics. After a HUP Gunicorn runs these hooks on a new
+        ServingHooks whose when_ready never ran: the folder is then the one in this process's
+        environment, set by the first when_ready (or by `dhserve serve`)."""
+        mark_dead(worker.pid, self.metrics_dir or active_metrics_dir())
 
     def when_ready(self, server: Any) -> None:
         """Last moment before the first fork: refuse what would break the workers, judged on

@@ -1,20 +1,61 @@
 """The multiprocess metrics folder (prometheus_client's): made fresh when the service starts,
-handed to every process it starts, and cleared of a process's live gauges once it exits.
+handed to every process it starts, joined by a `dhserve worker` started by hand next to a
+running service, and cleared of a process's live gauges once it exits.
 Imported by the Gunicorn master: prometheus_client is imported only once the folder is set."""
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import sys
 from pathlib import Path
+
+from dhserve.config import METRICS_DIR_ENV, Settings, active_metrics_dir
+
+log = logging.getLogger(__name__)
+
+OWNER_FILE = "owner.pid"        # the process that made the folder, alive while it serves
 
 
 def fresh_metrics_dir(path: Path) -> Path:
-    """Makes `path` and empties it of metrics files: an earlier run's would count as this
-    run's, and its processes' gauges would never go away. Returns it, absolute."""
+    """Makes `path`, empties it of the metrics files of processes that have exited (an
+    earlier run's would count as this run's, and its gauges would never go away) and records
+    this process as its owner. A live process's files stay: a worker started by hand that
+    joined the folder before the web tier restarted goes on counting. Returns it, absolute."""
     path = path.resolve()
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):
-        stale.unlink(missing_ok=True)
+        pid = _file_pid(stale)
+        if pid == os.getpid() or not _alive(pid):     # this process never wrote one yet
+            stale.unlink(missing_ok=True)
+    (path / OWNER_FILE).write_text(f"{os.getpid()}\n")
     return path
+
+
+def join_service_metrics(settings: Settings) -> Path | None:
+    """For a process started by hand (`dhserve worker`, `dhserve jobs cancel`): when a
+    service on this machine (`dhserve web`, Gunicorn) owns settings.metrics_path, this
+    process's metrics go there too, so that service's /metrics counts them; its live gauges
+    leave when it exits. Must run before prometheus_client is imported (it reads the folder
+    once); returns the folder, or None when there is no service to join."""
+    given = active_metrics_dir()
+    if given is not None:
+        return given                            # started by `dhserve serve`, or set by hand
+    folder = settings.metrics_path
+    try:
+        owner = int((folder / OWNER_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not _alive(owner):
+        return None
+    if "prometheus_client" in sys.modules:      # too late: its values are in memory already
+        log.warning("metrics not shared with the service: prometheus_client already loaded")
+        return None
+    folder = folder.resolve()
+    os.environ[METRICS_DIR_ENV] = str(folder)
+    atexit.register(mark_dead, os.getpid(), folder)
+    return folder
 
 
 def mark_dead(pid: int, folder: Path | None) -> None:
@@ -25,3 +66,21 @@ def mark_dead(pid: int, folder: Path | None) -> None:
     from prometheus_client.multiprocess import mark_process_dead
 
     mark_process_dead(pid, str(folder))
+
+
+def _file_pid(path: Path) -> int | None:
+    """The process that wrote a metrics file (prometheus_client names them TYPE_PID.db)."""
+    tail = path.stem.rpartition("_")[2]
+    return int(tail) if tail.isdigit() else None
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True                             # another user's process: alive
+    return True
