@@ -211,8 +211,10 @@ def worker(ctx: click.Context, max_jobs: int | None, max_memory_mb: float | None
     """Render jobs from the queue until stopped (SIGTERM/SIGINT: finish or hand back;
     SIGHUP: finish the job, then exit to be restarted)."""
     from dhserve.serving.metrics_files import join_service_metrics
+    from dhserve.serving.priority import yield_cpu
 
     settings = _settings(ctx, **overrides)
+    yield_cpu(settings.render_nice)     # before any thread starts: they inherit it
     join_service_metrics(settings)      # before prometheus_client loads: `dhserve web`'s
                                         # /metrics counts this worker's renders
     from dhserve.jobs.worker import RenderWorker

@@ -77,8 +77,8 @@ class Settings:
     retention_days: float = 7.0          # finished jobs and their files are pruned after this
     poll_seconds: float = 1.0            # idle worker's longest wait between claim attempts
     stop_grace_seconds: float = 30.0     # SIGTERM: time the current render gets to finish
-    render_nice: int = 10                # CPU priority the render thread gives up (0..19): on
-                                         # cores the web tier shares, requests answer first
+    render_nice: int = 10                # CPU priority a `dhserve worker` process gives up
+                                         # (0..19): on shared cores, requests answer first
     download_timeout_seconds: float = 300.0  # http(s) inputs: whole download, per file
     # HTTP API
     bind: str = "127.0.0.1:8383"         # loopback unless the operator says otherwise

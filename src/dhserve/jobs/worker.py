@@ -150,7 +150,6 @@ class RenderWorker:
         """Claims and renders until stopped (or after `max_jobs`); returns jobs processed."""
         if install_signals:
             self._install_signal_handlers()
-        yield_cpu(self.settings.render_nice)
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="dhserve-heartbeat",
                                      daemon=True)
         try:
@@ -372,22 +371,6 @@ class RenderWorker:
                 prune_finished(self.store, self.settings)
         except (*STORE_ERRORS, OSError) as exc:
             log.error("housekeeping failed: %s", first_line(exc))
-
-
-def yield_cpu(nice: int) -> None:
-    """Lowers this thread's CPU priority by `nice`. Renders are throughput work and requests
-    latency work: where the web tier shares the cores, its requests run first. Linux keeps
-    the nice value per thread and new threads inherit it, so the render thread and what it
-    starts (heartbeat, ONNX Runtime and encoder threads) yield, and in the all-in-one layout
-    Gunicorn's request threads do not."""
-    if not nice or not hasattr(os, "setpriority"):
-        return
-    thread = threading.get_native_id()
-    try:
-        current = os.getpriority(os.PRIO_PROCESS, thread)
-        os.setpriority(os.PRIO_PROCESS, thread, min(current + nice, 19))
-    except OSError as exc:
-        log.warning("could not lower the render thread's priority: %s", exc)
 
 
 def device_label(device: str) -> str:
