@@ -445,10 +445,23 @@ def test_neural_jobs_share_the_sessions_loaded_once(data_dir, sqlite_store, thre
     assert worker._restorer is not None
 
 
-def test_a_redirect_away_from_http_is_refused(tmp_path):
+def refused_download(handler: type, path: str, folder: Path):
+    """The InputError `download` raises for `path` served by a local stub `handler`."""
     from dhserve.errors import InputError
     from dhserve.jobs.downloads import download
 
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(InputError) as refused:
+            download(f"http://127.0.0.1:{server.server_address[1]}{path}", "video", folder,
+                     2**20, 10)
+    finally:
+        server.shutdown()
+    return refused.value
+
+
+def test_a_redirect_away_from_http_is_refused(tmp_path):
     class Redirect(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(302)
@@ -458,16 +471,9 @@ def test_a_redirect_away_from_http_is_refused(tmp_path):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(InputError) as refused:
-            download(f"http://127.0.0.1:{server.server_address[1]}/a.mp4", "video", tmp_path,
-                     2**20, 10)
-    finally:
-        server.shutdown()
-    assert refused.value.code == "input.download_failed"
-    assert "redirect to ftp: refused" in refused.value.reason
+    refused = refused_download(Redirect, "/a.mp4", tmp_path)
+    assert refused.code == "input.download_failed"
+    assert "redirect to ftp: refused" in refused.reason
     assert list(tmp_path.iterdir()) == []
 
 
@@ -494,16 +500,6 @@ class _CutOff(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize("path", ["/a.mp4", "/chunked"])
 def test_a_download_that_breaks_off_is_refused_not_rendered(tmp_path, path):
-    from dhserve.errors import InputError
-    from dhserve.jobs.downloads import download
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutOff)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(InputError) as refused:
-            download(f"http://127.0.0.1:{server.server_address[1]}{path}", "video", tmp_path,
-                     2**20, 10)
-    finally:
-        server.shutdown()
-    assert (refused.value.code, refused.value.field) == ("input.download_failed", "video")
+    refused = refused_download(_CutOff, path, tmp_path)
+    assert (refused.code, refused.field) == ("input.download_failed", "video")
     assert list(tmp_path.iterdir()) == []          # nothing left that looks like an input
