@@ -39,3 +39,13 @@ def test_submit_list_cancel_and_work_through_the_queue(tmp_path, tiny_template, 
     assert (tmp_path / "data" / "results" / "first.mp4").is_file()
     missing = cli(*data, "jobs", "show", "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "error job.not_found" in missing.stderr
+
+
+def test_a_database_url_dhserve_cannot_use_is_refused_by_name(tmp_path):
+    for command in (["jobs", "--database-url", "nonsense", "list"],
+                    ["top", "--once", "--database-url", "mysql://u@127.0.0.1:1/x"]):
+        refused = cli(*command, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert "DHSERVE_DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://" \
+            in refused.stderr
+        assert "Traceback" not in refused.stderr

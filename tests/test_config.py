@@ -23,6 +23,8 @@ def test_flags_win_over_env():
     ({"DHSERVE_CRF": "high"}, "DHSERVE_CRF='high' is not a valid int"),
     ({"DHSERVE_LOOP": "bounce"}, "DHSERVE_LOOP must be one of pingpong, restart"),
     ({"DHSERVE_BATCH_SIZE": "0"}, "DHSERVE_BATCH_SIZE must be > 0"),
+    ({"DHSERVE_DATABASE_URL": "nonsense"}, "DHSERVE_DATABASE_URL must be sqlite:///PATH or"),
+    ({"DHSERVE_DATABASE_URL": "mysql://u@h/db"}, "DHSERVE_DATABASE_URL must be sqlite:///"),
 ])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):

@@ -266,3 +266,13 @@ def test_unreachable_database_is_a_clear_error():
         JobStore("postgresql+psycopg://dhserve@127.0.0.1:1/none?connect_timeout=2")
     assert info.value.code == "store.unreachable"
     assert "127.0.0.1:1" in info.value.message
+
+
+def test_a_plain_postgresql_url_uses_psycopg(postgres_url):
+    """postgresql://… is how people write it; SQLAlchemy alone would want psycopg2."""
+    store = JobStore(postgres_url.replace("postgresql+psycopg://", "postgresql://"))
+    try:
+        store.submit("plain", JobSpec("a.mp4", "b.wav"))
+        assert store.get("plain").state is JobState.QUEUED
+    finally:
+        store.close()

@@ -19,6 +19,7 @@ CHOICES = {"loop": LOOP_MODES, "multiple_faces": MULTIPLE_FACE_POLICIES,
            "x264_preset": X264_PRESETS, "gpu_provider": GPU_PROVIDERS,
            "cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCHES}
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
+DATABASE_URL_PATTERN = re.compile(r"(sqlite|postgresql(\+psycopg)?)://.*", re.DOTALL)
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"    # prometheus_client reads it when imported
 POSITIVE = ("batch_size", "lease_seconds", "heartbeat_seconds", "max_attempts", "max_queued",
             "poll_seconds", "download_timeout_seconds", "log_max_mb")
@@ -33,6 +34,9 @@ def option_problem(name: str, value: Any) -> str | None:
         return f"must be 0..51, got {value}"
     if name in POSITIVE and value <= 0:
         return f"must be > 0, got {value}"
+    if name == "database_url" and value and not DATABASE_URL_PATTERN.fullmatch(value):
+        return (f"must be sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
+                f"(postgresql:// means the same); got {value!r}")
     if name == "render_nice" and not 0 <= value <= 19:
         return f"must be 0..19, got {value}"
     if name == "device" and not DEVICE_PATTERN.fullmatch(value):

@@ -427,9 +427,11 @@ def _create_engine(url: str) -> Engine:
         return engine
     connect_args: dict[str, Any] = {}
     parsed = sa.engine.make_url(url)
+    if parsed.drivername == "postgresql":       # SQLAlchemy would look for psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S      # libpq: none by default
-    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _normalised(payload: dict[str, Any]) -> dict[str, Any]:
