@@ -31,9 +31,10 @@ class LiveService:
     worker, on threads of the test process, over one data dir. While `restarting` is set,
     every request is answered 503 as a proxy does while the service behind it restarts."""
 
-    def __init__(self, data_dir: Path, **overrides):
+    def __init__(self, data_dir: Path, prefix: str = "", **overrides):
         self.service = Service(data_dir, **overrides)
         self.restarting = False
+        self.prefix = prefix          # served under it, as a proxy that strips it does
         self.server = make_server("127.0.0.1", 0, self._app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -44,6 +45,12 @@ class LiveService:
         if self.restarting:
             start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"restarting"]
+        if self.prefix:
+            path = environ["PATH_INFO"]
+            if not path.startswith(self.prefix + "/"):
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"not under the prefix"]
+            environ["PATH_INFO"] = path[len(self.prefix):]
         return self.service.app(environ, start_response)
 
     def job(self, job_id: str) -> dict:
@@ -175,7 +182,8 @@ def test_the_page_files_load_without_the_key_and_hold_nothing_from_elsewhere(ser
         again = svc.client.get(path, headers={"If-None-Match": response.headers["ETag"]})
         assert again.status_code == 304
         bodies[path] = response.get_data(as_text=True)
-    assert '<script src="/ui/app.js"' in bodies["/"] and "/ui/app.css" in bodies["/"]
+    assert '<script src="ui/app.js"' in bodies["/"] and 'href="ui/app.css"' in bodies["/"]
+    assert '"/' not in bodies["/ui/app.js"] and "`/" not in bodies["/ui/app.js"]  # relative
     for body in bodies.values():              # no CDN, no web font: it works offline
         assert "http://" not in body and "https://" not in body and "//cdn" not in body
     raw = svc.client.client                   # a path the document does not have
@@ -419,3 +427,20 @@ def test_with_an_api_key_the_page_asks_once_then_works(browser, live, short_spee
     assert by_id(browser, "key-dialog").get_attribute("open") is None
     assert no_alert(browser)
     screenshot(browser, "web-page-api-key")
+
+
+def test_the_page_works_behind_a_proxy_that_serves_it_under_a_prefix(browser, live):
+    """https://host/dh/ → the service's /: every request the page makes stays under /dh."""
+    service = live(prefix="/dh")
+    browser.get(service.url + "/dh/")
+    wait_page(browser, lambda: text(browser, "service-status") == "ready", 30,
+              "the page under /dh/ to reach the API")
+    choose_files(browser, EXAMPLES / "avatar.mp4", EXAMPLES / "speech.wav")
+    by_id(browser, "submit").click()
+    follow_progress(browser, 90)
+    assert by_id(browser, "progress").get_attribute("data-state") == "succeeded"
+    wait_page(browser, lambda: browser.execute_script(
+        "return document.getElementById('player').readyState") >= 1, 30, "the video to load")
+    job_id = text(browser, "progress-job").split()[1]
+    assert browser.execute_script("return document.getElementById('player').currentSrc") == \
+        f"{service.url}/dh/v1/jobs/{job_id}/result"

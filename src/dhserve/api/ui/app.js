@@ -102,7 +102,7 @@ function upload(form, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     const sent = apiKey;
-    xhr.open("POST", "/v1/jobs");
+    xhr.open("POST", "v1/jobs");
     xhr.setRequestHeader("Accept", "application/json");
     for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
     xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
@@ -254,7 +254,7 @@ async function follow(job) {
     await new Promise((r) => setTimeout(r, wait));
     if (currentJob !== job.id) return;          // another submit took over the bar
     try {
-      job = await api("GET", job.links.self);
+      job = await api("GET", `v1/jobs/${encodeURIComponent(job.id)}`);
       wait = POLL_JOB_MS;
     } catch (err) {
       $("progress-error").textContent = TEMPORARY.includes(err.status)
@@ -278,7 +278,9 @@ async function follow(job) {
 async function showResult(job) {
   const request = ++resultRequest;
   const player = $("player");
-  const url = job.result.url;
+  // Relative to the page, like every request it makes: behind a proxy that serves dhserve
+  // under a path prefix (host/dh/) the server's own absolute URL would miss it.
+  const url = `v1/jobs/${encodeURIComponent(job.id)}/result`;
   let source = url;
   if (apiKey) {
     // A <video> element cannot send the Authorization header: with a key the file is fetched
@@ -329,7 +331,7 @@ async function showResult(job) {
 async function cancelJob(id, button) {
   button.disabled = true;
   try {
-    await api("DELETE", `/v1/jobs/${encodeURIComponent(id)}`);
+    await api("DELETE", `v1/jobs/${encodeURIComponent(id)}`);
   } catch (err) {
     $("error-form").textContent = `cancel ${id}: ${err.detail}`;
     button.disabled = false;
@@ -420,7 +422,7 @@ function fillReuse(jobs) {
 async function refreshJobs() {
   let jobs;
   try {
-    jobs = (await api("GET", "/v1/jobs?limit=25")).jobs;
+    jobs = (await api("GET", "v1/jobs?limit=25")).jobs;
   } catch (err) {
     return;
   }
@@ -442,7 +444,7 @@ function gib(mb) {
 async function refreshHealth() {
   let health;
   try {
-    health = await api("GET", "/health");
+    health = await api("GET", "health");
   } catch (err) {
     $("service-status").className = "pill pill-down";
     $("service-status").textContent = err.status ? `error ${err.code}` : "unreachable";
