@@ -377,7 +377,8 @@ def test_split_service_metrics_add_up_across_web_workers(tmp_path, tiny_template
         assert counts == [counts[0] + i for i in range(12)]   # each scrape sees all before it
 
         # a web worker that answered scrapes is killed: its gauges go, its counts stay
-        killed = min(served_by(service.data / "log" / "dh.log", "/metrics") & web)
+        killed = min(wait_for(lambda: served_by(service.data / "log" / "dh.log", "/metrics")
+                              & web, 10, "the scrapes' access lines in dh.log"))
         os.kill(killed, signal.SIGKILL)
         replaced = wait_for(lambda: (now := set(children(master))) != web and len(now) == 2
                             and now, 30, "Gunicorn to replace the killed worker")

@@ -226,3 +226,38 @@ def test_one_renderer_per_gpu_at_a_time(tmp_path):
     with device_lock(Settings(data_dir=tmp_path), never) as a, \
             device_lock(Settings(data_dir=tmp_path), never) as b:
         assert a and b
+
+
+FORKED_LOGGING = """
+import logging, os, sys, threading
+from dhserve.config import Settings
+from dhserve.logs import configure_logging, write_in_background
+configure_logging(Settings(data_dir=sys.argv[1]))
+log = logging.getLogger("dhserve.test")
+log.info("parent before the fork")
+child = os.fork()                           # as Gunicorn forks its workers
+if child == 0:
+    write_in_background()                   # as a Gunicorn worker does in post_fork
+    def lines(n):
+        for i in range(50):
+            log.info("child thread %d line %d", n, i)
+    threads = [threading.Thread(target=lines, args=(n,)) for n in range(4)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    log.info("child leaving")
+    sys.exit(0)                             # as a Gunicorn worker leaves
+os.waitpid(child, 0)
+log.info("parent after child %d", child)
+"""
+
+
+def test_every_process_s_lines_reach_dh_log_by_the_time_it_exits(tmp_path):
+    """A forked worker writes dh.log from a thread of its own (the parent writes at once),
+    and what it has queued when it exits is written, not lost."""
+    subprocess.run([sys.executable, "-c", FORKED_LOGGING, str(tmp_path)], check=True,
+                   timeout=60)
+    lines = (tmp_path / "log" / "dh.log").read_text().splitlines()
+    child = int(re.search(r"parent after child (\d+)", lines[-1]).group(1))
+    from_child = [line for line in lines if f"[{child}] INFO dhserve.test: child" in line]
+    assert len(from_child) == 4 * 50 + 1 and from_child[-1].endswith("child leaving")
+    assert "parent before the fork" in lines[0] and len(lines) == 203

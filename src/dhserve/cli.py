@@ -223,6 +223,9 @@ def worker(ctx: click.Context, max_jobs: int | None, max_memory_mb: float | None
 
     limit = _serving(max_memory_mb=max_memory_mb).max_memory_mb
     _service_logging(ctx, settings)
+    from dhserve.logs import write_in_background
+
+    write_in_background()                     # a render worker never forks
     with _reported():
         render_worker = RenderWorker(settings,
                                      recycle_check=MemoryWatchdog(limit or 0).over_limit)

@@ -14,7 +14,7 @@ import threading
 from werkzeug.serving import make_server
 
 from dhserve.config import ServingSettings, Settings
-from dhserve.logs import configure_logging
+from dhserve.logs import configure_logging, write_in_background
 from dhserve.serving.cuda_guard import NVML_CHECK
 from dhserve.serving.plan import plan_serving
 from dhserve.serving.supervisor import watch_supervisor
@@ -71,6 +71,7 @@ def main() -> None:
     `dhserve serve` set."""
     settings = Settings.from_env()
     configure_logging(settings)
+    write_in_background()                   # Flask's server never forks
     sys.exit(serve_flask(settings, "split"))
 
 

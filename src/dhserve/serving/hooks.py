@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dhserve.config import METRICS_DIR_ENV, Settings, active_metrics_dir
+from dhserve.logs import write_in_background
 from dhserve.serving.cuda_guard import (
     NVML_CHECK,
     cuda_initialised_here,
@@ -103,7 +104,9 @@ class ServingHooks:
     # -- worker ------------------------------------------------------------------------------
 
     def post_fork(self, server: Any, worker: Any) -> None:
-        """Before the app (or anything else) can touch CUDA in this worker: pin its GPU."""
+        """Before the app (or anything else) can touch CUDA in this worker: pin its GPU. The
+        worker writes dh.log from a thread of its own (the master, which forks, does not)."""
+        write_in_background()
         os.environ.update(self.plan.environment())        # /health shows this plan
         if self.plan.renders_in_web_workers:
             device = self.plan.devices[0]
