@@ -508,7 +508,7 @@ class _JobProgress:
 
     def __init__(self, bar: _ProgressBar, quiet: bool):
         self.bar, self.quiet = bar, quiet
-        self.shown: list[str] = []
+        self.shown: set[str] = set()
         self.fraction = 0.0
         self.outage = False
 
@@ -516,7 +516,7 @@ class _JobProgress:
         self.fraction, self.outage = job.progress / 100, False
         self.bar.update(self.fraction, job.stage or job.state)
         if not self.bar.enabled and not self.quiet and job.stage not in self.shown:
-            self.shown.append(job.stage)
+            self.shown.add(job.stage)
             click.echo(f"{job.id}: {job.state} {job.progress}% {job.stage}", err=True)
 
     def retry(self, error) -> None:

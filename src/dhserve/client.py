@@ -116,7 +116,8 @@ class Client:
     """dhserve's /v1 API over HTTP. `api_key` is sent as `Authorization: Bearer`."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0):
-        if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).netloc:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ClientError("client.invalid_url", f"not an http(s) URL: {base_url!r}",
                               "server")
         self.base_url = base_url.rstrip("/")

@@ -63,7 +63,8 @@ class Snapshot:
 def take_snapshot(store: JobStore, settings: Settings, recent: int = 10) -> Snapshot:
     now, by_state, registered = store.overview()
     counts = {state.value: n for state, n in by_state.items()}
-    running = {job.id: job for job in store.list(JobState.RUNNING, limit=1000)}
+    held = any(w.job_id for w in registered)       # no job held: no query (top redraws 1/s)
+    running = {job.id: job for job in store.list(JobState.RUNNING, limit=1000)} if held else {}
     silent_after = settings.heartbeat_seconds * HEARTBEAT_STALE_FACTOR
     workers = []
     for w in registered:

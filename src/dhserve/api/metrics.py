@@ -12,10 +12,10 @@ from flask.signals import request_finished, request_started
 
 from dhserve import metrics
 from dhserve.api.context import context
+from dhserve.api.health import GPU_SUMMARY_MAX_AGE_S
 from dhserve.jobs.model import HEARTBEAT_STALE_FACTOR
 
 blueprint = Blueprint("metrics", __name__)
-GPU_SUMMARY_MAX_AGE_S = 2.0
 UNMATCHED = "unmatched"         # no route (404, 405): one label value, whatever the path
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 

@@ -623,9 +623,9 @@ def _data_dir(data_dir: Path) -> Check:
 
 def _database(settings: Settings) -> list[Check]:
     import sqlalchemy as sa
-    from sqlalchemy.pool import NullPool
 
     from dhserve.jobs import migrate
+    from dhserve.jobs.store import create_engine
 
     url = settings.database
     engine_url = sa.engine.make_url(url)
@@ -637,8 +637,7 @@ def _database(settings: Settings) -> list[Check]:
             return [Check("storage", "database", OK,
                           f"{shown}: not created yet (the first `dhserve serve` or `dhserve "
                           "worker` creates it)", data=data)]
-    args = {"connect_timeout": 5} if engine_url.get_backend_name() == "postgresql" else {}
-    engine = sa.create_engine(engine_url, connect_args=args, poolclass=NullPool)
+    engine = create_engine(url)               # as the service makes it (postgresql:// too)
     try:
         with engine.connect() as conn:
             current = migrate.current(conn)
@@ -649,14 +648,15 @@ def _database(settings: Settings) -> list[Check]:
                       "(postgresql+psycopg://user:password@host:5432/db, or unset it for SQLite "
                       "in the data dir); every worker and the web tier need it",
                       f"pg_isready -h {engine_url.host or '127.0.0.1'} -p "
-                      f"{engine_url.port or 5432}" if args else f"ls -l {engine_url.database}",
+                      f"{engine_url.port or 5432}" if data["dialect"] == "postgresql"
+                      else f"ls -l {engine_url.database}",
                       data=data)]
     finally:
         engine.dispose()
-    head = migrate.head()
+    known = migrate.revisions()               # oldest first, linear: the last is the head
+    head = known[-1]
     data.update(schema=current, head=head)
     checks = [Check("storage", "database", OK, f"{shown}: reachable", data=data)]
-    known = migrate.revisions()
     if current is None:
         checks.append(Check("storage", "schema", OK, "no dhserve tables yet (created on the "
                             "first start of `dhserve serve` or `dhserve worker`)", data=data))

@@ -143,7 +143,7 @@ def check_models(options: RenderOptions, settings: Settings | None = None,
     settings = settings or Settings()
     if options.face_restore and not have_restorer:
         require_model(settings, RESTORE, "face_restore")
-    if check_backend(options.backend, settings) == "wav2lip" and not have_backend:
+    if not have_backend and check_backend(options.backend, settings) == "wav2lip":
         require_model(settings, WAV2LIP, "backend")
 
 

@@ -45,8 +45,9 @@ def download(url: str, field: str, folder: Path, max_bytes: int, timeout_s: floa
     try:
         with _opener.open(request, timeout=min(timeout_s, 30.0)) as response, \
                 open(part, "wb") as out:
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
+            declared = response.headers.get("Content-Length", "")
+            expected = int(declared) if declared.isdigit() else None
+            if expected is not None and expected > max_bytes:
                 raise _too_big(field, max_bytes)
             size = 0
             while chunk := response.read(CHUNK):
@@ -57,11 +58,11 @@ def download(url: str, field: str, folder: Path, max_bytes: int, timeout_s: floa
                     raise InputError("input.download_failed", field,
                                      f"download took longer than {timeout_s:g} s")
                 out.write(chunk)
-            if declared and declared.isdigit() and size < int(declared):
+            if expected is not None and size < expected:
                 # read() answers b"" when the server closes early: a cut-off file would be
                 # rendered as if it were whole
                 raise InputError("input.download_failed", field,
-                                 f"download of {url} broke off after {size} of {declared} bytes")
+                                 f"download of {url} broke off after {size} of {expected} bytes")
         part.replace(path)
         return path
     except urllib.error.HTTPError as exc:

@@ -66,7 +66,7 @@ class JobStore:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.max_queued = max_queued
-        self.engine = _create_engine(url)
+        self.engine = create_engine(url)
         self.dialect = self.engine.dialect.name
         if upgrade:
             try:
@@ -405,7 +405,9 @@ class JobStore:
         return [WorkerInfo(**row._mapping) for row in rows]
 
 
-def _create_engine(url: str) -> Engine:
+def create_engine(url: str) -> Engine:
+    """The engine dhserve uses for `url`: SQLite with WAL and its own transactions,
+    PostgreSQL through psycopg with a connect timeout."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S,
                                                      "check_same_thread": False})
