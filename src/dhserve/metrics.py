@@ -149,7 +149,7 @@ class ServiceCollector:
                                      "heartbeat for 3 intervals).", labels=["state"])
         states = dict.fromkeys(("starting", "idle", "busy", "stopping", "silent"), 0)
         for w in workers:
-            seconds = max(now - w.heartbeat_at, 0.0)
+            seconds = w.heartbeat_age(now)
             age.add_metric([w.id, w.host, w.device], seconds)
             silent = seconds > self.silent_after_s
             state = "silent" if silent else w.state

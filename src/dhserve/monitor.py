@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from dhserve.config import Settings
 from dhserve.errors import DhserveError, first_line
-from dhserve.jobs.model import HEARTBEAT_STALE_FACTOR, Job, JobState
+from dhserve.jobs.model import Job, JobState
 from dhserve.jobs.store import JobStore
 from dhserve.runtime.gpu import gpu_summary
 
@@ -65,16 +65,14 @@ def take_snapshot(store: JobStore, settings: Settings, recent: int = 10) -> Snap
     counts = {state.value: n for state, n in by_state.items()}
     held = any(w.job_id for w in registered)       # no job held: no query (top redraws 1/s)
     running = {job.id: job for job in store.list(JobState.RUNNING, limit=1000)} if held else {}
-    silent_after = settings.heartbeat_seconds * HEARTBEAT_STALE_FACTOR
     workers = []
     for w in registered:
-        age = max(now - w.heartbeat_at, 0.0)
         job = running.get(w.job_id) if w.job_id else None
         workers.append(WorkerView(
             w.id, w.host, w.pid, w.device, w.backend,
-            "silent" if age > silent_after else w.state, w.job_id,
+            "silent" if w.silent(now, settings.heartbeat_seconds) else w.state, w.job_id,
             job.progress if job else None, job.stage if job else None,
-            w.fps if job else None, age))
+            w.fps if job else None, w.heartbeat_age(now)))
     gpu = gpu_summary(max_age=0.5)
     return Snapshot(now, store.engine.url.render_as_string(hide_password=True), counts,
                     workers, store.list(limit=recent) if recent else [],

@@ -13,7 +13,7 @@ from dhserve import metrics
 from dhserve.api.inputs import KINDS, check_media
 from dhserve.config import ServingSettings, Settings
 from dhserve.errors import InputError
-from dhserve.jobs.model import HEARTBEAT_STALE_FACTOR, Job, JobSpec, WorkerInfo
+from dhserve.jobs.model import Job, JobSpec, WorkerInfo
 from dhserve.jobs.options import check_job
 from dhserve.jobs.store import JobStore
 
@@ -74,8 +74,8 @@ class ApiContext:
     def workers(self) -> tuple[float, list[tuple[WorkerInfo, bool]]]:
         """(database time now, [(worker, alive)]): alive = heartbeated recently."""
         now = self.store.now()
-        limit = self.settings.heartbeat_seconds * HEARTBEAT_STALE_FACTOR
-        return now, [(w, now - w.heartbeat_at <= limit) for w in self.store.workers()]
+        return now, [(w, not w.silent(now, self.settings.heartbeat_seconds))
+                     for w in self.store.workers()]
 
     def ready_workers(self) -> list[WorkerInfo]:
         """Render workers with their models loaded that heartbeated recently."""

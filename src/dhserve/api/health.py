@@ -41,7 +41,7 @@ def health() -> tuple[Response, int]:
     workers = [{"id": w.id, "host": w.host, "pid": w.pid, "device": w.device,
                 "backend": w.backend, "state": w.state if alive else "silent", "job": w.job_id,
                 "ready": w.ready and alive, "last_heartbeat": iso_time(w.heartbeat_at),
-                "heartbeat_age_seconds": round(max(now - w.heartbeat_at, 0.0), 3)}
+                "heartbeat_age_seconds": round(w.heartbeat_age(now), 3)}
                for w, alive in registered]     # silent ones too: a dead worker shows here
     ready = any(w["ready"] and w["state"] != "stopping" for w in workers)
     return jsonify({

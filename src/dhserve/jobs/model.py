@@ -79,6 +79,14 @@ class WorkerInfo:
     heartbeat_at: float
     fps: float | None = None        # the running render's output frames per second
 
+    def heartbeat_age(self, now: float) -> float:
+        """Seconds since its last heartbeat, by the store's clock `now`."""
+        return max(now - self.heartbeat_at, 0.0)
+
+    def silent(self, now: float, heartbeat_seconds: float) -> bool:
+        """No heartbeat for HEARTBEAT_STALE_FACTOR intervals: gone, or hung."""
+        return self.heartbeat_age(now) > heartbeat_seconds * HEARTBEAT_STALE_FACTOR
+
 
 class JobError(DhserveError):
     """A request the queue cannot honour; the code says which rule it broke."""
