@@ -28,11 +28,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stage_example(temp: Path, speech_repeats: int = 1) -> None:
-    """The example avatar as temp/avatar.mp4 and the speech, `speech_repeats` times over, as
-    temp/speech.wav (a longer render for tests that act while it runs)."""
+def stage_example(temp: Path, speech_repeats: int = 1,
+                  video: Path = EXAMPLES / "avatar.mp4") -> None:
+    """The example avatar (or `video`) as temp/avatar.mp4 and the speech, `speech_repeats`
+    times over, as temp/speech.wav (a longer render for tests that act while it runs)."""
     temp.mkdir(parents=True, exist_ok=True)
-    shutil.copy(EXAMPLES / "avatar.mp4", temp / "avatar.mp4")
+    shutil.copy(video, temp / "avatar.mp4")
     with wave.open(str(EXAMPLES / "speech.wav")) as source:
         params, frames = source.getparams(), source.readframes(source.getnframes())
     with wave.open(str(temp / "speech.wav"), "wb") as out:

@@ -13,14 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-import wave
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import EXAMPLES, ROOT, wait_for
+from conftest import ROOT, wait_for
 from prometheus_client.parser import text_string_to_metric_families
-from serving_support import PYTHON, ServiceProcess, children, dhserve_cli
+from serving_support import PYTHON, ServiceProcess, children, dhserve_cli, stage_example
 
 from dhserve import metrics
 from dhserve.jobs import JobSpec, JobState, JobStore, migrate
@@ -52,22 +51,11 @@ def series(samples: Samples, name: str) -> list[dict[str, str]]:
     return [dict(have) for (n, have) in samples if n == name]
 
 
-def stage(temp: Path, video: Path, speech_repeats: int) -> None:
-    """temp/avatar.mp4 and temp/speech.wav (the example speech, repeated) for a submit."""
-    temp.mkdir(parents=True, exist_ok=True)
-    shutil.copy(video, temp / "avatar.mp4")
-    with wave.open(str(EXAMPLES / "speech.wav")) as source:
-        params, frames = source.getparams(), source.readframes(source.getnframes())
-    with wave.open(str(temp / "speech.wav"), "wb") as out:
-        out.setparams(params)
-        out.writeframes(frames * speech_repeats)
-
-
 # -- in-process --------------------------------------------------------------------------------
 
 def test_counters_and_gauges_follow_a_render(service, tiny_template):
     svc = service()
-    stage(svc.temp, tiny_template, speech_repeats=5)         # ~59 s of video at 256x256
+    stage_example(svc.temp, speech_repeats=5, video=tiny_template)         # ~59 s of video at 256x256
 
     made = []
 
