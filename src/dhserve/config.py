@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -41,7 +43,27 @@ def option_problem(name: str, value: Any) -> str | None:
         return f"must be 0..19, got {value}"
     if name == "device" and not DEVICE_PATTERN.fullmatch(value):
         return f"must be cpu, cuda or cuda:N; got {value!r}"
+    if name == "allowed_networks":
+        try:
+            parse_networks(value)
+        except ValueError as exc:
+            return f"must be comma-separated networks like 10.0.0.0/8,::1/128; {exc}"
+    if name == "min_free_mb" and value < 0:
+        return f"must be >= 0, got {value}"
     return None
+
+
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """DHSERVE_ALLOWED_NETWORKS as networks ("10.0.0.0/8, 127.0.0.1"); ValueError names the
+    entry that is not one."""
+    networks = []
+    for entry in (part.strip() for part in text.split(",")):
+        if entry:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise ValueError(f"{entry!r} is not a network") from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,11 @@ class Settings:
     render_nice: int = 10                # CPU priority a `dhserve worker` process gives up
                                          # (0..19): on shared cores, requests answer first
     download_timeout_seconds: float = 300.0  # http(s) inputs: whole download, per file
+    # http(s) inputs may not reach loopback, private, link-local, ... addresses; these
+    # comma-separated networks (CIDR) are opened for operators whose media server is internal
+    allowed_networks: str = ""
+    min_free_mb: float = 256.0           # new jobs are refused (storage.full) below this much
+                                         # free space in the data dir
     # HTTP API
     bind: str = "127.0.0.1:8383"         # loopback unless the operator says otherwise
     api_key: str = field(default="", repr=False)  # set: every route but /livez needs
@@ -93,7 +120,8 @@ class Settings:
     server: str = ""                     # the service `dhserve submit/status` talk to;
                                          # default http://<bind>
     # prometheus_client's multiprocess folder (its own variable name); None: `dhserve serve`
-    # and the Gunicorn master make <data dir>/run/metrics, fresh at each start
+    # and the Gunicorn master make one in RAM (/dev/shm), fresh at each start, where a full
+    # data disk cannot make its memory-mapped files fault (see metrics_path)
     metrics_dir: Path | None = field(default=None,
                                      metadata={"env": METRICS_DIR_ENV})
     # logs of the service's processes: <data dir>/log/dh.log, rotated by size
@@ -143,9 +171,23 @@ class Settings:
         return roots or [self.data_dir]
 
     @property
+    def allowed_network_list(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The networks URL inputs may reach although they are internal."""
+        return parse_networks(self.allowed_networks)
+
+    @property
     def metrics_path(self) -> Path:
-        """The multiprocess metrics folder the service's processes share (GET /metrics)."""
-        return Path(self.metrics_dir) if self.metrics_dir else self.data_dir / "run" / "metrics"
+        """The multiprocess metrics folder the service's processes share (GET /metrics):
+        DHSERVE's PROMETHEUS_MULTIPROC_DIR, else a folder in RAM named for the data dir (its
+        files are memory-mapped: on a full disk, writing one faults the process with SIGBUS),
+        else <data dir>/run/metrics where there is no RAM-backed folder."""
+        if self.metrics_dir:
+            return Path(self.metrics_dir)
+        ram = Path("/dev/shm")
+        if ram.is_dir() and os.access(ram, os.W_OK):
+            key = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+            return ram / f"dhserve-metrics-{os.getuid()}-{key}"
+        return self.data_dir / "run" / "metrics"
 
     @property
     def log_path(self) -> Path:
@@ -218,6 +260,10 @@ class ServingSettings:
     worker_class: str = field(default="gthread", metadata={"env": "GUNICORN_WORKER_CLASS"})
     max_memory_mb: float | None = field(default=None, metadata={"env": "GUNICORN_MAX_MEMORY"})
     max_requests: int = field(default=0, metadata={"env": "GUNICORN_MAX_REQUESTS"})
+    # seconds an idle kept-alive connection stays open: longer than any common client's
+    # idle time (HeyGem's client polls every 2 s; Node's agent keeps sockets 5 s; nginx 75 s),
+    # so a poll never meets a connection the server is closing (Gunicorn's default is 2)
+    keepalive: int = field(default=75, metadata={"env": "GUNICORN_KEEPALIVE"})
     batch_size: int | None = field(default=None, metadata={"env": "DHSERVE_BATCH_SIZE"})
     layout: str | None = field(default=None, metadata={"env": "DHSERVE_LAYOUT"})
     profile: str = field(default="auto", metadata={"env": "DHSERVE_PROFILE"})
