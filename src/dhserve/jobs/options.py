@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
+import typing
+from functools import cache
 from typing import Any
 
 from dhserve.config import Settings
@@ -12,16 +16,69 @@ from dhserve.jobs.model import JobSpec
 # Service limits and the batch size (memory) stay the operator's; a job may choose the rest.
 NOT_JOB_OPTIONS = frozenset({"max_input_mb", "max_video_seconds", "max_audio_seconds",
                              "max_video_pixels", "frame_cache_mb", "batch_size"})
+# What a JSON value must be for a field of this type (bool is not a number; an integer is
+# a fine float); the words say it to a client who sent something else.
+JSON_KINDS: dict[type, tuple[str, typing.Callable[[Any], bool]]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v)),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
+
+
+@cache
+def _field_types() -> dict[str, tuple[type, bool]]:
+    """RenderOptions' fields as (type, whether None is allowed)."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(RenderOptions).items():
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        kinds[name] = (base, optional)
+    return kinds
+
+
+def type_problem(name: str, value: Any) -> str | None:
+    """Why `value` (as JSON gave it) cannot be the option `name`, by the field's type."""
+    base, optional = _field_types()[name]
+    if value is None:
+        return None if optional else f"must be {JSON_KINDS[base][0]}; got null"
+    if base not in JSON_KINDS:          # a type JSON cannot carry: from_settings judges it
+        return None
+    words, fits = JSON_KINDS[base]
+    if fits(value):
+        return None
+    return f"must be {words}; got {_json_kind(value)} {_shown(value)}"
+
+
+def _json_kind(value: Any) -> str:
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"),
+                       (str, "a string"), (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOptions:
-    """A job's options over the service's defaults; unknown or reserved names are refused
-    (InputError options.invalid naming the option)."""
+    """A job's options over the service's defaults; unknown or reserved names, and values of
+    the wrong type, are refused (InputError options.invalid naming the option)."""
+    if not isinstance(options, dict):
+        raise InputError("options.invalid", "options",
+                         f"must be an object; got {_json_kind(options)}")
     allowed = set(RenderOptions.__dataclass_fields__) - NOT_JOB_OPTIONS
-    for name in options:
+    for name, value in options.items():
         if name not in allowed:
-            raise InputError("options.invalid", name,
+            raise InputError("options.invalid", str(name)[:64],
                              f"unknown option; a job may set {', '.join(sorted(allowed))}")
+        problem = type_problem(name, value)
+        if problem:
+            raise InputError("options.invalid", name, problem)
     return RenderOptions.from_settings(settings, **options)
 
 
