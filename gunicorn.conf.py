@@ -7,8 +7,9 @@ CUDA: the master never touches it (preload_app = False; when_ready refuses to st
 initialised in the master), and post_fork pins the worker to its GPU (CUDA_VISIBLE_DEVICES)
 before anything can initialise CUDA. Every value comes from dhserve.serving, read from
 GUNICORN_WORKERS, GUNICORN_THREADS, GUNICORN_TIMEOUT, GUNICORN_GRACEFUL_TIMEOUT, GUNICORN_BIND,
-GUNICORN_WORKER_CLASS, GUNICORN_MAX_MEMORY (MB), GUNICORN_MAX_REQUESTS, DHSERVE_PROFILE,
-DHSERVE_LAYOUT, DHSERVE_GPUS; `dhserve serve --diagnose` shows what they resolve to.
+GUNICORN_WORKER_CLASS, GUNICORN_MAX_MEMORY (MB), GUNICORN_MAX_REQUESTS, GUNICORN_KEEPALIVE,
+DHSERVE_PROFILE, DHSERVE_LAYOUT, DHSERVE_GPUS; `dhserve serve --diagnose` shows what they
+resolve to. GUNICORN_CMD_ARGS and the command line win over this file, as always with Gunicorn.
 """
 
 import sys
@@ -29,6 +30,9 @@ threads = _dhserve["threads"]                    # from the GPU profile unless G
 worker_class = _dhserve["worker_class"]          # gthread: heartbeats while renders run
 timeout = _dhserve["timeout"]                    # 600
 graceful_timeout = _dhserve["graceful_timeout"]
+keepalive = _dhserve["keepalive"]                # 75 s: HeyGem's client polls every 2 s on
+                                                 # a kept-alive connection (Gunicorn's own: 2)
+limit_request_line = _dhserve["limit_request_line"]  # 0: a long /easy query gets an envelope
 max_requests = _dhserve["max_requests"]
 max_requests_jitter = _dhserve["max_requests_jitter"]
 preload_app = False                              # no app, model or CUDA in the master

@@ -277,8 +277,11 @@ def test_gunicorn_conf_built_on_dhserve_is_all_ok(tmp_path, env, gpu):
     (False, "max_requests = 100", "all-in-one", "max_requests", WARNING,
      "max_requests = 100 with the all-in-one renderer"),
     (False, "worker_tmp_dir = {disk!r}", "all-in-one", "worker_tmp_dir", WARNING, "(disk)"),
+    (False, "keepalive = 2", "split", "keepalive", WARNING,       # Gunicorn's own default
+     "keep-alive 2 s: idle connections close within a client's 5 s idle time"),
 ], ids=["preload-gpu", "preload-cpu", "2-workers-gpu", "2-workers-cpu", "sync", "sync-web-only",
-        "eventlet", "timeout", "graceful-timeout", "max-requests", "heartbeat-on-disk"])
+        "eventlet", "timeout", "graceful-timeout", "max-requests", "heartbeat-on-disk",
+        "keepalive-2"])
 def test_gunicorn_conf_problems(tmp_path, checks, gpu, extra, layout, name, status, said):
     disk = tmp_path / "heartbeats"
     disk.mkdir()
@@ -309,6 +312,24 @@ def test_gunicorn_cmd_args_count_as_gunicorn_applies_them(tmp_path, checks):
     assert "+ GUNICORN_CMD_ARGS" in find(report, "gunicorn", "config")["detail"]
     assert statuses(report, "gunicorn")["preload_app"] == ERROR
     assert find(report, "gunicorn", "timeout")["data"]["timeout"] == 5
+
+
+def test_built_in_config_shows_keepalive_and_applies_gunicorn_cmd_args(checks):
+    """Without a file the doctor judges what `dhserve serve` runs: the plan's settings with
+    GUNICORN_CMD_ARGS over them, as the web tier applies it."""
+    report = checks("gunicorn")
+    config = find(report, "gunicorn", "config")
+    assert "keep-alive 75 s" in config["detail"] and "GUNICORN_CMD_ARGS" not in config["detail"]
+    assert config["data"]["settings"]["keepalive"] == 75
+    assert config["data"]["settings"]["limit_request_line"] == 0     # long /easy codes pass
+    assert find(report, "gunicorn", "keepalive")["status"] == OK
+    report = checks("gunicorn", GUNICORN_KEEPALIVE="30")
+    assert find(report, "gunicorn", "keepalive")["data"]["keepalive"] == 30
+    report = checks("gunicorn", GUNICORN_CMD_ARGS="--keep-alive 2 --timeout 5")
+    config = find(report, "gunicorn", "config")
+    assert "+ GUNICORN_CMD_ARGS" in config["detail"] and "keep-alive 2 s" in config["detail"]
+    assert find(report, "gunicorn", "keepalive")["status"] == WARNING
+    assert config["data"]["settings"]["timeout"] == 5
 
 
 def test_gunicorn_conf_without_dhserve_hooks_is_a_warning(tmp_path, checks):

@@ -32,7 +32,9 @@ from dhserve.serving.hooks import EXIT_MARGIN_S, ServingHooks
 BUILT_IN = "built-in (the web tier `dhserve serve` runs)"
 MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
 SHOWN = ("bind", "workers", "worker_class", "threads", "timeout", "graceful_timeout",
-         "max_requests", "preload_app", "worker_tmp_dir")
+         "keepalive", "limit_request_line", "max_requests", "preload_app", "worker_tmp_dir")
+CLIENT_IDLE_S = 5             # Node's keep-alive agent (HeyGem's client) keeps idle sockets
+                              # this long; HeyGem polls every 2 s
 
 
 @dataclass
@@ -168,11 +170,21 @@ def _built_in(facts: Facts) -> LoadedConfig:
         return LoadedConfig(BUILT_IN, None, plan=plan, problem=missing)
     from gunicorn.config import Config
 
+    from dhserve.serving.web import apply_cmd_args
+
     cfg = Config()
     for key, value in plan.gunicorn_options().items():
         if key in cfg.settings:          # control_socket_disable: Gunicorn >= 25
             cfg.set(key, value)
-    return LoadedConfig(BUILT_IN, cfg, plan=plan)
+    said = io.StringIO()
+    try:                                 # as `dhserve serve` applies it over the plan
+        with contextlib.redirect_stderr(said):
+            named = apply_cmd_args(cfg)
+    except SystemExit:
+        text = " … ".join(line.strip() for line in said.getvalue().splitlines() if line.strip())
+        return LoadedConfig(BUILT_IN, None, plan=None,
+                            problem=f"GUNICORN_CMD_ARGS cannot be parsed: {text[-400:]}")
+    return LoadedConfig(BUILT_IN, cfg, plan=plan, cmd_args=bool(named))
 
 
 def loader(explicit: Path | None = None) -> Callable[[Facts], LoadedConfig]:
@@ -220,6 +232,7 @@ def gunicorn_checks(facts: Facts) -> list[Check]:
               ("timeouts", lambda: _timeouts(cfg, all_in_one,
                                              facts.settings.stop_grace_seconds)),
               ("max_requests", lambda: [_max_requests(cfg, all_in_one, plan)]),
+              ("keepalive", lambda: [_keepalive(cfg)]),
               ("worker_tmp_dir", lambda: [_heartbeat_dir(cfg)]))
     for name, judge in judged:
         checks.extend(guarded("gunicorn", judge, name))
@@ -246,7 +259,7 @@ def _config_line(loaded: LoadedConfig, data: dict[str, Any]) -> Check:
     return Check("gunicorn", "config", OK,
                  f"{loaded.source}{extra}: layout {plan.layout}, profile {plan.profile.name} "
                  f"({plan.profile_reason}), {cfg.workers} x {cfg.worker_class_str} worker(s), "
-                 f"{cfg.threads} thread(s), renders on "
+                 f"{cfg.threads} thread(s), keep-alive {cfg.keepalive} s, renders on "
                  f"{', '.join(d.label for d in plan.devices)}", data=data)
 
 
@@ -387,6 +400,27 @@ def _max_requests(cfg: Any, all_in_one: bool, plan: Any) -> Check:
            if all_in_one and plan.max_requests else "")
     return Check("gunicorn", "max_requests", OK,
                  f"max_requests {cfg.max_requests or 'off'}{own}", data=data)
+
+
+def _keepalive(cfg: Any) -> Check:
+    """An idle kept-alive connection must outlive the client's pause between requests, or the
+    client's next request meets a socket the server is closing (ECONNRESET: HeyGem's client
+    then stops polling for good)."""
+    data = {"keepalive": cfg.keepalive}
+    if cfg.keepalive <= CLIENT_IDLE_S:
+        off = "off" if cfg.keepalive == 0 else f"{cfg.keepalive} s"
+        return Check("gunicorn", "keepalive", WARNING,
+                     f"keep-alive {off}: idle connections close within a client's "
+                     f"{CLIENT_IDLE_S} s idle time",
+                     "HeyGem's desktop client polls /easy/query every 2 s on a kept-alive "
+                     "connection; when Gunicorn closes it at that moment the poll fails "
+                     "(ECONNRESET) and the client stops polling. Use a keep-alive longer than "
+                     "any client's idle time (dhserve's default: 75 s, as nginx)",
+                     "export GUNICORN_KEEPALIVE=75    # or: keepalive = 75 in the config file",
+                     data=data)
+    return Check("gunicorn", "keepalive", OK,
+                 f"keep-alive {cfg.keepalive} s (> {CLIENT_IDLE_S} s: clients' idle kept-alive "
+                 "connections stay open)", data=data)
 
 
 def filesystem_type(path: str) -> str | None:

@@ -65,6 +65,7 @@ class ServingPlan:
     max_requests: int
     max_memory_mb: float           # 0: no limit
     batch_size: int
+    keepalive: int                 # s an idle kept-alive connection stays open
     devices: tuple[RenderDevice, ...]
     gpus: list[dict[str, Any]] = field(default_factory=list)
     warnings: tuple[str, ...] = ()
@@ -85,6 +86,7 @@ class ServingPlan:
                 "GUNICORN_GRACEFUL_TIMEOUT": str(self.graceful_timeout),
                 "GUNICORN_MAX_REQUESTS": str(self.max_requests),
                 "GUNICORN_MAX_MEMORY": f"{self.max_memory_mb:g}",
+                "GUNICORN_KEEPALIVE": str(self.keepalive),
                 "DHSERVE_BATCH_SIZE": str(self.batch_size)}
 
     def gunicorn_options(self) -> dict[str, Any]:
@@ -98,6 +100,13 @@ class ServingPlan:
             "max_requests": 0 if self.renders_in_web_workers else self.max_requests,
             "max_requests_jitter": 0 if self.renders_in_web_workers else self.max_requests // 10,
             "preload_app": False,          # the master never imports the app or a model
+            # longer than a client's idle time between polls: HeyGem's client polls every
+            # 2 s on a kept-alive socket, and meets a closed one at Gunicorn's default of 2
+            "keepalive": self.keepalive,
+            # no request-line limit (Gunicorn's is 4094 bytes, at most 8190): a long query
+            # (a 20 kB /easy/query?code=...) reaches the app, which answers it with an
+            # envelope, not Gunicorn's bare 414; headers keep Gunicorn's limits
+            "limit_request_line": 0,
             "proc_name": "dhserve", "accesslog": None,
             # Gunicorn >= 25's control socket: one path (~/.gunicorn) shared by every instance
             # on the machine, and a thread in the master; dhserve uses signals
@@ -112,6 +121,7 @@ class ServingPlan:
                 "profile_reason": self.profile_reason, "web_workers": self.workers,
                 "threads": self.threads, "worker_class": self.worker_class,
                 "batch_size": self.batch_size, "max_memory_mb": self.max_memory_mb,
+                "keepalive": self.keepalive,
                 "render_devices": [d.label for d in self.devices]}
 
     def describe(self) -> list[str]:
@@ -125,6 +135,7 @@ class ServingPlan:
                 f"{f'{self.max_memory_mb:g} MB' if self.max_memory_mb else 'off'}"),
                 (f"gunicorn: bind {self.bind}, {self.workers} x {self.worker_class} worker(s), "
                 f"timeout {self.timeout} s, graceful {self.graceful_timeout} s, "
+                f"keep-alive {self.keepalive} s, "
                 f"max requests {self.max_requests or 'unlimited'}, preload off"),
                 *(f"warning: {w}" for w in self.warnings)]
 
@@ -181,7 +192,7 @@ def plan_serving(settings: Settings, serving: ServingSettings, default_layout: s
         threads=threads, worker_class=serving.worker_class,
         timeout=serving.timeout, graceful_timeout=serving.graceful_timeout,
         max_requests=serving.max_requests, max_memory_mb=max_memory,
-        batch_size=serving.batch_size or profile.batch_size,
+        batch_size=serving.batch_size or profile.batch_size, keepalive=serving.keepalive,
         devices=devices, gpus=gpus, warnings=tuple(warnings))
 
 

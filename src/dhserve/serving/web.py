@@ -27,14 +27,36 @@ class WebApplication(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
+        """dhserve's settings in the place of a config file, then GUNICORN_CMD_ARGS over them:
+        plain Gunicorn's precedence (its command line is dhserve's own, so it adds nothing)."""
         for key, value in gunicorn_settings(self.settings, self.plan).items():
             if key in self.cfg.settings:          # control_socket_disable: Gunicorn >= 25
                 self.cfg.set(key, value)
+        apply_cmd_args(self.cfg, self.load_config_from_file)
 
     def load(self):
         from dhserve.api import create_app
 
         return create_app(self.settings)
+
+
+def apply_cmd_args(cfg: Any, load_file: Any = None) -> list[str]:
+    """GUNICORN_CMD_ARGS over `cfg`, as Gunicorn's own Application.load_config applies it (it
+    reads the variable itself: cfg.get_cmd_args_from_env): a `--config FILE` in it is loaded
+    first (`load_file`; ignored without one), then every option it names wins. Returns the
+    names of the settings it set. A bad option ends the start as Gunicorn would (usage
+    message, exit status 2)."""
+    parser = cfg.parser()
+    env_args = parser.parse_args(cfg.get_cmd_args_from_env())
+    if env_args.config and load_file is not None:
+        load_file(env_args.config)
+    named = []
+    for key, value in vars(env_args).items():
+        if value is None or key in ("args", "config"):
+            continue
+        cfg.set(key.lower(), value)
+        named.append(key.lower())
+    return named
 
 
 def gunicorn_settings(settings: Settings, plan: ServingPlan) -> dict[str, Any]:
