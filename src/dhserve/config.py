@@ -43,7 +43,7 @@ def option_problem(name: str, value: Any) -> str | None:
         return f"must be 0..19, got {value}"
     if name == "device" and not DEVICE_PATTERN.fullmatch(value):
         return f"must be cpu, cuda or cuda:N; got {value!r}"
-    if name == "allowed_networks":
+    if name in ("allowed_networks", "heygem_networks"):
         try:
             parse_networks(value)
         except ValueError as exc:
@@ -115,6 +115,11 @@ class Settings:
     bind: str = "127.0.0.1:8383"         # loopback unless the operator says otherwise
     api_key: str = field(default="", repr=False)  # set: every route but /livez needs
                                                   # "Authorization: Bearer <key>"
+    # HeyGem's clients cannot send a key: with DHSERVE_API_KEY set, /easy/* is still open
+    # without it to clients on these networks (CIDR, comma-separated; "" closes it), by
+    # default this machine, where HeyGem's client runs beside the service. A request that
+    # came through a proxy (Forwarded, X-Forwarded-For, X-Real-IP) is never exempt
+    heygem_networks: str = "127.0.0.0/8,::1"
     input_roots: str = ""                # folders (os.pathsep-separated) whose files clients
                                          # may name as inputs; default: the data dir
     server: str = ""                     # the service `dhserve submit/status` talk to;
@@ -174,6 +179,11 @@ class Settings:
     def allowed_network_list(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """The networks URL inputs may reach although they are internal."""
         return parse_networks(self.allowed_networks)
+
+    @property
+    def heygem_network_list(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The networks whose clients may use /easy/* without the API key."""
+        return parse_networks(self.heygem_networks)
 
     @property
     def metrics_path(self) -> Path:

@@ -38,3 +38,18 @@ class Canceled(DhserveError):
 
     def __init__(self, message: str = "render canceled"):
         super().__init__("render.canceled", message)
+
+
+class StorageFull(DhserveError):
+    """The data dir has less free space than DHSERVE_MIN_FREE_MB, or ran out while writing:
+    new work is refused until space returns (nothing needs a restart)."""
+
+    def __init__(self, message: str):
+        super().__init__("storage.full", message)
+
+
+class AccessRefused(DhserveError):
+    """A request without the API key, from where the key is needed."""
+
+    def __init__(self, message: str):
+        super().__init__("auth.required", message)

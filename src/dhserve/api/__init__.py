@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     from dhserve.api import health, heygem, metrics, openapi, ui, v1
 
     problems.install(app)
-    auth.install(app, settings.api_key)
+    auth.install(app, settings)
     for module in (heygem, v1, health, openapi, ui, metrics):
         app.register_blueprint(module.blueprint)
     _install_body_limit(app)

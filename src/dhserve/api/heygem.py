@@ -16,8 +16,9 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from dhserve.api.context import check_job_id, context
+from dhserve.api.context import check_job_id, context, json_body, public_path, public_text
 from dhserve.api.inputs import input_text, resolve_input
+from dhserve.config import Settings
 from dhserve.errors import DhserveError, InputError, first_line
 from dhserve.jobs.model import Job, JobSpec, JobState
 
@@ -43,6 +44,12 @@ def envelope(code: int, msg: Any = "", data: dict[str, Any] | None = None) -> Re
     return jsonify({"code": code, "data": data or {}, "msg": msg, "success": True})
 
 
+def refused_envelope(code: str, message: str) -> Response:
+    """A refusal HeyGem's contract has no code for (no key; a full disk): 9999, the vendor's
+    own failure code, which every client shows as failed, with dhserve's code in `msg`."""
+    return envelope(SYSTEM, f"{code}: {message}")
+
+
 def heygem_message(message: str) -> str:
     """An engine message ("video: no face found") with the field named as HeyGem names it."""
     field, sep, reason = message.partition(": ")
@@ -51,9 +58,10 @@ def heygem_message(message: str) -> str:
 
 @blueprint.post("/submit")
 def submit() -> Response:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        body = request.form.to_dict()
+    try:
+        body = _body()
+    except InputError as exc:
+        return envelope(MISSING, heygem_message(exc.message))
     for name in REQUIRED:
         if body.get(name) in (None, ""):
             return envelope(MISSING, f"{name}参数缺失")
@@ -61,33 +69,52 @@ def submit() -> Response:
     try:
         code = check_job_id(str(body["code"]), "code")
         g.job_id = code
-        spec, refused = _spec(code, body)
-        ctx.submit(code, spec, record_refusal=True, refused=refused)
+        spec, refused, named = _spec(code, body)
+        ctx.submit(code, spec, record_refusal=True, refused=refused, named=named)
     except InputError as exc:
-        return envelope(MISSING, heygem_message(exc.message))
+        return envelope(MISSING, heygem_message(public_text(exc.message, ctx.settings)))
     except DhserveError as exc:
         if exc.code == "queue.full":
             return envelope(BUSY, MSG_BUSY)
         if exc.code == "job.conflict":
             return envelope(EXISTS, MSG_EXISTS)
+        if exc.code == "storage.full":      # not even a failed job could be recorded
+            return refused_envelope(exc.code, exc.message)
         log.error("submit %s: %s %s", g.get("job_id"), exc.code, exc.message)
         return envelope(SYSTEM, MSG_SYSTEM)
     return envelope(OK, OK)
 
 
-def _spec(code: str, body: dict[str, Any]) -> tuple[JobSpec, InputError | None]:
-    """The job a submit asks for. A malformed request raises (10002); an input that may not
-    be used (outside the roots, another scheme) comes back as the refusal to record: the
-    client learns it from /easy/query, status 3, as it learns every other input problem."""
+def _body() -> dict[str, Any]:
+    """The submit's fields: a form's, or a JSON object's (HeyGem's clients send JSON)."""
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return request.form.to_dict()
+    body = json_body()
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise InputError("request.invalid", "body", "must be a JSON object with audio_url, "
+                         "video_url and code")
+    return body
+
+
+def _spec(code: str, body: dict[str, Any]
+          ) -> tuple[JobSpec, InputError | None, dict[str, str]]:
+    """The job a submit asks for, and its inputs' local paths -> the names the client gave.
+    A malformed request raises (10002); an input that may not be used (outside the roots,
+    another scheme) comes back as the refusal to record: the client learns it from
+    /easy/query, status 3, as it learns every other input problem."""
     settings = context().settings
     options = _options(body)
     output = str((settings.temp_dir / f"{code}-r.mp4").resolve())
     video, audio = (input_text(body[name], name) for name in ("video_url", "audio_url"))
     try:
-        return JobSpec(resolve_input(video, "video_url", settings),
-                       resolve_input(audio, "audio_url", settings), output, options), None
+        located = {name: resolve_input(given, name, settings)
+                   for name, given in (("video_url", video), ("audio_url", audio))}
     except InputError as exc:
-        return JobSpec(video, audio, output, options), exc
+        return JobSpec(video, audio, output, options), exc, {}
+    named = {located["video_url"]: video, located["audio_url"]: audio}
+    return JobSpec(located["video_url"], located["audio_url"], output, options), None, named
 
 
 @blueprint.errorhandler(HTTPException)
@@ -140,11 +167,12 @@ def query() -> Response:
         if exc.code == "job.not_found":
             return envelope(NOT_FOUND, MSG_NOT_FOUND)
         raise
-    return envelope(OK, "", task_status(job, context().settings.temp_dir))
+    return envelope(OK, "", task_status(job, context().settings))
 
 
-def task_status(job: Job, temp_dir: Path) -> dict[str, Any]:
-    """A job as HeyGem's `data` object."""
+def task_status(job: Job, settings: Settings) -> dict[str, Any]:
+    """A job as HeyGem's `data` object; no path of this server in it (the result relative
+    to temp/ as HeyGem's clients join it, else relative to the data dir)."""
     data: dict[str, Any] = {"code": job.id, "progress": int(job.progress), "result": ""}
     if job.state is JobState.SUCCEEDED:
         result = Path(job.result or "")
@@ -153,19 +181,23 @@ def task_status(job: Job, temp_dir: Path) -> dict[str, Any]:
             return data
         info = job.result_info
         data.update(status=STATUS_DONE, progress=100, msg="完成",
-                    result=_result_path(result, temp_dir),
+                    result=_result_path(result, settings),
                     cost=round(float(info.get("elapsed", 0.0)), 2),
                     video_duration=round(float(info.get("duration", 0.0)) * 1000),
                     width=int(info.get("width", 0)), height=int(info.get("height", 0)))
     elif job.state.finished:
         data.update(status=STATUS_FAILED,
-                    msg=heygem_message(job.error_message or job.state.value))
+                    msg=heygem_message(public_text(job.error_message or job.state.value,
+                                                   settings)))
     else:
         data.update(status=STATUS_RUNNING, msg=job.stage)
     return data
 
 
-def _result_path(result: Path, temp_dir: Path) -> str:
-    """Relative to temp/ with a leading slash, as clients join it onto their temp folder."""
-    relative = os.path.relpath(result, temp_dir.resolve())
-    return str(result) if relative.startswith("..") else "/" + relative
+def _result_path(result: Path, settings: Settings) -> str:
+    """Relative to temp/ with a leading slash, as clients join it onto their temp folder;
+    a result elsewhere (a /v1 job's) relative to the data dir, never an absolute path."""
+    temp = os.path.realpath(settings.temp_dir)
+    if Path(os.path.realpath(result)).is_relative_to(temp):
+        return "/" + Path(os.path.realpath(result)).relative_to(temp).as_posix()
+    return public_path(str(result), settings) or ""

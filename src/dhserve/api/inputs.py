@@ -3,17 +3,20 @@ uploads. Nothing outside the allowed folders is opened, not even to say whether 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from dhserve.config import Settings
 from dhserve.engine.media import probe, remove_quietly
-from dhserve.errors import InputError
+from dhserve.errors import InputError, StorageFull
 from dhserve.jobs.downloads import is_url
 
 CHUNK = 1 << 20
@@ -81,6 +84,31 @@ def check_media(value: str, field: str, kind: str, max_mb: float) -> None:
         raise InputError(f"{kind}.no_{kind}_stream", field, f"file has no {kind} stream")
 
 
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """A disk (or quota) that fills while writing is storage.full, not an internal error."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise StorageFull("the server's storage filled up while saving the upload; "
+                              "try again later") from None
+        raise
+
+
+def spooled_form() -> dict[str, str]:
+    """The request's form fields; its files spool into the data dir as it is parsed, so a
+    disk that fills meanwhile is storage.full (what was spooled goes with the request)."""
+    from flask import request
+
+    with _storage_errors():
+        request.files       # noqa: B018 - parses the body: form and files
+        return request.form.to_dict()
+
+
 def save_upload(stream: BinaryIO, filename: str, field: str, folder: Path,
                 max_mb: float) -> tuple[Path, bool]:
     """Stores an upload in the job's own folder, named by its content hash, so a retried
@@ -90,7 +118,7 @@ def save_upload(stream: BinaryIO, filename: str, field: str, folder: Path,
     part = folder / f".upload-{uuid.uuid4().hex}.part"
     digest, size, limit = hashlib.sha256(), 0, max_mb * 2**20
     try:
-        with open(part, "wb") as out:
+        with _storage_errors(), open(part, "wb") as out:
             while chunk := stream.read(CHUNK):
                 size += len(chunk)
                 if size > limit:

@@ -186,11 +186,11 @@ def document() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": _ref("HeyGemSubmit")},
                     "application/x-www-form-urlencoded": {"schema": _ref("HeyGemSubmit")}}},
-                "responses": {"200": HEYGEM, **UNAUTHORIZED}}},
+                "responses": {"200": HEYGEM}}},
             "/easy/query": {"get": {
                 "summary": "HeyGem: a task's status, progress and result",
                 "parameters": [{"name": "code", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": HEYGEM_QUERY, **UNAUTHORIZED}}},
+                "responses": {"200": HEYGEM_QUERY}}},
             "/v1/jobs": {
                 "post": {
                     "summary": "Submit a job (JSON with URLs/paths, or a multipart upload)",
@@ -205,7 +205,7 @@ def document() -> dict[str, Any]:
                         "202": {**JOB, "description": "queued", "headers": LOCATION},
                         "200": {**JOB, "description": "the job this Idempotency-Key made",
                                 "headers": LOCATION},
-                        **_problems(400, 401, 409, 413, 422, 429, 503)}},
+                        **_problems(400, 401, 409, 413, 422, 429, 503, 507)}},
                 "get": {
                     "summary": "Recent jobs, newest first",
                     "parameters": [

@@ -17,13 +17,15 @@ PROBLEM_TYPE = "application/problem+json"
 STATUS_BY_CODE = {"job.not_found": 404, "job.conflict": 409, "job.finished": 409,
                   "job.not_ready": 409, "result.gone": 410, "queue.full": 429,
                   "input.too_large": 413, "request.too_large": 413,
-                  "auth.required": 401, "store.unreachable": 503}
+                  "auth.required": 401, "store.unreachable": 503,
+                  "storage.full": 507}
 STATUS_BY_FAMILY = {"request": 400, "input": 422, "options": 422, "video": 422, "audio": 422,
                     "overlay": 422, "model": 422, "runtime": 503}
 TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
           409: "Conflict", 410: "Gone", 413: "Content too large", 416: "Range not satisfiable",
           422: "Unprocessable input",
-          429: "Too many requests", 500: "Internal error", 503: "Service unavailable"}
+          429: "Too many requests", 500: "Internal error", 503: "Service unavailable",
+          507: "Insufficient storage"}
 RETRY_AFTER_S = 5
 
 
@@ -48,8 +50,11 @@ def problem(status: int, code: str, detail: str, field: str | None = None) -> Re
 
 
 def error_response(exc: DhserveError) -> Response:
+    from dhserve.api.context import context, public_text
+
     field = exc.field if isinstance(exc, InputError) else None
     detail = exc.reason if isinstance(exc, InputError) else exc.message
+    detail = public_text(detail, context().settings)    # no path of this server
     return problem(status_for(exc.code), exc.code, detail, field)
 
 

@@ -4,7 +4,6 @@ jobs as JSON documents; errors as problem details (dhserve.api.problems)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,17 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request, send_file, url_for
 from sqlalchemy.exc import DBAPIError
 
-from dhserve.api.context import check_job_id, context, iso_time
-from dhserve.api.inputs import KINDS, resolve_input, save_upload
+from dhserve.api.context import (
+    check_free_space,
+    check_job_id,
+    context,
+    iso_time,
+    json_body,
+    parse_json,
+    public_path,
+    public_text,
+)
+from dhserve.api.inputs import KINDS, resolve_input, save_upload, spooled_form
 from dhserve.engine.media import remove_quietly
 from dhserve.errors import DhserveError, InputError
 from dhserve.jobs.model import Job, JobSpec, JobState
@@ -32,11 +40,13 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     g.job_id = job_id
     fields = _request_fields()
     uploaded: list[Path] = []
+    named: dict[str, str] = {}
     try:
-        inputs = {kind: _input(kind, fields, uploaded) for kind in KINDS}
         options, priority = _choices(fields)
+        inputs = {kind: _input(kind, fields, uploaded, named) for kind in KINDS}
         job, created = ctx.submit(job_id, JobSpec(video=inputs["video"], audio=inputs["audio"],
-                                                  options=options, priority=priority))
+                                                  options=options, priority=priority),
+                                  named=named)
     except Exception:
         _discard(uploaded, job_id)
         raise
@@ -47,12 +57,13 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
 def _request_fields() -> dict[str, Any]:
     """The body's fields: a JSON object, or a form (whose options and priority are JSON)."""
     if request.mimetype == "multipart/form-data":
-        fields: dict[str, Any] = request.form.to_dict()
+        check_free_space(context().settings)    # parsing the form spools the files to disk
+        fields: dict[str, Any] = spooled_form()
         for name in ("options", "priority"):
             if name in fields:
                 fields[name] = _json_field(fields[name], name)
         return fields
-    fields = request.get_json(silent=True)
+    fields = json_body()
     if not isinstance(fields, dict):
         raise InputError("request.invalid", "body", "expected a JSON object or a "
                          "multipart/form-data upload")
@@ -88,25 +99,28 @@ def _discard(created: list[Path], job_id: str) -> None:
 
 
 def _json_field(value: str, name: str) -> Any:
-    try:
-        return json.loads(value)
-    except ValueError:
-        raise InputError("request.invalid", name, "must be JSON") from None
+    return parse_json(value, name)
 
 
-def _input(kind: str, fields: dict[str, Any], uploaded: list[Path]) -> str:
-    """The uploaded file `kind`, else the URL or path given in the field."""
+def _input(kind: str, fields: dict[str, Any], uploaded: list[Path],
+           named: dict[str, str]) -> str:
+    """The uploaded file `kind`, else the URL or path given in the field; `named` learns
+    what the client called it (the upload's file name, or the text it gave)."""
     settings = context().settings
     upload = request.files.get(kind) if request.files else None
     if upload is not None and upload.filename:
+        check_free_space(settings)          # before writing: an upload fills a disk
         path, created = save_upload(upload.stream, upload.filename, kind,
                                     settings.uploads_dir / g.job_id, settings.max_input_mb)
         if created:         # a replayed request's files belong to the job that exists
             uploaded.append(path)
+        named[str(path.resolve())] = Path(upload.filename).name
         return str(path.resolve())
     if fields.get(kind) in (None, ""):
         raise InputError("request.invalid", kind, "missing: give a URL, a path or a file")
-    return resolve_input(fields[kind], kind, settings)
+    local = resolve_input(fields[kind], kind, settings)
+    named[local] = str(fields[kind]).strip()
+    return local
 
 
 @blueprint.get("/jobs")
@@ -167,11 +181,14 @@ def job_document(job: Job) -> dict[str, Any]:
                   **{k: info[k] for k in ("frames", "width", "height", "fps", "duration",
                                           "elapsed", "backend", "analysis_cached", "warnings")
                      if k in info}}
-    error = ({"code": job.error_code, "message": job.error_message}
+    settings = context().settings
+    error = ({"code": job.error_code,
+              "message": public_text(job.error_message or "", settings)}
              if job.error_code else None)
     return {"id": job.id, "state": job.state.value, "progress": int(job.progress),
             "stage": job.stage, "attempts": job.attempts, "priority": job.spec.priority,
-            "inputs": {"video": job.spec.video, "audio": job.spec.audio},
+            "inputs": {"video": public_path(job.spec.video, settings),
+                       "audio": public_path(job.spec.audio, settings)},
             "options": job.spec.options, "created_at": iso_time(job.created_at),
             "started_at": iso_time(job.started_at), "finished_at": iso_time(job.finished_at),
             "cancel_requested": job.cancel_requested, "error": error, "result": result,
