@@ -67,6 +67,8 @@ def submit() -> Response:
             return envelope(MISSING, f"{name}参数缺失")
     ctx = context()
     try:
+        if isinstance(body["code"], bool) or not isinstance(body["code"], (str, int)):
+            raise InputError("request.invalid", "code", "must be a string")
         code = check_job_id(str(body["code"]), "code")
         g.job_id = code
         spec, refused, named = _spec(code, body)
@@ -89,9 +91,9 @@ def _body() -> dict[str, Any]:
     """The submit's fields: a form's, or a JSON object's (HeyGem's clients send JSON)."""
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         return request.form.to_dict()
+    if not request.get_data(cache=True).strip():
+        return {}                           # as the vendor: "audio_url参数缺失"
     body = json_body()
-    if body is None:
-        return {}
     if not isinstance(body, dict):
         raise InputError("request.invalid", "body", "must be a JSON object with audio_url, "
                          "video_url and code")
