@@ -9,7 +9,7 @@ import json
 import pytest
 from api_support import Service
 
-from dhserve.api.auth import heygem_client_allowed
+from dhserve.api import auth
 from dhserve.config import Settings, parse_networks
 
 # One value of each JSON type (an integer and a fraction are both JSON numbers).
@@ -163,14 +163,14 @@ def test_everything_else_still_needs_the_key_from_loopback(keyed):
 
 def test_heygem_networks_setting(tmp_path):
     nets = Settings(data_dir=tmp_path, heygem_networks="10.0.0.0/8, fd00::/8")
-    assert heygem_client_allowed("10.9.8.7", nets.heygem_network_list, proxied=False)
-    assert heygem_client_allowed("::ffff:10.9.8.7", nets.heygem_network_list, False)
-    assert heygem_client_allowed("fd00::5", nets.heygem_network_list, False)
-    assert not heygem_client_allowed("127.0.0.1", nets.heygem_network_list, False)
-    assert not heygem_client_allowed("10.9.8.7", nets.heygem_network_list, proxied=True)
-    assert not heygem_client_allowed("not-an-address", nets.heygem_network_list, False)
+    assert auth.heygem_client_allowed("10.9.8.7", nets.heygem_network_list, proxied=False)
+    assert auth.heygem_client_allowed("::ffff:10.9.8.7", nets.heygem_network_list, False)
+    assert auth.heygem_client_allowed("fd00::5", nets.heygem_network_list, False)
+    assert not auth.heygem_client_allowed("127.0.0.1", nets.heygem_network_list, False)
+    assert not auth.heygem_client_allowed("10.9.8.7", nets.heygem_network_list, proxied=True)
+    assert not auth.heygem_client_allowed("not-an-address", nets.heygem_network_list, False)
     closed = Settings(data_dir=tmp_path, heygem_networks="")
-    assert not heygem_client_allowed("127.0.0.1", closed.heygem_network_list, False)
+    assert not auth.heygem_client_allowed("127.0.0.1", closed.heygem_network_list, False)
     assert Settings(data_dir=tmp_path).heygem_network_list == parse_networks(
         "127.0.0.0/8,::1")
     with pytest.raises(ValueError, match="DHSERVE_HEYGEM_NETWORKS.*'10.0.0.300/8'"):

@@ -109,7 +109,7 @@ def test_names_and_urls_are_passed_through(client, server, file_server, short_sp
     shutil.copy(short_speech, server.temp / "short.wav")
     named = client.submit(f"{file_server}/avatar.mp4", "short.wav")
     assert named.video == f"{file_server}/avatar.mp4"              # as given
-    assert named.audio == str((server.temp / "short.wav").resolve())
+    assert named.audio == "temp/short.wav"          # relative to the data dir: no server path
     stages: set[str] = set()
     final = client.wait(named, on_progress=lambda j: stages.add(j.stage), timeout=120,
                         interval=0.1)
@@ -284,6 +284,31 @@ def test_cli_reports_failed_jobs_and_refusals_with_exit_status_2(server, tmp_pat
         2, "error job.not_found: no job with id 'nope'")
     no_key = run_cli("status", "nope", "--server", server.url, cwd=tmp_path)
     assert no_key.returncode == 2 and no_key.stderr.startswith("error auth.required: ")
+
+
+def test_cli_submit_names_server_files_with_a_prefix_and_refuses_missing_local_ones(
+        server, tmp_path, short_speech):
+    env = {"DHSERVE_SERVER": server.url, "DHSERVE_API_KEY": KEY}
+    server.temp.mkdir(parents=True, exist_ok=True)
+    shutil.copy(short_speech, server.temp / "remote-speech.wav")
+    (tmp_path / "remote-speech.wav").write_text("a local file of the same name: not sent\n")
+    typo = run_cli("submit", "--video", "avatr.mp4", "--audio", "server:remote-speech.wav",
+                   cwd=tmp_path, env=env)
+    assert typo.returncode == 2
+    assert typo.stderr == ("error input.not_found: --video: no such local file: avatr.mp4; "
+                           "to name a file on the server, write server:avatr.mp4\n")
+    queued = run_cli("submit", "--video", str(EXAMPLES / "avatar.mp4"), "--audio",
+                     "server:remote-speech.wav", "--id", "server-name", cwd=tmp_path, env=env)
+    assert queued.returncode == 0, queued.stderr
+    client = Client(server.url, api_key=KEY)
+    job = client.get("server-name")
+    assert job.audio == "temp/remote-speech.wav"       # the server's file, not the upload
+    assert job.video.startswith("uploads/server-name/")
+    try:
+        client.cancel(job)      # not left to hold up the next test's render
+    except ClientError as exc:
+        assert exc.code == "job.finished", exc
+    assert "server:NAME" in run_cli("submit", "--help", cwd=tmp_path).stdout
 
 
 def sha256(path: Path) -> str:

@@ -22,7 +22,7 @@ from dhserve.config import (
     Settings,
 )
 from dhserve.doctor import GROUPS as DOCTOR_GROUPS
-from dhserve.errors import DhserveError, first_line
+from dhserve.errors import DhserveError, InputError, first_line
 
 EXIT_INPUT_ERROR = 2
 
@@ -51,14 +51,37 @@ def _settings(ctx: click.Context, **overrides) -> Settings:
         raise click.UsageError(str(exc)) from None
 
 
+DATA_DIR_HELP = "Where dhserve keeps its files [env DHSERVE_DATA_DIR; default ./data]."
+VERBOSE_HELP = "Log what the engine does (and a failure's traceback)."
+
+
+def _global_options() -> list[click.Option]:
+    """--data-dir and -v, accepted after any subcommand too (`dhserve serve --data-dir X`);
+    given in both places, the subcommand's wins."""
+    return [click.Option(["--data-dir"], type=click.Path(path_type=Path), default=None,
+                         expose_value=False, is_eager=True, callback=_set_global,
+                         help=DATA_DIR_HELP),
+            click.Option(["-v", "--verbose"], is_flag=True, default=None, expose_value=False,
+                         is_eager=True, callback=_set_global, help=VERBOSE_HELP)]
+
+
+def _set_global(ctx: click.Context, param: click.Parameter, value) -> None:
+    if value is None or value is False:
+        return
+    ctx.ensure_object(dict)[param.name] = value
+    if param.name == "verbose":
+        logging.getLogger().setLevel(logging.INFO)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="dhserve")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Where dhserve keeps its files [env DHSERVE_DATA_DIR; default ./data].")
-@click.option("-v", "--verbose", is_flag=True, help="Log what the engine does.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
 @click.pass_context
 def main(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
-    """dhserve: avatar video + speech in, lip-synced talking-head MP4 out."""
+    """dhserve: avatar video + speech in, lip-synced talking-head MP4 out.
+
+    --data-dir and -v may come before or after the subcommand."""
     ctx.ensure_object(dict)
     ctx.obj["data_dir"] = data_dir
     ctx.obj["verbose"] = verbose
@@ -67,10 +90,15 @@ def main(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
 
 
 @main.command()
-@click.option("--video", required=True, type=click.Path(path_type=Path),
-              help="Avatar video or still image (the template).")
-@click.option("--audio", required=True, type=click.Path(path_type=Path),
-              help="Speech: wav, mp3, m4a, ogg, flac, or a video's soundtrack.")
+@click.argument("video_arg", metavar="[VIDEO]", required=False,
+                type=click.Path(path_type=Path))
+@click.argument("audio_arg", metavar="[AUDIO]", required=False,
+                type=click.Path(path_type=Path))
+@click.option("--video", type=click.Path(path_type=Path),
+              help="Avatar video or still image (the template); or give it as VIDEO.")
+@click.option("--audio", type=click.Path(path_type=Path),
+              help="Speech: wav, mp3, m4a, ogg, flac, or a video's soundtrack; or give it "
+                   "as AUDIO.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output MP4 [default: <data dir>/results/<video>-<audio>.mp4].")
 @click.option("--backend", default=None, help="Lip-sync backend [env DHSERVE_BACKEND].")
@@ -91,18 +119,30 @@ def main(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
               help="cpu, cuda or cuda:N for the neural backends [env DHSERVE_DEVICE].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet: bool,
+def render(ctx: click.Context, video_arg: Path | None, audio_arg: Path | None,
+           video: Path | None, audio: Path | None, out: Path | None, quiet: bool,
            **choices) -> None:
-    """Render VIDEO lip-synced to AUDIO into an MP4."""
-    from dhserve.engine.face import AnalysisCache
-    from dhserve.engine.pipeline import RenderOptions
-    from dhserve.engine.pipeline import render as render_video
-    from dhserve.engine.progress import CallbackProgress
+    """Render VIDEO lip-synced to AUDIO into an MP4.
 
+    \b
+      dhserve render avatar.mp4 speech.wav --out talking.mp4
+      dhserve render --video avatar.mp4 --audio speech.wav
+
+    Every failure ends as `error CODE: message` (exit status 2 for an input the render
+    refused, 1 for an internal error, whose traceback goes to <data dir>/log/dh.log and,
+    with -v, to the terminal)."""
+    video = _one_input(video_arg, video, "VIDEO", "--video")
+    audio = _one_input(audio_arg, audio, "AUDIO", "--audio")
     face_restore = choices.pop("face_restore")
     settings = _settings(ctx, **choices)
     out = out or settings.results_dir / f"{video.stem}-{audio.stem}.mp4"
-    with _ProgressBar(quiet) as bar, _reported(bar.finish):
+    with _ProgressBar(quiet) as bar, _reported(bar.finish), \
+            _internal_errors(settings, ctx.obj.get("verbose"), bar.finish):
+        from dhserve.engine.face import AnalysisCache
+        from dhserve.engine.pipeline import RenderOptions
+        from dhserve.engine.pipeline import render as render_video
+        from dhserve.engine.progress import CallbackProgress
+
         options = RenderOptions.from_settings(
             settings, face_restore=face_restore, watermark=bool(settings.watermark_image),
             ai_label=bool(settings.ai_label_image))
@@ -114,6 +154,67 @@ def render(ctx: click.Context, video: Path, audio: Path, out: Path | None, quiet
                f"@ {float(result.fps):g} fps, {result.duration:.2f} s of video in "
                f"{result.elapsed:.2f} s ({result.render_fps:.1f} frames/s"
                f"{', template analysis cached' if result.analysis_cached else ''})")
+
+
+def _one_input(argument: Path | None, option: Path | None, metavar: str,
+               flag: str) -> Path:
+    """An input given as an argument or as its option, not as two different files."""
+    if argument is not None and option is not None and argument != option:
+        raise click.UsageError(f"{metavar} and {flag} name different files ({argument}, "
+                               f"{option}): give one")
+    if argument is None and option is None:
+        raise click.UsageError(f"missing {metavar}: dhserve render VIDEO AUDIO "
+                               "(or --video and --audio)")
+    return argument if argument is not None else option
+
+
+EXIT_INTERNAL = 1
+
+
+@contextmanager
+def _internal_errors(settings: Settings, verbose: bool,
+                     before_exit: Callable[[], None] | None = None) -> Iterator[None]:
+    """An error that is not dhserve's own (a library's, a bug) ends the command as
+    `error render.internal: ...` and exit status 1; its traceback goes to the log file and,
+    with -v, to the terminal."""
+    try:
+        yield
+    except (DhserveError, KeyboardInterrupt, SystemExit, click.ClickException):
+        raise
+    except Exception as exc:
+        from sqlalchemy.exc import DBAPIError
+
+        if isinstance(exc, DBAPIError):
+            raise
+        if before_exit:
+            before_exit()
+        where = _log_traceback(settings, exc, verbose)
+        click.echo(f"error render.internal: {type(exc).__name__}: {first_line(exc)}"
+                   f"{f' (details in {where})' if where else ''}", err=True)
+        sys.exit(EXIT_INTERNAL)
+
+
+def _log_traceback(settings: Settings, exc: BaseException, verbose: bool) -> Path | None:
+    """Writes `exc` with its traceback to the service's log file (and to stderr when
+    verbose); returns the file, or None when it cannot be written."""
+    log = logging.getLogger("dhserve.cli.render")
+    handler = None
+    try:
+        settings.log_path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(settings.log_path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+    except OSError:
+        pass
+    log.propagate = verbose             # the terminal shows it only with -v
+    try:
+        log.error("render failed: %s", first_line(exc), exc_info=exc)
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+    return settings.log_path if handler is not None else None
 
 
 def _serving(**overrides) -> ServingSettings:
@@ -446,11 +547,16 @@ def _client(server: str | None, api_key: str | None):
         return Client(settings.server_url, settings.api_key or None)
 
 
+SERVER_PREFIX = "server:"
+
+
 @main.command()
 @click.option("--video", required=True,
-              help="Avatar video or still image: a local file (uploaded), or an http(s) URL or "
-                   "a name in the server's data dir (passed through).")
-@click.option("--audio", required=True, help="Speech: a local file (uploaded), a URL or a name.")
+              help="Avatar video or still image: a local file (uploaded), an http(s) URL, or "
+                   "server:NAME for a file already on the server (a name in its data dir's "
+                   "temp/, or a path inside its data dir).")
+@click.option("--audio", required=True,
+              help="Speech: a local file (uploaded), an http(s) URL, or server:NAME.")
 @click.option("--server", default=None, help=_SERVER_HELP)
 @click.option("--api-key", default=None, help=_KEY_HELP)
 @click.option("--backend", default=None, help="Lip-sync backend [the server's default].")
@@ -467,14 +573,21 @@ def submit(ctx: click.Context, video: str, audio: str, server: str | None,
            api_key: str | None, backend: str | None, loop: str | None, job_id: str | None,
            wait: bool, out: Path | None, quiet: bool) -> None:
     """Send a render job to a running service; prints its id, or with --wait follows it
-    (exit status 0 when it succeeded, 2 when it failed or was refused)."""
+    (exit status 0 when it succeeded, 2 when it failed or was refused).
+
+    \b
+    Inputs: a local file is uploaded; an http(s) URL is fetched by the server;
+    server:NAME names a file already on the server, e.g.
+      dhserve submit --video server:avatar.mp4 --audio speech.wav --wait"""
     with _reported():
         if out is not None and not (out.is_dir() or out.parent.is_dir()):
             raise DhserveError("output.invalid", f"--out: no such folder: {out.parent}")
+        inputs = [_submitted_input(value, flag)
+                  for value, flag in ((video, "--video"), (audio, "--audio"))]
     client = _client(server, api_key)
     options = {name: value for name, value in (("backend", backend), ("loop", loop)) if value}
     with _reported():
-        job = client.submit(video, audio, job_id=job_id, **options)
+        job = client.submit(*inputs, job_id=job_id, **options)
     if not (wait or out):
         click.echo(job.id)
         return
@@ -500,6 +613,30 @@ def submit(ctx: click.Context, video: str, audio: str, server: str | None,
     click.echo(f"{where}: {result.frames} frames, {result.width}x{result.height} @ "
                f"{result.fps or 0:g} fps, {result.duration or 0:.2f} s of video rendered in "
                f"{result.elapsed or 0:.2f} s (job {job.id}, {result.backend})")
+
+
+def _submitted_input(value: str, flag: str):
+    """What `dhserve submit` sends for an input: a local file (uploaded), a URL, or the
+    server's own file named with `server:`. Anything else is a local file that does not
+    exist, said so: it is not sent to the server as a name by accident."""
+    from dhserve.client import ServerFile
+    from dhserve.jobs.downloads import is_url
+
+    if value.startswith(SERVER_PREFIX):
+        name = value[len(SERVER_PREFIX):].strip()
+        if not name:
+            raise InputError("input.invalid", flag, "server: needs a name after it, "
+                             "e.g. server:avatar.mp4")
+        return ServerFile(name)
+    if is_url(value):
+        return value
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise InputError("input.not_found", flag, f"no such local file: {value}; to name a "
+                         f"file on the server, write {SERVER_PREFIX}{value}")
+    if not path.is_file():
+        raise InputError("input.not_found", flag, f"not a file: {value}")
+    return path
 
 
 class _JobProgress:
@@ -592,6 +729,17 @@ class _ProgressBar:
 
     def __exit__(self, *exc) -> None:
         self.finish()
+
+
+def _share_global_options(group: click.Group) -> None:
+    """Every subcommand, nested ones included, takes the global options as well."""
+    for command in group.commands.values():
+        command.params.extend(_global_options())
+        if isinstance(command, click.Group):
+            _share_global_options(command)
+
+
+_share_global_options(main)
 
 
 if __name__ == "__main__":

@@ -130,8 +130,9 @@ class Client:
     def submit(self, video: Input, audio: Input, *, job_id: str | None = None,
                priority: int = 0, **options: Any) -> Job:
         """Queues a render. A `Path`, or a string naming an existing local file, is uploaded
-        (streamed from disk); any other string (an http(s) URL, a name in the server's
-        temp/, a path inside its data dir) is passed for the server to resolve. `options`
+        (streamed from disk); a `ServerFile`, or any other string (an http(s) URL, a name in
+        the server's temp/, a path inside its data dir), is passed for the server to
+        resolve. `options`
         are render options: backend, loop, x264_preset, crf, multiple_faces, face_restore,
         watermark, ai_label. `job_id` makes the submit idempotent (Idempotency-Key)."""
         inputs = {"video": video, "audio": audio}
@@ -337,8 +338,15 @@ def _job_id(job: Job | str) -> str:
     return quote(job.id if isinstance(job, Job) else str(job), safe="")
 
 
+class ServerFile(str):
+    """An input the server resolves (a name in its temp/, a path in its data dir), never
+    uploaded, even where a local file has the same name: `ServerFile("avatar.mp4")`."""
+
+
 def _local_file(value: Input, kind: str) -> Path | None:
     """The file to upload for this input, or None when the server is to resolve it."""
+    if isinstance(value, ServerFile):
+        return None
     if isinstance(value, os.PathLike):
         path = Path(value)
         if not path.is_file():
