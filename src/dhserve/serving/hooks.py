@@ -37,6 +37,16 @@ HAND_BACK_S = 3.0                # a render stops at its next frame batch: well 
 LEAVE_POLL_S = 0.2
 
 
+def effective_settings(cfg: Any) -> str:
+    """What Gunicorn runs with, after GUNICORN_CMD_ARGS and its command line: the line the
+    master logs once it listens."""
+    applied = " (GUNICORN_CMD_ARGS applied)" if cfg.get_cmd_args_from_env() else ""
+    line = cfg.limit_request_line or "unlimited"
+    return (f"{cfg.workers} x {cfg.worker_class_str} worker(s), {cfg.threads} thread(s), "
+            f"timeout {cfg.timeout} s, keep-alive {cfg.keepalive} s{applied}, "
+            f"request line {line}")
+
+
 class ServingHooks:
     """The hooks, bound to one plan; their names are Gunicorn's."""
 
@@ -98,6 +108,7 @@ class ServingHooks:
             server.log.error(problem)
             server.halt("refused to start", GUARD_EXIT_STATUS)
         server.log.info("master is CUDA-free; workers load their models after the fork")
+        server.log.info("gunicorn in effect: %s", effective_settings(cfg))
         self._share_metrics_dir()
         watch_supervisor(lambda: os.kill(os.getpid(), signal.SIGTERM))
 

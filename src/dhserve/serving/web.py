@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
+from gunicorn.app.base import Application
 
 from dhserve.config import ServingSettings, Settings
 from dhserve.logs import logging_config
@@ -18,8 +18,10 @@ from dhserve.serving.plan import ServingPlan, plan_serving
 log = logging.getLogger(__name__)
 
 
-class WebApplication(BaseApplication):
-    """Gunicorn serving `dhserve.api.create_app(settings)` as the plan says."""
+class WebApplication(Application):
+    """Gunicorn serving `dhserve.api.create_app(settings)` as the plan says. An Application
+    (not a BaseApplication) so that what GUNICORN_CMD_ARGS may name works as under plain
+    Gunicorn: --config FILE, --check-config, --print-config, --pythonpath."""
 
     def __init__(self, settings: Settings, plan: ServingPlan):
         self.settings = settings
@@ -33,6 +35,9 @@ class WebApplication(BaseApplication):
             if key in self.cfg.settings:          # control_socket_disable: Gunicorn >= 25
                 self.cfg.set(key, value)
         apply_cmd_args(self.cfg, self.load_config_from_file)
+
+    def init(self, parser: Any, opts: Any, args: Any) -> None:
+        """Application's hook for its own command line, which load_config does not read."""
 
     def load(self):
         from dhserve.api import create_app
