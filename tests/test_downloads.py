@@ -314,7 +314,7 @@ def test_https_is_verified_against_the_host_name_not_the_address(tmp_path):
 
 # -- how long it may take ---------------------------------------------------------------
 
-class _Trickle(Stub):
+class Trickle(Stub):
     """Declares 1 MB and sends one byte every 0.5 s."""
 
     def do_GET(self):
@@ -352,7 +352,7 @@ class _Endless(Stub):
 
 
 @pytest.mark.parametrize(("handler", "path", "code"), [
-    (_Trickle, "/a.mp4", "input.download_failed"),
+    (Trickle, "/a.mp4", "input.download_failed"),
     (_StallAfterHeaders, "/a.mp4", "input.download_failed"),
     (_Endless, "/slow", "input.download_failed"),
     (_Endless, "/fast", "input.too_large"),
@@ -371,7 +371,7 @@ def test_the_deadline_holds_whatever_the_sender_does(handler, path, code, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("handler", [_Trickle, _Silent], ids=["trickle", "silent"])
+@pytest.mark.parametrize("handler", [Trickle, _Silent], ids=["trickle", "silent"])
 def test_a_stop_request_ends_a_download_at_once(handler, tmp_path):
     asked = threading.Event()
     with stub(handler) as server:

@@ -315,7 +315,19 @@ class RenderWorker:
         progress.update(0.0, "downloading")
         progress.check_cancelled()
         return download(value, field, folder, int(options.max_input_mb * 2**20),
-                        self.settings.download_timeout_seconds)
+                        self.settings.download_timeout_seconds,
+                        allowed=self.settings.allowed_network_list,
+                        should_stop=functools.partial(self._download_should_stop, progress))
+
+    def _download_should_stop(self, progress: _JobProgress) -> bool:
+        """Asked by a download a few times a second (from its watch thread): renews the
+        lease at most once a second, which is how a cancel is learned, and says whether the
+        job must stop. A stopping worker hands a downloading job back at once: there is no
+        render yet that a grace period would save."""
+        if self._stop_asked:
+            progress.running.stop("handback")
+        progress.update(0.0, "downloading")
+        return progress.running.stopped.is_set()
 
     def _stopped(self, job: Job, running: _Running) -> Callable[[], bool | None]:
         reason = running.stop_reason
