@@ -171,18 +171,29 @@ def test_traversal_and_schemes_are_refused_over_http(server, tmp_path, tiny_temp
 
 
 def test_dhserve_web_serves_and_warns_when_exposed_without_a_key(tmp_path):
+    """Also: a 20 kB `code` reaches the app through dhserve's Gunicorn (no bare 414: every
+    /easy answer is an envelope), and GUNICORN_CMD_ARGS is applied as plain Gunicorn does."""
     port = free_port()
     log = tmp_path / "web.log"
     process = dhserve_process("web", "--bind", f"0.0.0.0:{port}",
-                              env={"DHSERVE_DATA_DIR": str(tmp_path / "data")}, log=log)
+                              env={"DHSERVE_DATA_DIR": str(tmp_path / "data"),
+                                   "GUNICORN_CMD_ARGS": "--keep-alive 7"}, log=log)
     try:
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/livez"), 60, "dhserve web")
         health = requests.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
         assert health["status"] == "degraded" and health["workers"] == []
+        long_code = "c" * 20_000
+        answer = requests.get(f"http://127.0.0.1:{port}/easy/query", params={"code": long_code},
+                              timeout=10)
+        assert answer.status_code == 200, answer.text[:300]
+        assert answer.json()["code"] in (10002, 10004), answer.text[:300]
+        assert long_code not in answer.text
     finally:
         process.terminate()
         process.wait(timeout=30)
-    assert "without an API key" in log.read_text()
+    text = log.read_text()
+    assert "without an API key" in text
+    assert "keep-alive 7 s (GUNICORN_CMD_ARGS applied)" in text
 
 
 def _answers(url: str) -> bool:
