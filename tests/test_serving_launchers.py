@@ -31,7 +31,11 @@ def test_auto_falls_back_to_flask_when_gunicorn_fails_to_boot(tmp_path):
     service = ServiceProcess(tmp_path, dhserve_cli("serve"), BROKEN_GUNICORN).wait_serving()
     try:
         assert server_software(service).startswith("Werkzeug")
-        assert service.health()["status"] == "ok"
+        wait_for(lambda: "dhserve is serving at" in service.output(), 30, "the start-up line")
+        health = service.health()
+        assert health["status"] == "ok"
+        assert health["serving"]["server"] == "flask (werkzeug, threaded)", health["serving"]
+        assert health["serving"]["worker_class"] is None
         stage_example(service.temp)
         service.submit("fallback-1")
         service.wait_done("fallback-1")
@@ -41,6 +45,8 @@ def test_auto_falls_back_to_flask_when_gunicorn_fails_to_boot(tmp_path):
     assert "Gunicorn failed to boot (exit status 1): Error: class uri 'eventlet' invalid" \
         in output
     assert "Falling back to Flask's threaded server" in output
+    serving = re.search(r"dhserve is serving at \S+ \((.*)\)", output).group(1)
+    assert serving.startswith("flask (werkzeug, threaded), split layout"), serving
 
 
 def test_auto_serves_with_flask_where_gunicorn_cannot_be_imported(tmp_path):
@@ -82,10 +88,35 @@ def test_a_stop_during_start_up_is_a_clean_stop(tmp_path, mode):
 
 
 def test_flask_mode_serves_and_renders(tmp_path):
+    """What the start-up lines and /health report is what serves: Flask's server, no
+    Gunicorn workers (they used to say "2 x gthread worker(s)")."""
     service = ServiceProcess(tmp_path, dhserve_cli("serve", "--mode", "flask")).wait_serving()
     try:
         assert server_software(service).startswith("Werkzeug")
-        assert service.health()["serving"]["layout"] == "split"
+        serving = service.health()["serving"]
+        assert serving["layout"] == "split"
+        assert (serving["server"], serving["web_workers"], serving["worker_class"]) == \
+            ("flask (werkzeug, threaded)", 1, None)
+        wait_for(lambda: "dhserve is serving at" in service.output(), 30, "the start-up line")
+    finally:
+        assert service.stop() == 0
+    output = service.output()
+    assert "worker(s)" not in output.replace("1 render worker(s)", "")
+    assert "web: flask (werkzeug, threaded), bind" in output
+    assert "dhserve is serving at http://127.0.0.1:" in output
+    assert "(flask (werkzeug, threaded), split layout" in output
+
+
+def test_gunicorn_mode_reports_the_workers_gunicorn_runs(tmp_path):
+    """/health's serving summary is Gunicorn's configuration in effect, GUNICORN_CMD_ARGS
+    included (here 1 worker with 3 threads where the plan had 2 x 8)."""
+    service = ServiceProcess(tmp_path, dhserve_cli("serve", "--mode", "gunicorn"),
+                             {"GUNICORN_CMD_ARGS": "--workers 1 --threads 3"})
+    try:
+        serving = service.wait_serving().health()["serving"]
+        assert server_software(service) == "gunicorn"
+        assert (serving["server"], serving["web_workers"], serving["threads"]) == \
+            ("gunicorn (1 x gthread worker(s), 3 thread(s))", 1, 3), serving
     finally:
         assert service.stop() == 0
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
 
 from dhserve import __version__
 from dhserve.api.context import context, iso_time
 from dhserve.engine.lipsync.base import resolve_backend
 from dhserve.jobs.model import JobState
 from dhserve.runtime.gpu import gpu_summary
+from dhserve.serving.plan import FLASK_SERVER
 
 blueprint = Blueprint("health", __name__)
 GPU_SUMMARY_MAX_AGE_S = 2.0
@@ -52,6 +55,24 @@ def health() -> tuple[Response, int]:
         "queue": {"depth": counts[JobState.QUEUED],
                   "jobs": {state.value: n for state, n in counts.items()}},
         "workers": workers,
-        "serving": ctx.serving(),
+        "serving": serving_now(ctx.serving(), request.environ.get("SERVER_SOFTWARE", "")),
         "gpu": gpu_summary(max_age=GPU_SUMMARY_MAX_AGE_S),
     }), 200
+
+
+def serving_now(plan: dict[str, Any], software: str) -> dict[str, Any]:
+    """The plan's summary, with what really serves HTTP (the WSGI server's own name): under
+    Flask's fallback server there are no Gunicorn workers, whatever the plan would have had."""
+    summary = dict(plan)
+    if "error" in summary:
+        return summary
+    name = software.partition("/")[0].lower()
+    if name == "gunicorn":
+        summary["server"] = (f"gunicorn ({summary['web_workers']} x {summary['worker_class']} "
+                             f"worker(s), {summary['threads']} thread(s))")
+    elif name == "werkzeug":          # one process, a thread per connection, no keep-alive
+        summary.update(server=FLASK_SERVER, web_workers=1, worker_class=None, threads=None,
+                       keepalive=0)
+    else:
+        summary["server"] = software or "unknown"
+    return summary

@@ -47,6 +47,15 @@ def effective_settings(cfg: Any) -> str:
             f"request line {line}")
 
 
+def in_effect(cfg: Any) -> dict[str, str]:
+    """The plan's variables that GUNICORN_CMD_ARGS or Gunicorn's command line may have
+    changed, as Gunicorn runs them (a worker's /health then reports what really serves)."""
+    return {"GUNICORN_WORKERS": str(cfg.workers), "GUNICORN_THREADS": str(cfg.threads),
+            "GUNICORN_WORKER_CLASS": cfg.worker_class_str, "GUNICORN_TIMEOUT": str(cfg.timeout),
+            "GUNICORN_GRACEFUL_TIMEOUT": str(cfg.graceful_timeout),
+            "GUNICORN_KEEPALIVE": str(cfg.keepalive)}
+
+
 class ServingHooks:
     """The hooks, bound to one plan; their names are Gunicorn's."""
 
@@ -118,7 +127,8 @@ class ServingHooks:
         """Before the app (or anything else) can touch CUDA in this worker: pin its GPU. The
         worker writes dh.log from a thread of its own (the master, which forks, does not)."""
         write_in_background()
-        os.environ.update(self.plan.environment())        # /health shows this plan
+        os.environ.update(self.plan.environment())        # /health shows this plan,
+        os.environ.update(in_effect(server.cfg))          # as Gunicorn runs it
         if self.plan.renders_in_web_workers:
             device = self.plan.devices[0]
             os.environ.update(device.environment())

@@ -16,7 +16,7 @@ from dhserve.config import METRICS_DIR_ENV, ServingSettings, Settings
 from dhserve.runtime.gpu import gpu_summary
 from dhserve.serving.cuda_guard import cuda_initialised_here
 from dhserve.serving.metrics_files import fresh_metrics_dir, mark_dead
-from dhserve.serving.plan import ServingPlan, plan_serving
+from dhserve.serving.plan import FLASK_SERVER, ServingPlan, plan_serving
 from dhserve.serving.supervisor import Child, ChildSpec, Supervisor, child_environment
 
 log = logging.getLogger("dhserve.serving")
@@ -28,7 +28,7 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # never
 def serve(settings: Settings, serving: ServingSettings, mode: str = "auto") -> int:
     """Runs the service until stopped; returns the process exit status."""
     plan = plan_serving(settings, serving, default_layout="split")
-    for line in plan.describe():
+    for line in plan.describe("flask" if mode == "flask" else "gunicorn"):
         log.info("%s", line)
     if not bindable(plan.bind):
         log.error("%s is in use (another dhserve?): stop it or choose --bind", plan.bind)
@@ -77,6 +77,7 @@ def _start_web(supervisor: Supervisor, plan: ServingPlan, env: dict[str, str],
         log.error("\n%s\nGunicorn %s.\nFalling back to Flask's threaded server: the same API, "
                   "without Gunicorn's worker\nrecycling. Fix the cause and restart to serve with "
                   "Gunicorn again.\n%s", rule, problem, rule)
+        log.info("%s", plan.web_server_line("flask"))
     child = supervisor.start(ChildSpec("web (flask)",
                                        [sys.executable, "-m", "dhserve.serving.flask_server"],
                                        env))
@@ -147,7 +148,9 @@ def _announce(settings: Settings, plan: ServingPlan, server: str) -> None:
     devices = ", ".join(d.label for d in plan.devices)
     renderers = (f"renders on {devices} in the web worker" if plan.renders_in_web_workers else
                  f"{len(plan.devices)} render worker(s) on {devices}")
-    lines = [(f"dhserve is serving at {url} ({server}, {plan.layout} layout, {renderers}, "
+    web = (FLASK_SERVER if server == "flask" else
+           f"gunicorn, {plan.workers} x {plan.worker_class} worker(s)")
+    lines = [(f"dhserve is serving at {url} ({web}, {plan.layout} layout, {renderers}, "
              f"profile {plan.profile.name})")]
     temp = settings.temp_dir
     video, audio = temp / "avatar.mp4", temp / "speech.wav"

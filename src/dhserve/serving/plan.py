@@ -17,6 +17,7 @@ from dhserve.runtime.gpu import gpu_summary
 from dhserve.serving.profiles import Profile, choose_profile
 
 DEFAULT_WEB_WORKERS = {"all-in-one": 1, "split": 2}
+FLASK_SERVER = "flask (werkzeug, threaded)"     # the fallback web server, as it is reported
 GPU_LIST = re.compile(r"(\d+(,\d+)*)?")          # CUDA_VISIBLE_DEVICES by index (not UUIDs)
 
 
@@ -124,8 +125,9 @@ class ServingPlan:
                 "keepalive": self.keepalive,
                 "render_devices": [d.label for d in self.devices]}
 
-    def describe(self) -> list[str]:
-        """The plan as lines for a terminal (`dhserve serve --diagnose`, start-up logs)."""
+    def describe(self, server: str = "gunicorn") -> list[str]:
+        """The plan as lines for a terminal (`dhserve serve --diagnose`, start-up logs);
+        `server`: which web server runs it (gunicorn, or flask: the fallback)."""
         renderers = ", ".join(d.label for d in self.devices)
         where = ("in the web worker (all-in-one)" if self.renders_in_web_workers
                  else "in their own processes (split)")
@@ -133,11 +135,18 @@ class ServingPlan:
                 (f"profile {self.profile.name} ({self.profile_reason}): {self.threads} threads, "
                 f"batch {self.batch_size}, memory limit "
                 f"{f'{self.max_memory_mb:g} MB' if self.max_memory_mb else 'off'}"),
-                (f"gunicorn: bind {self.bind}, {self.workers} x {self.worker_class} worker(s), "
+                self.web_server_line(server),
+                *(f"warning: {w}" for w in self.warnings)]
+
+    def web_server_line(self, server: str) -> str:
+        """What serves HTTP, as the start-up log and --diagnose say it."""
+        if server == "flask":
+            return (f"web: {FLASK_SERVER}, bind {self.bind}: one process, a thread per "
+                    "connection, each answer closes its connection; no worker recycling")
+        return (f"gunicorn: bind {self.bind}, {self.workers} x {self.worker_class} worker(s), "
                 f"timeout {self.timeout} s, graceful {self.graceful_timeout} s, "
                 f"keep-alive {self.keepalive} s, "
-                f"max requests {self.max_requests or 'unlimited'}, preload off"),
-                *(f"warning: {w}" for w in self.warnings)]
+                f"max requests {self.max_requests or 'unlimited'}, preload off")
 
 
 def plan_serving(settings: Settings, serving: ServingSettings, default_layout: str,
