@@ -43,7 +43,7 @@ logconfig_dict = _dhserve["logconfig_dict"]      # stderr + <data dir>/log/dh.lo
 control_socket_disable = _dhserve["control_socket_disable"]  # no shared ~/.gunicorn socket
 
 # hooks: CUDA guard in the master, GPU pinning and the renderer in the worker, memory watchdog,
-# the metrics folder (made in when_ready, once the port is bound, before the first fork)
+# the metrics folder (made in RAM in when_ready, once the port is bound, before the first fork)
 on_starting = _dhserve["on_starting"]
 when_ready = _dhserve["when_ready"]
 post_fork = _dhserve["post_fork"]
@@ -53,3 +53,4 @@ worker_int = _dhserve["worker_int"]
 worker_abort = _dhserve["worker_abort"]
 worker_exit = _dhserve["worker_exit"]
 child_exit = _dhserve["child_exit"]              # a gone worker's gauges leave /metrics
+on_exit = _dhserve["on_exit"]                    # the metrics folder (in /dev/shm) goes

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving_support import PYTHON, ServiceProcess, children, dhserve_cli, stage_example
 
 from dhserve import metrics
+from dhserve.config import Settings
 from dhserve.jobs import JobSpec, JobState, JobStore, migrate
 from dhserve.jobs.schema import workers
 from dhserve.monitor import run_top
@@ -325,8 +326,9 @@ def served_by(log: Path, route: str) -> set[int]:
 
 def test_split_service_metrics_add_up_across_web_workers(tmp_path, tiny_template, tiny_speech):
     service = ServiceProcess(tmp_path, dhserve_cli("serve", "--workers", "2")).wait_serving()
+    folder = metrics_folder(service)
     try:
-        folder = service.data / "run" / "metrics"
+        assert str(folder).startswith("/dev/shm/") and list(folder.glob("*.db"))
         processes = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()
                      for pid in children(service.process.pid)}
         master = next(p for p, cmd in processes.items() if b"dhserve.serving.web" in cmd)
@@ -386,12 +388,23 @@ def test_split_service_metrics_add_up_across_web_workers(tmp_path, tiny_template
         assert total(check_renderer, "dhserve_jobs_finished_total", state="succeeded") == 1
     finally:
         service.stop()
+    assert not folder.exists()                  # `dhserve serve` removes it when it stops
+
+
+def metrics_folder(service: ServiceProcess) -> Path:
+    """Where the service's processes keep their metrics files: in RAM (/dev/shm), named for
+    the data dir, so that a full data disk cannot fault their memory-mapped files (it was
+    <data dir>/run/metrics; issue 15)."""
+    folder = Settings(data_dir=service.data).metrics_path
+    assert folder.parent == Path("/dev/shm") or not Path("/dev/shm").is_dir(), folder
+    return folder
 
 
 def test_gunicorn_conf_makes_a_fresh_metrics_folder(tmp_path):
-    """A plain `gunicorn -c gunicorn.conf.py`: the master makes <data dir>/run/metrics fresh
-    (an earlier run's counts do not leak in) before forking its workers."""
-    folder = tmp_path / "data" / "run" / "metrics"
+    """A plain `gunicorn -c gunicorn.conf.py`: the master makes the metrics folder (in RAM,
+    named for the data dir) fresh (an earlier run's counts do not leak in) before forking its
+    workers, and removes it when it stops."""
+    folder = Settings(data_dir=tmp_path / "data").metrics_path
     folder.mkdir(parents=True)
     earlier_run = ("from prometheus_client import Counter\n"
                    "Counter('dhserve_jobs_submitted', 'x', ['api']).labels('heygem').inc(7)")
@@ -411,10 +424,12 @@ def test_gunicorn_conf_makes_a_fresh_metrics_folder(tmp_path):
         assert total(samples, "dhserve_jobs_submitted_total") == 0     # the stale file is gone
         assert not series(samples, "dhserve_worker_heartbeat_age_seconds")   # no renderer
         replaced = hup_replaces_workers(service, service.process.pid, web)
+        assert list(folder.glob("gauge_liveall_*.db"))
         assert not [p for p in web if list(folder.glob(f"gauge_liveall_{p}.db"))]
         assert len(replaced) == 2
     finally:
         service.stop()
+    assert not folder.exists()                  # the master's on_exit removed it
 
 
 def hup_replaces_workers(service: ServiceProcess, master: int, old: set[int]) -> set[int]:
@@ -437,8 +452,9 @@ def test_a_worker_started_by_hand_counts_in_dhserve_web(tmp_path, tiny_template,
     hand = [PYTHON, "-m", "dhserve.cli", "--data-dir", str(service.data)]
     worker = subprocess.Popen([*hand, "worker"], env=service.env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, cwd=tmp_path)
+    folder = metrics_folder(service)
     try:
-        folder = service.data / "run" / "metrics"
+        assert (folder / "owner.pid").is_file()         # `dhserve web`'s master made it
         shutil.copy(tiny_template, service.temp / "avatar.mp4")
         shutil.copy(tiny_speech, service.temp / "speech.wav")
         service.submit("w-1")

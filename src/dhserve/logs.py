@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from concurrent_log_handler import ConcurrentRotatingFileHandler
+
 from dhserve.config import Settings
 
 FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s:%(job_tag)s %(message)s"
@@ -42,6 +44,57 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class SharedLogFile(ConcurrentRotatingFileHandler):
+    """dh.log, shared by the service's processes. A write that fails (a full disk, a folder
+    gone) is said once on stderr, and once more when writes work again, instead of logging's
+    "--- Logging error ---" traceback for every line: the lines are lost meanwhile, the
+    stderr handler still has them."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.failing: OSError | Exception | None = None   # why writes fail now; None: they work
+        self._failed_now = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed_now = False
+        super().emit(record)
+        if not self._failed_now and self.failing is not None:
+            self.failing = None
+            _say(f"dhserve: writing {self.baseFilename} works again")
+
+    def doRollover(self) -> None:
+        """A rotation that fails counts as a failed write (the library prints one report per
+        line otherwise)."""
+        try:
+            super().doRollover()
+        except OSError as exc:
+            self._failed(exc)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self._failed(sys.exc_info()[1])
+
+    def _failed(self, exc: BaseException | None) -> None:
+        self._failed_now = True
+        if self.stream is not None:          # a fresh file at the next write: what failed
+            try:                             # to flush must not be written half later
+                self.stream.close()
+            except OSError:
+                pass
+            self.stream = None
+        if self.failing is None:
+            self.failing = exc if isinstance(exc, Exception) else OSError("unknown error")
+            _say(f"dhserve: cannot write {self.baseFilename} ({self.failing}): its lines are "
+                 "lost until it can be written again (stderr still has them)")
+
+
+def _say(line: str) -> None:
+    """One line to stderr, past logging (which is what fails)."""
+    try:
+        print(f"{line} [pid {os.getpid()}]", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 class BackgroundFileHandler(logging.handlers.QueueHandler):
     """dh.log, written by a thread of its own in the processes that ask for it (web workers,
     render workers): the thread that logs (a request's, with its access line) only formats
@@ -55,12 +108,10 @@ class BackgroundFileHandler(logging.handlers.QueueHandler):
 
     def __init__(self, filename: str, maxBytes: int, backupCount: int,
                  encoding: str = "utf-8"):
-        from concurrent_log_handler import ConcurrentRotatingFileHandler
-
         # made first: logging's shutdown closes handlers newest first, so this one's queue is
         # written out before the file handler closes
-        self.target = ConcurrentRotatingFileHandler(filename, maxBytes=maxBytes,
-                                                    backupCount=backupCount, encoding=encoding)
+        self.target = SharedLogFile(filename, maxBytes=maxBytes, backupCount=backupCount,
+                                    encoding=encoding)
         super().__init__(queue.SimpleQueue())
         self._listener: logging.handlers.QueueListener | None = None
         self._pid: int | None = None

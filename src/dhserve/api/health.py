@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from dhserve import __version__
-from dhserve.api.context import context, iso_time
+from dhserve.api.context import context, free_mb, iso_time
 from dhserve.engine.lipsync.base import resolve_backend
 from dhserve.jobs.model import JobState
 from dhserve.runtime.gpu import gpu_summary
@@ -47,17 +48,37 @@ def health() -> tuple[Response, int]:
                 "heartbeat_age_seconds": round(w.heartbeat_age(now), 3)}
                for w, alive in registered]     # silent ones too: a dead worker shows here
     ready = any(w["ready"] and w["state"] != "stopping" for w in workers)
+    storage = storage_state(settings.data_dir, settings.min_free_mb)
+    reasons = ([] if ready else ["workers: no render worker with loaded models heartbeats"]) \
+        + ([] if storage["ok"] else [f"storage: {storage['reason']}"])
     return jsonify({
-        "status": "ok" if ready else "degraded",
+        "status": "degraded" if reasons else "ok",
+        "reasons": reasons,
         "version": __version__,
         "device": settings.device,
         "backend": resolve_backend(settings.backend, settings),
+        "storage": storage,
         "queue": {"depth": counts[JobState.QUEUED],
                   "jobs": {state.value: n for state, n in counts.items()}},
         "workers": workers,
         "serving": serving_now(ctx.serving(), request.environ.get("SERVER_SOFTWARE", "")),
         "gpu": gpu_summary(max_age=GPU_SUMMARY_MAX_AGE_S),
     }), 200
+
+
+def storage_state(data_dir: Path, min_free_mb: float) -> dict[str, Any]:
+    """Free space in the data dir against DHSERVE_MIN_FREE_MB: below it new jobs are refused
+    (storage.full) and the service is degraded; queries of existing jobs still answer."""
+    try:
+        free = free_mb(data_dir)
+    except OSError as exc:
+        return {"ok": False, "free_mb": None, "min_free_mb": min_free_mb,
+                "reason": f"cannot read the data dir's free space ({exc.strerror or exc})"}
+    state = {"ok": free >= min_free_mb, "free_mb": round(free, 1), "min_free_mb": min_free_mb}
+    if not state["ok"]:
+        state["reason"] = (f"{free:.1f} MB free in the data dir, below DHSERVE_MIN_FREE_MB "
+                           f"({min_free_mb:g}): new jobs are refused (storage.full)")
+    return state
 
 
 def serving_now(plan: dict[str, Any], software: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from dhserve.serving.cuda_guard import (
     engine_in_master,
     refusal,
 )
-from dhserve.serving.metrics_files import fresh_metrics_dir, mark_dead
+from dhserve.serving.metrics_files import fresh_metrics_dir, mark_dead, remove_metrics_dir
 from dhserve.serving.plan import ServingPlan
 from dhserve.serving.supervisor import watch_supervisor
 from dhserve.serving.watchdog import MemoryWatchdog
@@ -68,7 +68,7 @@ class ServingHooks:
     def as_options(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (
             "on_starting", "when_ready", "post_fork", "post_worker_init", "post_request",
-            "worker_int", "worker_abort", "worker_exit", "child_exit")}
+            "worker_int", "worker_abort", "worker_exit", "child_exit", "on_exit")}
 
     # -- master ------------------------------------------------------------------------------
 
@@ -80,8 +80,9 @@ class ServingHooks:
         """Before the first fork, once the port is ours (so a second Gunicorn started by
         mistake cannot empty a running one's folder): every worker's metrics go to one folder.
         One given (PROMETHEUS_MULTIPROC_DIR, e.g. by `dhserve serve`, whose render workers
-        already write there) is used as it is; otherwise <data dir>/run/metrics is made
-        fresh."""
+        already write there) is used as it is; otherwise Settings.metrics_path (in RAM,
+        where a full data disk cannot fault its memory-mapped files) is made fresh, and
+        removed by on_exit."""
         given = self.settings.metrics_dir
         if given is not None:
             self.metrics_dir = Path(given).resolve()
@@ -96,6 +97,13 @@ class ServingHooks:
         ServingHooks whose when_ready never ran: the folder is then the one in this process's
         environment, set by the first when_ready (or by `dhserve serve`)."""
         mark_dead(worker.pid, self.metrics_dir or active_metrics_dir())
+
+    def on_exit(self, server: Any) -> None:
+        """The master is stopping, its workers gone: the metrics folder it made goes too (one
+        given to it, or made by `dhserve serve`, is left to its owner)."""
+        folder = self.metrics_dir or active_metrics_dir()
+        if folder is not None:
+            remove_metrics_dir(folder)
 
     def when_ready(self, server: Any) -> None:
         """Last moment before the first fork: refuse what would break the workers, judged on

@@ -15,7 +15,7 @@ from pathlib import Path
 from dhserve.config import METRICS_DIR_ENV, ServingSettings, Settings
 from dhserve.runtime.gpu import gpu_summary
 from dhserve.serving.cuda_guard import cuda_initialised_here
-from dhserve.serving.metrics_files import fresh_metrics_dir, mark_dead
+from dhserve.serving.metrics_files import fresh_metrics_dir, mark_dead, remove_metrics_dir
 from dhserve.serving.plan import FLASK_SERVER, ServingPlan, plan_serving
 from dhserve.serving.supervisor import Child, ChildSpec, Supervisor, child_environment
 
@@ -45,14 +45,17 @@ def serve(settings: Settings, serving: ServingSettings, mode: str = "auto") -> i
             supervisor.start(ChildSpec(f"renderer {device.label}",
                                        [sys.executable, "-m", "dhserve.cli", "worker"],
                                        {**env, **device.environment()}))
-    server = _start_web(supervisor, plan, env, mode)
-    if server is None:
-        asked_to_stop = supervisor.stopping      # a TERM/INT during start-up is no failure
-        supervisor.stop()
-        supervisor.run()
-        return 0 if asked_to_stop else 1
-    _announce(settings, plan, server)
-    return supervisor.run()
+    try:
+        server = _start_web(supervisor, plan, env, mode)
+        if server is None:
+            asked_to_stop = supervisor.stopping      # a TERM/INT during start-up is no failure
+            supervisor.stop()
+            supervisor.run()
+            return 0 if asked_to_stop else 1
+        _announce(settings, plan, server)
+        return supervisor.run()
+    finally:
+        remove_metrics_dir(metrics_dir)              # every child has exited by now
 
 
 def _start_web(supervisor: Supervisor, plan: ServingPlan, env: dict[str, str],

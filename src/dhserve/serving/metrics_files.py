@@ -1,5 +1,7 @@
-"""The multiprocess metrics folder (prometheus_client's): made fresh when the service starts,
-handed to every process it starts, joined by a `dhserve worker` started by hand next to a
+"""The multiprocess metrics folder (prometheus_client's): made fresh when the service starts
+(in RAM by default, Settings.metrics_path: its files are memory-mapped, and on a full disk a
+write to one faults the process with SIGBUS), removed when it stops, handed to every process
+it starts, joined by a `dhserve worker` started by hand next to a
 running service, and cleared of a process's live gauges once it exits.
 Imported by the Gunicorn master: prometheus_client is imported only once the folder is set."""
 
@@ -31,6 +33,25 @@ def fresh_metrics_dir(path: Path) -> Path:
             stale.unlink(missing_ok=True)
     (path / OWNER_FILE).write_text(f"{os.getpid()}\n")
     return path
+
+
+def remove_metrics_dir(path: Path) -> None:
+    """When the service that made `path` (fresh_metrics_dir) stops: its files go, and the
+    folder too unless a live process (a worker started by hand) still writes there. Only the
+    owner removes it: a second service started by mistake must not empty a running one's."""
+    try:
+        if int((path / OWNER_FILE).read_text().strip()) != os.getpid():
+            return
+    except (OSError, ValueError):
+        return
+    for stale in path.glob("*.db"):
+        if not _alive(_file_pid(stale)) or _file_pid(stale) == os.getpid():
+            stale.unlink(missing_ok=True)
+    (path / OWNER_FILE).unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        pass                                    # a live process's files are still there
 
 
 def join_service_metrics(settings: Settings) -> Path | None:
