@@ -135,15 +135,18 @@ def data_roots(settings: Settings) -> list[str]:
     return sorted(roots, key=len, reverse=True)
 
 
-def public_path(path: str | None, settings: Settings) -> str | None:
+def public_path(path: str | None, settings: Settings, named_outside: bool = False
+                ) -> str | None:
     """A file of this server as a client may see it: relative to the data dir; outside it,
-    the file's name only. URLs and None as they are."""
+    the file's name only, or with `named_outside` (an input, which a client can only have
+    named by its absolute path there: DHSERVE_INPUT_ROOTS) as it is. URLs and None as they
+    are."""
     if not path or is_url(path) or not os.path.isabs(path):
         return path
     for root in data_roots(settings):
         if Path(path).is_relative_to(root):
             return Path(path).relative_to(root).as_posix()
-    return Path(path).name
+    return path if named_outside else Path(path).name
 
 
 def public_text(text: str, settings: Settings, named: dict[str, str] | None = None) -> str:

@@ -187,8 +187,8 @@ def job_document(job: Job) -> dict[str, Any]:
              if job.error_code else None)
     return {"id": job.id, "state": job.state.value, "progress": int(job.progress),
             "stage": job.stage, "attempts": job.attempts, "priority": job.spec.priority,
-            "inputs": {"video": public_path(job.spec.video, settings),
-                       "audio": public_path(job.spec.audio, settings)},
+            "inputs": {"video": public_path(job.spec.video, settings, named_outside=True),
+                       "audio": public_path(job.spec.audio, settings, named_outside=True)},
             "options": job.spec.options, "created_at": iso_time(job.created_at),
             "started_at": iso_time(job.started_at), "finished_at": iso_time(job.finished_at),
             "cancel_requested": job.cancel_requested, "error": error, "result": result,
