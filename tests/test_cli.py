@@ -123,3 +123,19 @@ def test_an_internal_render_error_is_one_line_and_its_traceback_goes_to_the_log(
         assert verbose.returncode == 1 and "Traceback (most recent call last)" in \
             verbose.stderr
         assert error_lines(verbose.stderr) == [line]
+
+
+@pytest.mark.parametrize("pair, detail", [
+    ('crf="18"', "crf: must be an integer; got a string \"18\""),
+    ("crf=[18]", "crf: must be an integer; got an array [18]"),
+    ("crf=true", "crf: must be an integer; got a boolean true"),
+    ('backend={"a": 1}', 'backend: must be a string; got an object {"a": 1}'),
+    ("face_restore=1", "face_restore: must be true or false; got an integer 1"),
+    ("crf=null", "crf: must be an integer; got null"),
+])
+def test_jobs_submit_refuses_options_of_the_wrong_type(tmp_path, no_env, pair, detail):
+    result = CliRunner().invoke(main, ["jobs", "submit", "--video", "a.mp4", "--audio",
+                                       "b.wav", "--option", pair, "--data-dir",
+                                       str(tmp_path / "data")])
+    assert result.exit_code == 2
+    assert result.output == f"error options.invalid: {detail}\n"

@@ -17,9 +17,9 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from dhserve.api.context import check_job_id, context, json_body, public_path, public_text
-from dhserve.api.inputs import input_text, resolve_input
+from dhserve.api.inputs import input_text, resolve_input, spooled_form
 from dhserve.config import Settings
-from dhserve.errors import DhserveError, InputError, first_line
+from dhserve.errors import DhserveError, InputError, StorageFull, first_line
 from dhserve.jobs.model import Job, JobSpec, JobState
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ def submit() -> Response:
         body = _body()
     except InputError as exc:
         return envelope(MISSING, heygem_message(exc.message))
+    except StorageFull as exc:          # a multipart body spools to the data dir
+        return refused_envelope(exc.code, exc.message)
     for name in REQUIRED:
         if body.get(name) in (None, ""):
             return envelope(MISSING, f"{name}参数缺失")
@@ -90,7 +92,7 @@ def submit() -> Response:
 def _body() -> dict[str, Any]:
     """The submit's fields: a form's, or a JSON object's (HeyGem's clients send JSON)."""
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        return request.form.to_dict()
+        return spooled_form()
     if not request.get_data(cache=True).strip():
         return {}                           # as the vendor: "audio_url参数缺失"
     body = json_body()
