@@ -461,7 +461,7 @@ def jobs_submit(ctx: click.Context, video: str, audio: str, job_id: str | None,
 
     from dhserve.jobs import JobSpec
     from dhserve.jobs.downloads import is_url
-    from dhserve.jobs.options import check_job
+    from dhserve.jobs.options import check_free_space, check_job
 
     options = {}
     for pair in pairs:
@@ -480,6 +480,8 @@ def jobs_submit(ctx: click.Context, video: str, audio: str, job_id: str | None,
     spec = JobSpec(located(video), located(audio), located(out) if out else None, options,
                    priority)
     with _reported():
+        if not store.exists(job_id or ""):     # a replay is answered whatever the space
+            check_free_space(settings)
         check_job(settings, spec)
         job, created = store.submit(job_id or uuid.uuid4().hex, spec)
     click.echo(job.id if created else f"{job.id} (already queued: same id and inputs)")

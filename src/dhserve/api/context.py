@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,7 @@ from dhserve.config import ServingSettings, Settings
 from dhserve.errors import InputError, StorageFull
 from dhserve.jobs.downloads import is_url
 from dhserve.jobs.model import Job, JobSpec, WorkerInfo
-from dhserve.jobs.options import check_job
+from dhserve.jobs.options import check_free_space, check_job, free_mb  # noqa: F401 (api.health)
 from dhserve.jobs.store import JobStore
 
 EXTENSION = "dhserve"
@@ -109,24 +108,6 @@ class ApiContext:
 
 def context() -> ApiContext:
     return current_app.extensions[EXTENSION]
-
-
-def free_mb(folder: Path) -> float:
-    """Free space where `folder` lies, in MB (of its nearest existing ancestor)."""
-    for place in (folder, *folder.parents):
-        if place.exists():
-            return shutil.disk_usage(place).free / 2**20
-    return float("inf")
-
-
-def check_free_space(settings: Settings) -> None:
-    """StorageFull when the data dir has less free space than DHSERVE_MIN_FREE_MB: a new job
-    would fail anyway, and a full disk is worse for the jobs already there."""
-    free = free_mb(settings.data_dir)
-    if free < settings.min_free_mb:
-        raise StorageFull(f"the server's storage is full ({free:.0f} MB free, "
-                          f"{settings.min_free_mb:g} MB needed for new jobs); "
-                          "try again later")
 
 
 def data_roots(settings: Settings) -> list[str]:

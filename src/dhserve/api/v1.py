@@ -12,7 +12,6 @@ from flask import Blueprint, Response, g, jsonify, request, send_file, url_for
 from sqlalchemy.exc import DBAPIError
 
 from dhserve.api.context import (
-    check_free_space,
     check_job_id,
     context,
     iso_time,
@@ -25,6 +24,7 @@ from dhserve.api.inputs import KINDS, resolve_input, save_upload, spooled_form
 from dhserve.engine.media import remove_quietly
 from dhserve.errors import DhserveError, InputError
 from dhserve.jobs.model import Job, JobSpec, JobState
+from dhserve.jobs.options import check_free_space
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
 

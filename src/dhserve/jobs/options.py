@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import typing
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from dhserve.config import Settings
 from dhserve.engine.pipeline import RenderOptions, check_models, check_overlays
-from dhserve.errors import InputError
+from dhserve.errors import InputError, StorageFull
 from dhserve.jobs.model import JobSpec
 
 # Service limits and the batch size (memory) stay the operator's; a job may choose the rest.
@@ -80,6 +82,24 @@ def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOpt
         if problem:
             raise InputError("options.invalid", name, problem)
     return RenderOptions.from_settings(settings, **options)
+
+
+def free_mb(folder: Path) -> float:
+    """Free space where `folder` lies, in MB (of its nearest existing ancestor)."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            return shutil.disk_usage(place).free / 2**20
+    return float("inf")
+
+
+def check_free_space(settings: Settings) -> None:
+    """StorageFull when the data dir has less free space than DHSERVE_MIN_FREE_MB: a new job
+    would fail anyway, and a full disk is worse for the jobs already there."""
+    free = free_mb(settings.data_dir)
+    if free < settings.min_free_mb:
+        raise StorageFull(f"the server's storage is full ({free:.0f} MB free, "
+                          f"{settings.min_free_mb:g} MB needed for new jobs); "
+                          "try again later")
 
 
 def check_job(settings: Settings, spec: JobSpec) -> RenderOptions:
