@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -414,12 +417,7 @@ def create_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record) -> None:
-            dbapi_connection.isolation_level = None     # we emit BEGIN ourselves
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-            cursor.close()
+            prepare_sqlite(dbapi_connection)
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -434,6 +432,34 @@ def create_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S      # libpq: none by default
     return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+
+
+def prepare_sqlite(connection: sqlite3.Connection) -> None:
+    """How each SQLite connection of the store starts: its transactions are ours (BEGIN
+    IMMEDIATE for writes), it waits for locks, and the file is in WAL mode."""
+    connection.isolation_level = None       # we emit BEGIN ourselves
+    cursor = connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    _enter_wal(cursor)
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _enter_wal(cursor: sqlite3.Cursor) -> None:
+    """Switches a new database file to WAL. Several processes opening a new file at once
+    meet here: the switch needs the file to themselves, and SQLite answers "database is
+    locked" at once, without its busy timeout, to all but one (a lock upgrade that could
+    deadlock). So: wait a little and retry, within the busy timeout. An existing WAL file
+    answers at once."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
 
 
 def _normalised(payload: dict[str, Any]) -> dict[str, Any]:
