@@ -185,6 +185,18 @@ def test_classic_checks_run(tmp_path, argv, expected):
     assert expected in done.stdout
 
 
+def test_diagnose_shows_keepalive_and_gunicorn_cmd_args_in_effect(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "DHSERVE_DATA_DIR": str(tmp_path / "data"),
+           "GUNICORN_KEEPALIVE": "30", "GUNICORN_CMD_ARGS": "--keep-alive 9 --threads 3"}
+    done = subprocess.run(dhserve_cli("serve", "--diagnose"), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "keep-alive 30 s" in done.stdout                        # dhserve's plan
+    assert ("gunicorn in effect: 2 x gthread worker(s), 3 thread(s), timeout 600 s, "
+            "keep-alive 9 s (GUNICORN_CMD_ARGS applied), request line unlimited") \
+        in done.stdout, done.stdout
+
+
 def test_gunicorn_finds_the_app_in_app_production(tmp_path):
     port = free_port()
     service = ServiceProcess(tmp_path, [PYTHON, "-m", "gunicorn", "--chdir", str(ROOT),

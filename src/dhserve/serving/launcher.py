@@ -190,6 +190,8 @@ def diagnose(settings: Settings, serving: ServingSettings) -> int:
     problem = gunicorn_problem()
     lines.append("gunicorn: " + (f"{_version('gunicorn')} (--mode auto uses it)" if problem is None
                                  else f"{problem}: --mode auto falls back to Flask"))
+    if problem is None:
+        lines.append(_gunicorn_in_effect(plan))
     evidence = cuda_initialised_here()
     lines.append("this process: " + (f"CUDA initialised ({evidence})" if evidence else
                                       "CUDA not initialised (as a Gunicorn master must be)"))
@@ -198,6 +200,24 @@ def diagnose(settings: Settings, serving: ServingSettings) -> int:
     lines.append(f"bind {plan.bind}: {'free' if bindable(plan.bind) else 'IN USE'}")
     print("\n".join(lines))
     return 0
+
+
+def _gunicorn_in_effect(plan: ServingPlan) -> str:
+    """Gunicorn's settings as the web tier would run them, GUNICORN_CMD_ARGS applied."""
+    import contextlib
+    import io
+
+    from dhserve.serving.hooks import effective_settings
+    from dhserve.serving.web import effective_config
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return f"gunicorn in effect: {effective_settings(effective_config(plan))}"
+    except SystemExit:
+        said_lines = [line.strip() for line in said.getvalue().splitlines() if line.strip()]
+        why = ([line for line in said_lines if "error:" in line] or said_lines or ["?"])[-1]
+        return f"GUNICORN_CMD_ARGS cannot be parsed (Gunicorn would not start): {why}"
 
 
 def _version(module: str) -> str:

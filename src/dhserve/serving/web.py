@@ -64,6 +64,19 @@ def apply_cmd_args(cfg: Any, load_file: Any = None) -> list[str]:
     return named
 
 
+def effective_config(plan: ServingPlan) -> Any:
+    """Gunicorn's Config as `dhserve serve` would run the plan: its options with
+    GUNICORN_CMD_ARGS over them (hooks and log set-up left out: they make folders)."""
+    from gunicorn.config import Config
+
+    cfg = Config()
+    for key, value in plan.gunicorn_options().items():
+        if key in cfg.settings:
+            cfg.set(key, value)
+    apply_cmd_args(cfg)
+    return cfg
+
+
 def gunicorn_settings(settings: Settings, plan: ServingPlan) -> dict[str, Any]:
     """Everything Gunicorn is given: the plan's options, dhserve's hooks and log format."""
     settings.log_path.parent.mkdir(parents=True, exist_ok=True)
