@@ -43,6 +43,34 @@ def test_submit_is_idempotent_by_id(store):
     assert store.get("code-1").spec.options == {"loop": "restart"}
 
 
+def test_a_job_that_ran_out_of_space_is_rendered_again_when_resubmitted(store):
+    from dhserve.errors import StorageFull
+
+    store.submit("full", spec(1))
+    store.claim("w")
+    store.fail("full", "w", "storage.full", "no space left on the device")
+    again, created = store.submit("full", spec(1))          # space returned; the client retries
+    assert created and again.state is JobState.QUEUED
+    assert (again.attempts, again.error_code, again.finished_at) == (0, None, None)
+    assert store.claim("w2").id == "full"
+    assert store.succeed("full", "w2", "/r/full.mp4")
+    assert store.submit("full", spec(1)) == (store.get("full"), False)   # once only
+    # other failures are final
+    store.submit("bad", spec(3))
+    assert store.claim("w").id == "bad"
+    store.fail("bad", "w", "input.not_media", "not media")
+    assert store.submit("bad", spec(3))[0].error_code == "input.not_media"
+    # refused on arrival while the disk is full, and resubmitted while it still is: kept
+    store.submit("refused", spec(2), failed=StorageFull("free space is low"))
+    job, created = store.submit("refused", spec(2), failed=StorageFull("free space is low"))
+    assert not created and job.state is JobState.FAILED
+    assert store.submit("refused", spec(2))[0].state is JobState.QUEUED
+    # another spec under the id is still a conflict
+    with pytest.raises(JobError) as info:
+        store.submit("full", spec(4))
+    assert info.value.code == "job.conflict"
+
+
 def test_submit_over_the_queue_limit_says_busy(store):
     for n in range(20):
         store.submit(f"j{n}", spec(n))

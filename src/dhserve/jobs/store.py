@@ -44,6 +44,8 @@ WORKER_LOST = "worker.lost"
 # How every canceled job reads, whichever path canceled it.
 CANCELED = {"state": JobState.CANCELED.value, "stage": "canceled",
             "error_code": "render.canceled", "error_message": "canceled on request"}
+# Failures that a resubmit of the same job retries: they pass (space freed), unlike the input
+RETRYABLE = ("storage.full",)
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SUBMIT_LOCK = 0x64687366     # PostgreSQL advisory lock that keeps the queue bound exact
 REFUSAL_WINDOW_S = 3600.0    # jobs refused on arrival: at most max_queued per hour
@@ -132,7 +134,9 @@ class JobStore:
         """Queues a job; returns (job, created). The same id with the same spec returns the
         existing job (a retried request); with another spec it is a conflict. `failed`
         records the job as failed at once with that error (inputs refused on arrival, for
-        clients that learn outcomes by polling); it takes no room in the queue."""
+        clients that learn outcomes by polling); it takes no room in the queue. A resubmit
+        of a job that failed for a RETRYABLE reason (storage.full) queues it again, as new:
+        returns (job, True)."""
         payload = _normalised(spec.payload())
         outcome: dict[str, Any] = {"state": JobState.QUEUED.value, "stage": "queued"}
         if failed is not None:
@@ -171,7 +175,36 @@ class JobStore:
             raise queue_full(self.max_queued)   # (refusals: too many in the last hour)
         if _normalised(existing.spec.payload()) != payload:
             raise conflict(job_id)
+        if failed is None and existing.state is JobState.FAILED \
+                and existing.error_code in RETRYABLE:
+            requeued = self._requeue_failed(job_id)
+            if requeued is not None:
+                return requeued, True
         return existing, False
+
+    def _requeue_failed(self, job_id: str) -> Job | None:
+        """Queues a job that failed for a passing reason again, as new (its attempts
+        reset); None when it changed meanwhile (another resubmit won) or the queue is full."""
+        with self._write() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                             {"key": SUBMIT_LOCK})
+            depth = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
+                jobs.c.state == JobState.QUEUED.value)).scalar_one()
+            if depth >= self.max_queued:
+                raise queue_full(self.max_queued)
+            row = conn.execute(jobs.update().where(
+                jobs.c.id == job_id, jobs.c.state == JobState.FAILED.value,
+                jobs.c.error_code.in_(RETRYABLE)).values(
+                state=JobState.QUEUED.value, stage="queued", progress=0, attempts=0,
+                error_code=None, error_message=None, result=None, result_info=None,
+                started_at=None, finished_at=None, worker_id=None, lease_expires_at=None,
+                cancel_requested=False).returning(*jobs.c)).first()
+            if row is not None:
+                self._notify(conn)
+        if row is not None:
+            log.info("job %s: queued again (it had failed: out of storage space)", job_id)
+        return _job(row) if row is not None else None
 
     def get(self, job_id: str) -> Job:
         job = self._find(job_id)
