@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving_support import ServiceProcess, dhserve_cli
+from conftest import wait_for
+from serving_support import ServiceProcess, dhserve_cli, free_port
 
 # pauses between polls, seconds: HeyGem's 2 s with jitter either side, and either side of
 # Node's 5 s idle-socket time; each client starts at another place in the list
@@ -141,12 +142,20 @@ def idle_connection_closed(port: int, idle: float) -> bool:
 
 def test_gunicorn_cmd_args_win_over_dhserve_settings_as_in_plain_gunicorn(tmp_path):
     """`GUNICORN_CMD_ARGS` is honoured by `dhserve serve` as plain Gunicorn honours it over a
-    config file: here a 1 s keep-alive replaces the 75 s that GUNICORN_KEEPALIVE asks for."""
-    service = serve(tmp_path / "cmd", "--layout", "split",
-                    env={"GUNICORN_CMD_ARGS": "--keep-alive 1", "GUNICORN_KEEPALIVE": "75"})
+    config file: here a 1 s keep-alive replaces the 75 s that GUNICORN_KEEPALIVE asks for,
+    and its --bind the GUNICORN_BIND address (the launcher waits for the service there)."""
+    port, elsewhere = free_port(), free_port()
+    root = tmp_path / "cmd"
+    root.mkdir()
+    service = ServiceProcess(root, dhserve_cli("serve", "--layout", "split"), {
+        "GUNICORN_CMD_ARGS": f"--keep-alive 1 --bind 127.0.0.1:{port}",
+        "GUNICORN_KEEPALIVE": "75", "GUNICORN_BIND": f"127.0.0.1:{elsewhere}"}, port=port)
     try:
         service.wait_serving("/livez")
         assert idle_connection_closed(service.port, idle=2.5)
-        assert "keep-alive 1 s (GUNICORN_CMD_ARGS applied)" in service.output()
+        wait_for(lambda: "dhserve is serving at" in service.output(), 30, "the start-up line")
+        output = service.output()
+        assert "keep-alive 1 s (GUNICORN_CMD_ARGS applied)" in output
+        assert f"dhserve is serving at http://127.0.0.1:{port} (gunicorn" in output
     finally:
         service.stop()

@@ -28,6 +28,8 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # never
 def serve(settings: Settings, serving: ServingSettings, mode: str = "auto") -> int:
     """Runs the service until stopped; returns the process exit status."""
     plan = plan_serving(settings, serving, default_layout="split")
+    if mode != "flask" and gunicorn_problem() is None:
+        plan = _bound_as_gunicorn_will(plan)
     for line in plan.describe("flask" if mode == "flask" else "gunicorn"):
         log.info("%s", line)
     if not bindable(plan.bind):
@@ -90,6 +92,27 @@ def _start_web(supervisor: Supervisor, plan: ServingPlan, env: dict[str, str],
             log.error("Flask's threaded server %s", problem)
         return None
     return "flask"
+
+
+def _bound_as_gunicorn_will(plan: ServingPlan) -> ServingPlan:
+    """The plan with the address Gunicorn will listen on: a --bind in GUNICORN_CMD_ARGS wins,
+    as under plain Gunicorn, and the launcher waits for the service (and a fallback to Flask
+    listens) there. Unparsable arguments are left for Gunicorn to report as it starts."""
+    import contextlib
+    import dataclasses
+    import io
+
+    from dhserve.serving.web import effective_config
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            binds = effective_config(plan).bind
+    except SystemExit:
+        return plan
+    if binds and binds[0] != plan.bind:
+        log.info("GUNICORN_CMD_ARGS binds %s (in place of %s)", binds[0], plan.bind)
+        return dataclasses.replace(plan, bind=binds[0])
+    return plan
 
 
 def gunicorn_problem() -> str | None:
