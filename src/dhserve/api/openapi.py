@@ -169,6 +169,11 @@ JOB = _json(_ref("Job"), "the job")
 LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
 
 
+HEYGEM_ACCESS = ("Every answer is an envelope, HTTP 200. With DHSERVE_API_KEY set, clients on "
+                 "DHSERVE_HEYGEM_NETWORKS (default: this machine; never through a proxy) "
+                 "need no key; others without it get code 9999, msg 'auth.required: ...'.")
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -183,12 +188,14 @@ def document() -> dict[str, Any]:
         "paths": {
             "/easy/submit": {"post": {
                 "summary": "HeyGem: queue a video synthesis task",
+                "description": HEYGEM_ACCESS,
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": _ref("HeyGemSubmit")},
                     "application/x-www-form-urlencoded": {"schema": _ref("HeyGemSubmit")}}},
                 "responses": {"200": HEYGEM}}},
             "/easy/query": {"get": {
                 "summary": "HeyGem: a task's status, progress and result",
+                "description": HEYGEM_ACCESS,
                 "parameters": [{"name": "code", "in": "query", "schema": {"type": "string"}}],
                 "responses": {"200": HEYGEM_QUERY}}},
             "/v1/jobs": {
