@@ -7,6 +7,7 @@ import http.server
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -414,13 +415,151 @@ def test_retention_prunes_finished_jobs_with_their_files(data_dir, sqlite_store)
     with sqlite_store.engine.begin() as conn:      # "old" finished eight days ago
         conn.execute(jobs.update().where(jobs.c.id == "old").values(
             finished_at=jobs.c.finished_at - 8 * 86400))
-    stale, fresh = results / ".x.mp4.1.part", results / ".y.mp4.2.part"
+    stale, fresh = results / ".x.mp4.0123456789ab.part", results / ".y.mp4.ba9876543210.part"
     stale.write_bytes(b"left by a killed render")
     fresh.write_bytes(b"being written right now")
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     assert prune_finished(sqlite_store, Settings(data_dir=data_dir)) == 1
     assert [job.id for job in sqlite_store.list()] == ["new"]
     assert sorted(p.name for p in results.iterdir()) == [fresh.name, "new.mp4"]
+
+
+def _aged(path: Path, seconds: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"part of an mp4")
+    os.utime(path, (time.time() - seconds, time.time() - seconds))
+    return path
+
+
+def test_partial_results_of_killed_renders_are_swept_wherever_results_go(data_dir,
+                                                                         sqlite_store):
+    """kill -9 mid-render leaves .<result>.<tag>.part in results/ or (HeyGem) temp/."""
+    settings = Settings(data_dir=data_dir)
+    temp, results = settings.temp_dir, settings.results_dir
+    sqlite_store.submit("held", JobSpec("v", "a", output=str(temp / "held-r.mp4")))
+    sqlite_store.claim("w")                     # renders into temp/held-r.mp4 right now
+    gone = [_aged(temp / ".code-r.mp4.0a1b2c3d4e5f.part", 120),      # no job writes it
+            _aged(results / ".job1.mp4.0a1b2c3d4e5f.part", 120),
+            _aged(temp / ".held-r.mp4.111111111111.part", 7200)]    # held, but hours old
+    kept = [_aged(temp / ".held-r.mp4.222222222222.part", 120),      # held: being written
+            _aged(temp / ".fresh-r.mp4.333333333333.part", 10),      # too young to judge
+            _aged(temp / ".notes.part", 7200),                       # a client's files
+            _aged(temp / ".clip.mp4.not-hex-at-all.part", 7200),
+            _aged(temp / "speech.wav", 7200)]
+    prune_finished(sqlite_store, settings)
+    assert [p.name for p in gone if p.exists()] == []
+    assert [p.name for p in kept if not p.exists()] == []
+
+
+def test_a_rerun_removes_the_partial_file_of_the_attempt_that_was_killed(
+        data_dir, sqlite_store, thread_worker, tiny_speech, tmp_path):
+    out = data_dir / "temp" / "code-r.mp4"
+    left = _aged(out.with_name(".code-r.mp4.0123456789ab.part"), 10)  # young: not swept
+    other = _aged(out.with_name(".other-r.mp4.0123456789ab.part"), 10)
+    sqlite_store.submit("code", JobSpec(str(tmp_path / "absent.mp4"), str(tiny_speech),
+                                        output=str(out)))
+    thread_worker()
+    assert wait_for(lambda: finished(sqlite_store, "code"), 30, "the job")[0].error_code \
+        == "input.not_found"
+    wait_for(lambda: not left.exists(), 5, "the earlier attempt's part to go")
+    assert other.exists()
+
+
+class _PostgresProxy:
+    """A TCP proxy in front of PostgreSQL that can be cut (connections dropped, new ones
+    refused) and restored on the same port: an outage the store meets for real."""
+
+    def __init__(self, host: str, port: int):
+        self.upstream = (host, port)
+        self.sockets: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._serve()
+
+    def _serve(self) -> None:
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                return
+            self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)    # wakes accept(); close alone does not
+        except OSError:
+            pass
+        self.listener.close()
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        self.sockets.clear()
+
+    def restore(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self._serve()
+
+
+def test_a_store_outage_is_logged_when_it_starts_and_when_it_ends(postgres_url, tmp_path,
+                                                                   caplog):
+    import logging
+    from urllib.parse import urlsplit
+
+    from dhserve.jobs.worker import _Running
+
+    where = urlsplit(postgres_url)
+    proxy = _PostgresProxy(where.hostname, where.port or 5432)
+    url = postgres_url.replace(where.netloc, f"{where.username}@127.0.0.1:{proxy.port}")
+    store = JobStore(url)
+    worker = RenderWorker(Settings(data_dir=tmp_path, database_url=url), store=store,
+                          worker_id="w1")
+    try:
+        store.register_worker("w1", "host", 1, "cpu")
+        store.submit("long", JobSpec("v", "a"))
+        running = _Running(store.claim("w1"))
+        caplog.set_level(logging.INFO, logger="dhserve.jobs.worker")
+        proxy.cut()
+        for n in range(6):                  # renewals with progress, and heartbeats
+            worker.renew(running, 10 + n, "lip-sync")
+            worker.heartbeat()
+        proxy.restore()
+        worker.renew(running, 50, "lip-sync")
+        worker.heartbeat()
+        worker.renew(running, 51, "lip-sync")
+    finally:
+        worker._wakeup.close()
+        store.close()
+        proxy.cut()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records
+             if r.name == "dhserve.jobs.worker"]
+    assert len(lines) == 2, lines
+    assert lines[0][1].startswith("job store unreachable (lease renewal: ")
+    assert lines[1][1].startswith("job store reachable again after ")
+    assert "(12 failed call(s))" in lines[1][1]     # 6 renewals, 6 heartbeats
+    assert not any(r.exc_info for r in caplog.records)
+    assert running.stop_reason is None              # the lease is still ours
 
 
 def test_neural_jobs_share_the_sessions_loaded_once(data_dir, sqlite_store, thread_worker,

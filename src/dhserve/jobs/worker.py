@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import collections
 import functools
+import glob
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -48,7 +50,10 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 1.0
 HOUSEKEEPING_INTERVAL_S = 3600.0
-STALE_PART_S = 3600.0
+STALE_PART_S = 3600.0      # a partial result this old goes, whoever holds it
+PART_GRACE_S = 60.0        # one no running job writes to goes once this old
+# the name of a result being written (engine/pipeline.py): .<result name>.<hex tag>.part
+PARTIAL_RESULT = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8,32}\.part")
 STORE_ERRORS = (sa.exc.DBAPIError,)
 FPS_WINDOW_S = 5.0          # frames per second are measured over the last few seconds
 LIP_SYNC_STAGE = "lip-sync"  # the stage whose frames are counted (engine/pipeline.py)
@@ -62,6 +67,7 @@ class _Running:
         self.stop_reason: str | None = None       # "canceled", "handback" or "lost"
         self.stopped = threading.Event()
         self.started = time.monotonic()
+        self.claimed_at = time.time()             # file times compare with this clock
         self.fps: float | None = None             # output frames/s, recent (None: not yet)
         self.outcome: str | None = None           # the final state it is recorded with
         self.render_fps: float | None = None      # frames / seconds of the whole render
@@ -109,6 +115,37 @@ class _JobProgress(Progress):
             self.running.fps = (done - first_done) / (now - first_t)
 
 
+class _StoreOutage:
+    """Logs a job store outage twice, when calls start failing and when one succeeds again,
+    not once per failed call (renewals fail about once a second while a render runs)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._failures = 0
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        with self._lock:
+            first = self._since is None
+            if first:
+                self._since = time.monotonic()
+            self._failures += 1
+        if first:
+            log.warning("job store unreachable (%s: %s); retrying, quietly until it answers",
+                        what, first_line(exc))
+
+    def succeeded(self) -> None:
+        if self._since is None:
+            return
+        with self._lock:
+            if self._since is None:
+                return
+            lasted, failures = time.monotonic() - self._since, self._failures
+            self._since, self._failures = None, 0
+        log.warning("job store reachable again after %.0f s (%d failed call(s))", lasted,
+                    failures)
+
+
 class RenderWorker:
     """Claims jobs from `store` and renders them with engine objects made once, here."""
 
@@ -132,6 +169,7 @@ class RenderWorker:
         self._wakeup = Wakeup(self.store)
         self._next_housekeeping = 0.0
         self._next_reap = 0.0
+        self._outage = _StoreOutage()
         self.jobs_done = 0
 
     # -- life cycle ----------------------------------------------------------------------
@@ -162,10 +200,10 @@ class RenderWorker:
                 try:
                     job = self.store.claim(self.id) if self.store.has_queued() else None
                 except STORE_ERRORS as exc:
-                    log.error("job store unreachable: %s; retrying in %g s",
-                              first_line(exc), self.settings.poll_seconds)
+                    self._outage.failed("claim", exc)
                     self._stopping.wait(self.settings.poll_seconds)
                     continue
+                self._outage.succeeded()
                 if job is None:
                     self._wakeup.wait(self.settings.poll_seconds)
                     continue
@@ -261,9 +299,13 @@ class RenderWorker:
         if recorded is False:
             log.warning("outcome not recorded, the lease was lost (%s)",
                         running.stop_reason or "expired")
+        elif recorded is None and running.outcome:
+            log.warning("outcome (%s) not recorded: the job store is unreachable; the job "
+                        "runs again once its lease expires", running.outcome)
         elif recorded and running.outcome:
             metrics.observe_render(running.outcome, time.monotonic() - running.started,
                                    running.render_fps)
+        remove_earlier_partials(result_path(self.settings, job), running.claimed_at)
         metrics.record_rss()
         self._store_call(self.store.worker_heartbeat, self.id,
                          "stopping" if self._stopping.is_set() else "idle")
@@ -275,8 +317,7 @@ class RenderWorker:
             options = job_render_options(self.settings, job.spec.options)
             video = self._input(job.spec.video, "video", downloads, progress, options)
             audio = self._input(job.spec.audio, "audio", downloads, progress, options)
-            out = Path(job.spec.output) if job.spec.output else \
-                self.settings.results_dir / f"{job.id}.mp4"
+            out = result_path(self.settings, job)
             backend = self._backend(options.backend)
             result = render(video, audio, out, options, self.cache, progress, backend=backend,
                             restorer=self._face_restorer(options), settings=self.settings)
@@ -303,10 +344,12 @@ class RenderWorker:
     def _store_call(self, call: Callable[..., Any], *args: Any) -> Any:
         """Runs a store call; an unreachable store is logged (None returned), never fatal."""
         try:
-            return call(*args)
+            result = call(*args)
         except STORE_ERRORS as exc:
-            log.error("job store unreachable: %s", first_line(exc))
+            self._outage.failed(getattr(getattr(call, "func", call), "__name__", "call"), exc)
             return None
+        self._outage.succeeded()
+        return result
 
     def _input(self, value: str, field: str, folder: Path, progress: _JobProgress,
                options: RenderOptions) -> Path:
@@ -349,9 +392,13 @@ class RenderWorker:
         the lease went to another worker."""
         try:
             lease = self.store.renew(running.job.id, self.id, progress, stage, running.fps)
-        except Exception:
-            log.warning("job %s: cannot reach the job store", running.job.id, exc_info=True)
+        except STORE_ERRORS as exc:
+            self._outage.failed("lease renewal", exc)
             return
+        except Exception:
+            log.warning("job %s: lease renewal failed", running.job.id, exc_info=True)
+            return
+        self._outage.succeeded()
         if not lease.held:
             running.stop("lost")
         elif lease.cancel_requested:
@@ -359,17 +406,25 @@ class RenderWorker:
 
     def _heartbeat_loop(self) -> None:
         while not self._exited.wait(self.settings.heartbeat_seconds):
-            running = self._running
-            try:
-                self.store.worker_heartbeat(
-                    self.id, "busy" if running else
-                    ("stopping" if self._stopping.is_set() else "idle"),
-                    running.job.id if running else None)
-            except Exception:
-                log.warning("worker %s: heartbeat failed", self.id, exc_info=True)
-            metrics.record_rss()
-            if running is not None:
-                self.renew(running)
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Says the worker lives (and what it does), and renews the running job's lease."""
+        running = self._running
+        try:
+            self.store.worker_heartbeat(
+                self.id, "busy" if running else
+                ("stopping" if self._stopping.is_set() else "idle"),
+                running.job.id if running else None)
+        except STORE_ERRORS as exc:
+            self._outage.failed("heartbeat", exc)
+        except Exception:
+            log.warning("worker %s: heartbeat failed", self.id, exc_info=True)
+        else:
+            self._outage.succeeded()
+        metrics.record_rss()
+        if running is not None:
+            self.renew(running)
 
     def _housekeeping(self) -> None:
         """Reaping and pruning are maintenance: a failure is logged, never fatal."""
@@ -404,11 +459,9 @@ def prune_finished(store: JobStore, settings: Settings) -> int:
         if job.result:
             remove_quietly(Path(job.result))
         shutil.rmtree(settings.uploads_dir / job.id, ignore_errors=True)   # its uploads
+    sweep_partials(store, settings)
     cutoff = time.time() - STALE_PART_S
-    results, downloads = settings.results_dir, settings.data_dir / "downloads"
-    for path in results.glob(".*.part") if results.is_dir() else ():
-        if _older_than(path, cutoff):
-            remove_quietly(path)
+    downloads = settings.data_dir / "downloads"
     uploads = settings.uploads_dir      # folders of requests that never became a job
     for path in uploads.iterdir() if uploads.is_dir() else ():
         if path.name != ".spool" and _older_than(path, cutoff) and not store.exists(path.name):
@@ -423,6 +476,46 @@ def prune_finished(store: JobStore, settings: Settings) -> int:
                  settings.retention_days)
     return len(gone)
 
+
+
+def result_path(settings: Settings, job: Job) -> Path:
+    """Where a job's result goes: the output it names (HeyGem's temp/<code>-r.mp4), else
+    results/<id>.mp4."""
+    return Path(job.spec.output) if job.spec.output else settings.results_dir / f"{job.id}.mp4"
+
+
+def sweep_partials(store: JobStore, settings: Settings) -> int:
+    """Removes the partial results that killed renders left in results/ and temp/ (only
+    names of dhserve's pattern, .<name>.<hex>.part): those no running job writes to once
+    PART_GRACE_S old, any once STALE_PART_S old. Returns how many went."""
+    found = [path for folder in (settings.results_dir, settings.temp_dir) if folder.is_dir()
+             for path in folder.iterdir() if PARTIAL_RESULT.fullmatch(path.name)]
+    if not found:
+        return 0
+    # listed after the files: a part that exists now belongs to a job running by now, or
+    # to one that has finished (and renamed or removed its part)
+    held = {result_path(settings, job).resolve()
+            for job in store.list(JobState.RUNNING, limit=100_000)}
+    now, removed = time.time(), 0
+    for path in found:
+        result = path.with_name(PARTIAL_RESULT.fullmatch(path.name)["name"]).resolve()
+        limit = STALE_PART_S if result in held else PART_GRACE_S
+        if _older_than(path, now - limit):
+            remove_quietly(path)
+            removed += 1
+    if removed:
+        log.info("removed %d partial result(s) left by interrupted renders", removed)
+    return removed
+
+
+def remove_earlier_partials(result: Path, since: float) -> None:
+    """After a job's attempt: the partial files of its earlier attempts (a worker killed
+    mid-render leaves one) go; one still being written (newer than `since`) stays."""
+    pattern = f".{glob.escape(result.name)}.*.part"
+    for path in result.parent.glob(pattern) if result.parent.is_dir() else ():
+        if PARTIAL_RESULT.fullmatch(path.name) and _older_than(path, since - 1.0):
+            remove_quietly(path)
+            log.info("removed %s, left by an earlier attempt", path.name)
 
 
 def _older_than(path: Path, cutoff: float) -> bool:
