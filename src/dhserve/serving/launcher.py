@@ -102,12 +102,12 @@ def _bound_as_gunicorn_will(plan: ServingPlan) -> ServingPlan:
     import dataclasses
     import io
 
-    from dhserve.serving.web import effective_config
-
     try:
+        from dhserve.serving.web import effective_config
+
         with contextlib.redirect_stderr(io.StringIO()):
             binds = effective_config(plan).bind
-    except SystemExit:
+    except (Exception, SystemExit):  # noqa: BLE001 - a broken Gunicorn: its start says why
         return plan
     if binds and binds[0] != plan.bind:
         log.info("GUNICORN_CMD_ARGS binds %s (in place of %s)", binds[0], plan.bind)
@@ -231,12 +231,15 @@ def _gunicorn_in_effect(plan: ServingPlan) -> str:
     import io
 
     from dhserve.serving.hooks import effective_settings
-    from dhserve.serving.web import effective_config
 
     said = io.StringIO()
     try:
+        from dhserve.serving.web import effective_config
+
         with contextlib.redirect_stderr(said):
             return f"gunicorn in effect: {effective_settings(effective_config(plan))}"
+    except Exception as exc:  # noqa: BLE001 - Gunicorn found but broken on import
+        return f"gunicorn cannot be loaded: {type(exc).__name__}: {exc}"
     except SystemExit:
         said_lines = [line.strip() for line in said.getvalue().splitlines() if line.strip()]
         why = ([line for line in said_lines if "error:" in line] or said_lines or ["?"])[-1]
