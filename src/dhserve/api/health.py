@@ -8,9 +8,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from dhserve import __version__
-from dhserve.api.context import context, free_mb, iso_time
+from dhserve.api.context import context, iso_time
 from dhserve.engine.lipsync.base import resolve_backend
 from dhserve.jobs.model import JobState
+from dhserve.jobs.options import free_mb
 from dhserve.runtime.gpu import gpu_summary
 from dhserve.serving.plan import FLASK_SERVER
 
