@@ -336,7 +336,7 @@ def test_url_inputs_are_downloaded_within_limits(sqlite_store, thread_worker, me
                                         f"{media_server}/speech.wav"))
     sqlite_store.submit("404", JobSpec(f"{media_server}/missing.mp4",
                                        f"{media_server}/speech.wav"))
-    inside = media_server.replace("127.0.0.1", "localhost")     # ::1 too: not opened
+    inside = media_server.replace("127.0.0.1", "127.0.0.2")     # loopback, not opened
     sqlite_store.submit("internal", JobSpec(f"{inside}/tiny.mp4", f"{inside}/speech.wav"))
     thread_worker(allowed_networks="127.0.0.1/32")
     done = wait_for(lambda: finished(sqlite_store, "urls", "404", "internal"), 60,
