@@ -53,6 +53,9 @@ class _Server(http.server.ThreadingHTTPServer):
         self.requests: list[tuple[str, str]] = []
         super().__init__(address, handler)
 
+    def handle_error(self, request, client_address):
+        pass            # a client that hung up on a trickle is what these tests do
+
     def get_request(self):
         request = super().get_request()
         self.connections += 1
@@ -122,6 +125,18 @@ def test_internal_addresses_are_refused_before_any_connection(host, kind, counti
     assert time.monotonic() - started < 1.0        # no connection was tried
     assert counting_stub.connections == before
     assert not (tmp_path / "in").exists() or not any((tmp_path / "in").iterdir())
+
+
+@pytest.mark.parametrize("url", [
+    "http://media.example.com@127.0.0.1:{port}/a.mp4", "http://127.0.0.1:{port}#@example.com/",
+    "HTTP://LOCALHOST:{port}/a.mp4", "http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54:{port}/",
+    "http://0x7f000001:{port}/", "http://[0:0:0:0:0:ffff:7f00:1]:{port}/",
+    "https://127.0.0.1:{port}/a.mp4"])
+def test_url_tricks_do_not_hide_an_internal_host(url, counting_stub, tmp_path):
+    before = counting_stub.connections
+    error = refused(url.format(port=counting_stub.server_address[1]), tmp_path)
+    assert error.code == "input.url_not_allowed" and "loopback" in error.reason
+    assert counting_stub.connections == before
 
 
 @pytest.mark.parametrize("address", ["8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8",

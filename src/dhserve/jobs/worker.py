@@ -3,7 +3,8 @@
 It never forks after loading models. A heartbeat thread keeps the lease of the running job and
 the worker's own row fresh; progress is written at most about once a second. Stopping (SIGTERM,
 SIGINT, or stop()) stops claiming, gives the running render a grace period, then hands the job
-back so another worker takes it at once. Recycling (SIGHUP, recycle(), or the memory check
+back so another worker takes it at once (a job still downloading its inputs is handed back at
+once: downloads look at cancel and stop a few times a second). Recycling (SIGHUP, recycle(), or the memory check
 after a job) stops claiming and exits once the running job is done: no grace period, no
 hand-back.
 """
