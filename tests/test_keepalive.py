@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -127,16 +126,21 @@ def test_heygem_poller_keeps_its_connection_in_every_layout(tmp_path):
 
 def idle_connection_closed(port: int, within: float) -> bool:
     """Whether the server closes a kept-alive connection, left idle, within `within` s."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-        sock.settimeout(within)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/livez", headers={"Connection": "keep-alive"})
+        response = connection.getresponse()
+        response.read()                          # the whole answer: nothing more is due
+        assert response.status == 200 and not response.will_close
+        connection.sock.settimeout(within)
         try:
-            return sock.recv(1) == b""          # end of stream: the server closed it
+            return connection.sock.recv(1) == b""   # end of stream: the server closed it
         except TimeoutError:
-            return False                        # still open after `within` s
+            return False                            # still open after `within` s
         except ConnectionResetError:
             return True
+    finally:
+        connection.close()
 
 
 def test_gunicorn_cmd_args_win_over_dhserve_settings_as_in_plain_gunicorn(tmp_path):
