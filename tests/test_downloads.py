@@ -398,3 +398,23 @@ def test_a_stop_request_ends_a_download_at_once(handler, tmp_path):
         took = time.monotonic() - started
     assert took < 1.0, took
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_slow_name_server_holds_no_one(tmp_path):
+    """The URL's owner runs its name server: an answer that takes its time meets the
+    deadline, and a stop request, like a slow body does."""
+    def slow(host, port):
+        time.sleep(5)
+        return [(socket.AF_INET, ("93.184.216.34", port))]
+
+    started = time.monotonic()
+    error = refused("http://slow.example/a.mp4", tmp_path, timeout_s=1, resolver=slow)
+    assert error.reason == "could not download http://slow.example/a.mp4"
+    assert time.monotonic() - started < 1.5
+    asked = threading.Event()
+    threading.Timer(0.3, asked.set).start()
+    started = time.monotonic()
+    with pytest.raises(Canceled):
+        download("http://slow.example/a.mp4", "video", tmp_path, 2**20, 60, resolver=slow,
+                 should_stop=asked.is_set)
+    assert time.monotonic() - started < 1.0

@@ -138,9 +138,9 @@ def checked_addresses(url: str, field: str, allowed: Iterable[Network] = (),
 
 
 def _checked(target: _Target, field: str, allowed: tuple[Network, ...],
-             resolver: Resolver) -> list[SocketAddress]:
+             resolver: Resolver, watch: _Watch | None = None) -> list[SocketAddress]:
     try:
-        addresses = resolver(target.host, target.port)
+        addresses = _resolve(resolver, target, watch)
     except (OSError, UnicodeError) as exc:
         log.info("%s: cannot resolve %s: %s", field, target.host, exc)
         raise InputError("input.download_failed", field,
@@ -158,6 +158,33 @@ def _checked(target: _Target, field: str, allowed: tuple[Network, ...],
                              f"{target.url} is not allowed: its host resolves to {reason} "
                              f"({ALLOWED_HINT})")
     return addresses
+
+
+def _resolve(resolver: Resolver, target: _Target, watch: _Watch | None) -> list[SocketAddress]:
+    """The resolver's answer; with a watch, asked on a thread of its own, so that a name
+    server that takes its time (the URL's owner runs it) holds no one past the deadline or
+    a stop request."""
+    if watch is None:
+        return resolver(target.host, target.port)
+    answer: list[list[SocketAddress]] = []
+    failure: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            answer.append(resolver(target.host, target.port))
+        except (OSError, UnicodeError) as exc:      # raised below, in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=ask, name="dhserve-resolve", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        watch.check()
+        thread.join(WATCH_INTERVAL_S)
+    if failure:
+        raise failure[0]
+    if not answer:
+        raise OSError(f"resolving {target.host} failed")
+    return answer[0]
 
 
 class _Watch:
@@ -312,7 +339,7 @@ def download(url: str, field: str, folder: Path, max_bytes: int, timeout_s: floa
             hops = 0
             while True:
                 target = _target(url, field)
-                addresses = _checked(target, field, allowed, resolver)
+                addresses = _checked(target, field, allowed, resolver, watch)
                 sock = _connect(target, addresses, watch)
                 connection = _PinnedConnection(target, sock, timeout=timeout_s)
                 try:
