@@ -539,15 +539,18 @@ def test_a_store_outage_is_logged_when_it_starts_and_when_it_ends(postgres_url, 
         store.register_worker("w1", "host", 1, "cpu")
         store.submit("long", JobSpec("v", "a"))
         running = _Running(store.claim("w1"))
-        caplog.set_level(logging.INFO, logger="dhserve.jobs.worker")
+        caplog.set_level(logging.INFO, logger="dhserve.jobs")
         proxy.cut()
-        for n in range(6):                  # renewals with progress, and heartbeats
+        for n in range(6):                  # renewals with progress, heartbeats, idle waits
             worker.renew(running, 10 + n, "lip-sync")
             worker.heartbeat()
+            worker._wakeup.wait(0.05)
         proxy.restore()
         worker.renew(running, 50, "lip-sync")
         worker.heartbeat()
         worker.renew(running, 51, "lip-sync")
+        worker._wakeup.wait(0.05)
+        worker._wakeup.wait(0.05)
     finally:
         worker._wakeup.close()
         store.close()
@@ -560,6 +563,10 @@ def test_a_store_outage_is_logged_when_it_starts_and_when_it_ends(postgres_url, 
     assert "(12 failed call(s))" in lines[1][1]     # 6 renewals, 6 heartbeats
     assert not any(r.exc_info for r in caplog.records)
     assert running.stop_reason is None              # the lease is still ours
+    listen = [r.getMessage() for r in caplog.records if r.name == "dhserve.jobs.wakeup"]
+    assert len(listen) == 2, listen                 # lost it, and has it again
+    assert listen[0].startswith("lost the LISTEN connection")
+    assert listen[1] == "listening for new jobs again"
 
 
 def test_neural_jobs_share_the_sessions_loaded_once(data_dir, sqlite_store, thread_worker,

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 
+from dhserve.errors import first_line
 from dhserve.jobs.store import NOTIFY_CHANNEL, JobStore
 
 SQLITE_CHECK_S = 0.005
@@ -29,6 +30,7 @@ class Wakeup:
         self._url = store.engine.url
         self._dialect = store.dialect
         self._pg = None
+        self._listen_lost = False       # said once; quiet until LISTEN works again
         self._sqlite = None
         if self._dialect == "sqlite" and self._url.database not in (None, "", ":memory:"):
             self._sqlite = sqlite3.connect(self._url.database, check_same_thread=False)
@@ -45,8 +47,15 @@ class Wakeup:
             self._pg = psycopg.connect(plain, autocommit=True, connect_timeout=5)
             self._pg.execute(f"LISTEN {NOTIFY_CHANNEL}")
         except psycopg.Error as exc:
-            log.warning("cannot LISTEN for new jobs (%s); polling instead", exc)
+            if not self._listen_lost:
+                log.warning("cannot LISTEN for new jobs (%s); polling instead",
+                            first_line(exc))
+                self._listen_lost = True
             self._close_pg()
+            return
+        if self._listen_lost:
+            log.warning("listening for new jobs again")
+            self._listen_lost = False
 
     def _close_pg(self) -> None:
         if self._pg is not None:
@@ -69,7 +78,8 @@ class Wakeup:
                     for _ in self._pg.notifies(timeout=slice_s, stop_after=1):
                         return
             except psycopg.Error as exc:
-                log.warning("lost the LISTEN connection (%s); reconnecting", exc)
+                log.warning("lost the LISTEN connection (%s); reconnecting", first_line(exc))
+                self._listen_lost = True
                 self._close_pg()
         elif self._sqlite is not None:
             while not self._interrupted.is_set() and time.monotonic() < deadline:
