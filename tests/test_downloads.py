@@ -418,3 +418,34 @@ def test_a_slow_name_server_holds_no_one(tmp_path):
         download("http://slow.example/a.mp4", "video", tmp_path, 2**20, 60, resolver=slow,
                  should_stop=asked.is_set)
     assert time.monotonic() - started < 1.0
+
+
+def test_a_download_that_fills_the_disk_is_storage_full(tmp_path):
+    """Out of space while saving is storage.full (retryable once space returns), not "could
+    not download"; the partial file goes. The folder is a real 1 MB tmpfs."""
+    from dhserve.errors import StorageFull
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                             check=False, capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"SKIPPED LOUDLY: cannot mount a tmpfs here (needs root): "
+                    f"{mounted.stderr.strip()}")
+    big = b"x" * (3 * 2**20)
+
+    class Big(Stub):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(big)))
+            self.end_headers()
+            self.wfile.write(big)
+
+    try:
+        with stub(Big) as server, pytest.raises(StorageFull) as full:
+            download(f"{base(server)}/big.mp4", "video", folder, 2**30, 10,
+                     allowed=LOOPBACK_V4)
+        assert full.value.code == "storage.full" and "video" in full.value.message
+        assert list(folder.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)

@@ -29,7 +29,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from dhserve import __version__
 from dhserve.engine.media import remove_quietly
-from dhserve.errors import Canceled, InputError
+from dhserve.errors import Canceled, InputError, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -371,6 +371,9 @@ def download(url: str, field: str, folder: Path, max_bytes: int, timeout_s: floa
         except (OSError, http.client.HTTPException, ValueError) as exc:
             if watch.verdict is not None:
                 raise _ended_error(watch.verdict, url, field, timeout_s, answered) from None
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(f"{field}: no space left for the download of {url}") \
+                    from None
             log.info("%s: download of %s failed: %s: %s", field, url, type(exc).__name__, exc)
             if isinstance(exc, ssl.SSLCertVerificationError):
                 raise InputError("input.download_failed", field,
