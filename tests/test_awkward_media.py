@@ -143,3 +143,75 @@ def test_still_image_loops_in_both_modes(tmp_path, template_frames, short_speech
     result = render(png, short_speech, tmp_path / "o.mp4", RenderOptions(loop=loop),
                     AnalysisCache(tmp_path / "cache"))
     assert result.frames == 50 and result.fps == Fraction(25)
+
+
+# -- a full disk ----------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 300 KB file system (tmpfs) for the output folder; skipped, loudly, where this
+    process may not mount one."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        pytest.skip(f"DISK FULL NOT TESTED: cannot mount a tmpfs here: "
+                    f"{done.stderr.strip() or done.returncode}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk, leave_bytes: int):
+    import os
+
+    stats = os.statvfs(disk)
+    free = stats.f_bavail * stats.f_frsize
+    (disk / "filler").write_bytes(bytes(max(free - leave_bytes, 0)))
+
+
+@pytest.mark.parametrize("leave", ["nothing", "a little", "half the output",
+                                   "all but the index"])
+def test_full_disk_is_storage_full_and_leaves_no_partial_file(tmp_path, small_disk, leave,
+                                                              rendered_example, example_avatar,
+                                                              short_speech):
+    """ENOSPC while writing the MP4, whether at its first bytes, midway, or in the last
+    rewrite that moves the index to the front (faststart): storage.full, the partial file
+    removed, never an internal error."""
+    from dhserve.errors import DhserveError
+
+    _, cache, _ = rendered_example
+    whole = render(example_avatar, short_speech, tmp_path / "whole.mp4", RenderOptions(),
+                   cache).path.stat().st_size
+    assert whole < 300_000 - 16_384        # it would fit the disk were the disk not full
+    left = {"nothing": 0, "a little": 8192, "half the output": whole // 2,
+            "all but the index": whole - 4096}[leave]
+    _fill(small_disk, left)
+    with pytest.raises(DhserveError) as err:
+        render(example_avatar, short_speech, small_disk / "o.mp4", RenderOptions(), cache)
+    assert err.value.code == "storage.full"
+    assert err.value.message == "the data disk is full: no space left to write the result"
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]   # no .part left
+
+
+# -- messages name the input, never the server's folders -------------------------------------
+
+def test_messages_show_no_server_paths(tmp_path, example_avatar, short_speech):
+    folder = tmp_path / "srv" / "data" / "temp"
+    folder.mkdir(parents=True)
+    cases = {"missing.mp4": None, "cut.mp4": example_avatar.read_bytes()[:3000],
+             "notes.mp4": b"not a video\n" * 50, "empty.mp4": b""}
+    for name, data in cases.items():
+        if data is not None:
+            (folder / name).write_bytes(data)
+        with pytest.raises(InputError) as err:
+            render(folder / name, short_speech, tmp_path / "out" / "o.mp4", RenderOptions(),
+                   AnalysisCache(tmp_path / "cache"))
+        assert str(tmp_path) not in err.value.message, err.value.message
+        assert err.value.message.startswith("video: ")
+    (tmp_path / "outdir").mkdir()
+    with pytest.raises(InputError) as err:
+        render(example_avatar, short_speech, tmp_path / "outdir", RenderOptions())
+    assert str(tmp_path) not in err.value.message and "outdir" in err.value.message

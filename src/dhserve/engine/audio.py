@@ -8,7 +8,13 @@ from pathlib import Path
 import av
 import numpy as np
 
-from dhserve.engine.media import check_file, open_input
+from dhserve.engine.media import (
+    SteadyResampler,
+    check_file,
+    decode_audio,
+    ffmpeg_reason,
+    open_input,
+)
 from dhserve.errors import InputError
 
 SAMPLE_RATE = 16000
@@ -30,23 +36,24 @@ def decode_speech(path: Path, field: str = "audio", max_mb: float | None = None,
     limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
     decoded = 0
     path = check_file(path, field, max_mb)
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    # Joined files may change format, layout or rate midway: SteadyResampler follows them.
+    resampler = SteadyResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     chunks: list[np.ndarray] = []
     with open_input(path, field) as container:
         if not container.streams.audio:
             raise InputError("audio.no_audio_stream", field, "file has no audio stream")
         stream = container.streams.audio[0]
         try:
-            for frame in container.decode(stream):
+            for frame in decode_audio(container, stream, field):
                 for piece in resampler.resample(frame):
                     chunks.append(piece.to_ndarray().reshape(-1))
                     decoded += chunks[-1].size
                 if limit is not None and decoded > limit:
                     raise too_long(field, decoded / SAMPLE_RATE, max_seconds)
-        except av.error.FFmpegError as exc:
-            raise InputError("input.corrupt", field,
-                             f"audio stream cannot be decoded ({exc})") from None
-        chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+        except av.error.FFmpegError as exc:   # the resampler's (decode_audio answers its own)
+            raise InputError("input.corrupt", field, "audio stream cannot be decoded "
+                             f"({ffmpeg_reason(exc)})") from None
     samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if samples.size < SAMPLE_RATE // 100:
         raise InputError("audio.empty", field, "audio stream is empty (no samples to speak)")

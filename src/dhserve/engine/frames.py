@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dhserve.engine.media import read_frames
+from dhserve.engine.media import DEFAULT_MAX_PIXELS, read_frames
 
 
 def template_index(i: int, template_frames: int, loop: str) -> int:
@@ -72,8 +72,8 @@ class _FrameStore:
 
 
 def looped_frames(video: Path, rotation: int, template_frames: int, total: int, loop: str,
-                  cache_bytes: int = 512 << 20,
-                  spill_dir: Path | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                  cache_bytes: int = 512 << 20, spill_dir: Path | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (template index, RGB frame) for output frames 0..total-1.
 
     A template at least as long as the speech is simply streamed. A shorter one is decoded
@@ -81,12 +81,13 @@ def looped_frames(video: Path, rotation: int, template_frames: int, total: int, 
     is decoded once, not once per output frame).
     """
     if total <= template_frames:
-        for index, frame in zip(range(total), read_frames(video, rotation)):
+        for index, frame in zip(range(total), read_frames(video, rotation, "video",
+                                                          max_pixels)):
             yield index, frame
         return
     store = _FrameStore(template_frames, cache_bytes, spill_dir)
     try:
-        decoded = read_frames(video, rotation)
+        decoded = read_frames(video, rotation, "video", max_pixels)
         for i in range(total):
             index = template_index(i, template_frames, loop)
             while store.count <= index:

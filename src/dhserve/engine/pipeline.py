@@ -18,6 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import av
 import numpy as np
 
 from dhserve.config import Settings, option_problem
@@ -26,7 +27,17 @@ from dhserve.engine.face import AnalysisCache, TemplateAnalysis, analyse_frames,
 from dhserve.engine.face.analysis import multiple_faces_error
 from dhserve.engine.frames import looped_frames, template_index
 from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, check_backend, create_backend
-from dhserve.engine.media import MediaInfo, Mp4Writer, even_size, probe, read_frames, remove_quietly
+from dhserve.engine.media import (
+    MediaInfo,
+    Mp4Writer,
+    disk_full,
+    even_size,
+    is_disk_full,
+    probe,
+    read_frames,
+    remove_quietly,
+    shown_name,
+)
 from dhserve.engine.overlay import (
     OVERLAY_KINDS,
     Overlay,
@@ -110,15 +121,13 @@ def _span(span: tuple[float, float], fraction: float) -> float:
 
 
 def probe_inputs(video: Path, audio: Path, options: RenderOptions) -> tuple[MediaInfo, MediaInfo]:
-    """Checks both inputs against the limits before any heavy work."""
-    template = probe(video, "video", options.max_input_mb, kind="video")
+    """Checks both inputs against the limits before any heavy work (the template's size from
+    its header, before a picture is decoded)."""
+    template = probe(video, "video", options.max_input_mb, kind="video",
+                     max_pixels=options.max_video_pixels)
     if template.video is None:
         raise InputError("video.no_video_stream", "video", "file has no video stream")
     v = template.video
-    if v.width * v.height > options.max_video_pixels:
-        raise InputError("video.too_large", "video",
-                         f"{v.width}x{v.height} is over the limit of "
-                         f"{options.max_video_pixels} pixels")
     if not v.is_image and v.duration > options.max_video_seconds:
         raise _video_too_long(v.duration, options)
     speech = probe(audio, "audio", options.max_input_mb, kind="audio")
@@ -175,14 +184,18 @@ def check_output(out: Path) -> Path:
     """The output can be written, checked before minutes of rendering rather than after."""
     out = Path(out)
     if out.is_dir():
-        raise InputError("output.invalid", "out", f"{out} is a directory, not a file name")
+        raise InputError("output.invalid", "out",
+                         f"{shown_name(out)} is a directory, not a file name")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError("output.invalid", "out", f"cannot create {out.parent}: "
-                         f"{exc.strerror}") from None
+        if is_disk_full(exc):
+            raise disk_full() from None
+        raise InputError("output.invalid", "out", f"cannot create its folder "
+                         f"{shown_name(out.parent)}: {exc.strerror}") from None
     if not os.access(out.parent, os.W_OK):
-        raise InputError("output.invalid", "out", f"{out.parent} is not writable")
+        raise InputError("output.invalid", "out",
+                         f"its folder {shown_name(out.parent)} is not writable")
     return out
 
 
@@ -206,7 +219,8 @@ def analyse_template(template: MediaInfo, options: RenderOptions, cache: Analysi
                 progress.update(_span(SPAN_ANALYSE, min(done / expected, 1.0)),
                                 "analysing face")
 
-        with closing(read_frames(template.path, v.rotation)) as frames:
+        with closing(read_frames(template.path, v.rotation, "video",
+                                 options.max_video_pixels)) as frames:
             analysis = analyse_frames(frames, "video", options.multiple_faces, on_frame)
         declared = template.video.frame_count
         if declared and analysis.frame_count < 0.9 * declared - 1:
@@ -231,9 +245,26 @@ def render(video: Path, audio: Path, out: Path, options: RenderOptions = RenderO
     they are loaded for this render from `settings` (model files, device; default
     Settings()) and released after it. The restorer is used when `options.face_restore`;
     `options.watermark` and `options.ai_label` draw the images `settings` names for them over
-    every output frame, last, so lip-sync and restoration never touch them."""
+    every output frame, last, so lip-sync and restoration never touch them.
+
+    Bad media is an InputError naming the input; a disk that fills while the result (or a
+    spill file, or the analysis cache) is written is StorageFull (storage.full), its partial
+    file removed."""
     started = time.monotonic()
-    settings = settings or Settings()
+    try:
+        return _render(video, audio, out, options, cache, progress, backend, restorer,
+                       settings or Settings(), started)
+    except (OSError, av.error.FFmpegError) as exc:
+        # ENOSPC writing the MP4 (Python's or FFmpeg's error), a spill file or the analysis
+        # cache: storage.full, not an internal error; _animate has removed the partial file.
+        if is_disk_full(exc):
+            raise disk_full() from None
+        raise
+
+
+def _render(video: Path, audio: Path, out: Path, options: RenderOptions,
+            cache: AnalysisCache | None, progress: Progress, backend: LipSyncBackend | None,
+            restorer: FaceRestorer | None, settings: Settings, started: float) -> RenderResult:
     out = check_output(out)
     if not options.face_restore:
         restorer = None
@@ -296,7 +327,8 @@ def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBa
         with Mp4Writer(tmp, analysis.width, analysis.height, fps, audio, options.x264_preset,
                        options.crf) as writer, closing(looped_frames(
                 template.path, template.video.rotation, analysis.frame_count, total,
-                options.loop, int(options.frame_cache_mb * 2**20), out.parent)) as frames:
+                options.loop, int(options.frame_cache_mb * 2**20), out.parent,
+                options.max_video_pixels)) as frames:
             while done < total:
                 progress.check_cancelled()
                 chunk = list(islice(frames, options.batch_size))
