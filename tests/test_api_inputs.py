@@ -114,6 +114,21 @@ def test_an_image_name_is_a_file_name_not_a_sequence_pattern(settings, tmp_path)
     cv2.imwrite(str(settings.temp_dir / "shot%d.png"), np.zeros((20, 30, 3), np.uint8))
     (settings.temp_dir / "shot0.png").symlink_to(tmp_path / "secret.png")
     path = resolve_input("shot%d.png", "video", settings)
-    check_media(path, "video", "video", 10)
+    check_media(path, "video", "video", 10, settings.max_video_pixels)
     video = probe(Path(path), "video").video
     assert (video.width, video.height) == (30, 20)
+
+
+def test_a_template_over_the_services_pixel_limit_is_refused_at_submit(service, tiny_template):
+    """DHSERVE_MAX_VIDEO_PIXELS, as the operator set it, is what a submit checks (from the
+    header, before a picture is decoded), not only the worker."""
+    import shutil
+
+    svc = service(max_video_pixels=100 * 100)
+    svc.temp.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_template, svc.temp / "avatar.mp4")              # 256x256
+    shutil.copy(tiny_template, svc.temp / "speech.mp4")              # its soundtrack
+    response = svc.client.post("/v1/jobs", json={"video": "avatar.mp4", "audio": "speech.mp4"})
+    assert response.status_code == 422, response.get_json()
+    assert (response.get_json()["code"], response.get_json()["field"]) == ("video.too_large",
+                                                                         "video")

@@ -74,7 +74,8 @@ class ApiContext:
             check_job(self.settings, spec)          # cheap, before any input is opened
             for kind in KINDS:
                 try:
-                    check_media(getattr(spec, kind), kind, kind, self.settings.max_input_mb)
+                    check_media(getattr(spec, kind), kind, kind, self.settings.max_input_mb,
+                                self.settings.max_video_pixels)
                 except InputError as exc:
                     raise self.public_error(exc, named) from None
         except (InputError, StorageFull) as exc:
@@ -113,7 +114,7 @@ def context() -> ApiContext:
 def data_roots(settings: Settings) -> list[str]:
     """The data dir's absolute spellings (as configured, and with symlinks resolved)."""
     roots = {os.path.abspath(settings.data_dir), os.path.realpath(settings.data_dir)}
-    return sorted(roots, key=len, reverse=True)
+    return sorted((r for r in roots if r != os.sep), key=len, reverse=True)
 
 
 def public_path(path: str | None, settings: Settings, named_outside: bool = False

@@ -70,13 +70,14 @@ def resolve_input(value: object, field: str, settings: Settings) -> str:
     return str(real)
 
 
-def check_media(value: str, field: str, kind: str, max_mb: float) -> None:
+def check_media(value: str, field: str, kind: str, max_mb: float, max_pixels: int) -> None:
     """A local input reads as media of `kind`, judged by its content (URLs are checked by
-    the worker after downloading)."""
+    the worker after downloading); a picture over `max_pixels` is refused from its header,
+    before any of it is decoded."""
     if is_url(value):
         return
     try:
-        info = probe(Path(value), field, max_mb, kind=kind)
+        info = probe(Path(value), field, max_mb, kind=kind, max_pixels=max_pixels)
     except OSError as exc:          # a name too long for the file system, say
         raise InputError("input.not_found", field, f"cannot use this path: "
                          f"{exc.strerror or exc}") from None
