@@ -771,7 +771,7 @@ def test_port_held_by_another_process_is_an_error_naming_it(checks):
 def test_port_held_by_dhserve_is_fine(tmp_path, env, checks):
     from conftest import wait_for
 
-    from dhserve.serving.launcher import answers_livez
+    from dhserve.serving.address import answers_livez
 
     bind = env["GUNICORN_BIND"]
     web = subprocess.Popen([sys.executable, "-m", "dhserve.cli", "web", "--bind", bind,

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from dhserve.engine.face import AnalysisCache, analyse_frames, file_digest
+from dhserve.engine.face import AnalysisCache, analyse_frames
 from dhserve.engine.face.analysis import TemplateAnalysis, smooth_landmarks
 from dhserve.engine.face.landmarks import mouth_opening
 from dhserve.errors import InputError
+from dhserve.fsutil import file_digest
 
 
 def test_finds_the_face_in_every_example_frame(template_frames):

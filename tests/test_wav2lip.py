@@ -8,7 +8,7 @@ import onnx_models
 import pytest
 
 from dhserve.config import Settings
-from dhserve.engine.face import AnalysisCache, file_digest
+from dhserve.engine.face import AnalysisCache
 from dhserve.engine.face.landmarks import LOWER_LIP_INNER_MID, UPPER_LIP_INNER_MID
 from dhserve.engine.lipsync import FrameBatch, create_backend, resolve_backend
 from dhserve.engine.lipsync.wav2lip import (
@@ -23,6 +23,7 @@ from dhserve.engine.lipsync.wav2lip import (
 from dhserve.engine.media import read_frames
 from dhserve.engine.pipeline import RenderOptions, render
 from dhserve.errors import InputError
+from dhserve.fsutil import file_digest
 from dhserve.runtime.models import WAV2LIP
 from dhserve.runtime.onnx import OnnxModel, SessionConfig
 

@@ -19,7 +19,7 @@ from dhserve.config import ServingSettings, Settings
 from dhserve.errors import InputError, StorageFull
 from dhserve.jobs.downloads import is_url
 from dhserve.jobs.model import Job, JobSpec, WorkerInfo
-from dhserve.jobs.options import check_free_space, check_job, free_mb  # noqa: F401 (api.health)
+from dhserve.jobs.options import check_free_space, check_job
 from dhserve.jobs.store import JobStore
 
 EXTENSION = "dhserve"

@@ -10,8 +10,8 @@ from flask import Blueprint, Response, jsonify, request
 from dhserve import __version__
 from dhserve.api.context import context, iso_time
 from dhserve.engine.lipsync.base import resolve_backend
+from dhserve.fsutil import free_mb
 from dhserve.jobs.model import JobState
-from dhserve.jobs.options import free_mb
 from dhserve.runtime.gpu import gpu_summary
 from dhserve.serving.plan import FLASK_SERVER
 

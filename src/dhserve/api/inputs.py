@@ -15,8 +15,9 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from dhserve.config import Settings
-from dhserve.engine.media import probe, remove_quietly
+from dhserve.engine.media import probe
 from dhserve.errors import InputError, StorageFull
+from dhserve.fsutil import remove_quietly
 from dhserve.jobs.downloads import is_url
 
 CHUNK = 1 << 20

@@ -21,8 +21,8 @@ from dhserve.api.context import (
     public_text,
 )
 from dhserve.api.inputs import KINDS, resolve_input, save_upload, spooled_form
-from dhserve.engine.media import remove_quietly
 from dhserve.errors import DhserveError, InputError
+from dhserve.fsutil import remove_quietly
 from dhserve.jobs.model import Job, JobSpec, JobState
 from dhserve.jobs.options import check_free_space
 

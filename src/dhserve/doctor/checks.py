@@ -603,12 +603,12 @@ def storage_checks(facts: Facts) -> list[Check]:
 
 
 def _data_dir(data_dir: Path) -> Check:
-    from dhserve.serving.launcher import write_error
+    from dhserve.fsutil import unwritable_reason
 
     where = data_dir.absolute()
     data = {"path": str(where)}
     created = not where.exists()
-    exc = write_error(where)          # what `dhserve serve` does first
+    exc = unwritable_reason(where)          # what `dhserve serve` does first
     if exc is not None:
         return Check("storage", "data dir", ERROR,
                      f"{where}: not writable ({type(exc).__name__}: {exc.strerror or exc})",
@@ -774,7 +774,7 @@ def network_checks(facts: Facts) -> list[Check]:
 
 
 def _port(bind: str, name: str) -> Check:
-    from dhserve.serving.launcher import answers_livez, base_url, bindable
+    from dhserve.serving.address import answers_livez, base_url, bindable
 
     data: dict[str, Any] = {"bind": bind}
     if bindable(bind):

@@ -597,9 +597,3 @@ class Mp4Writer:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.abort() if exc_type else self.close()
 
-
-def remove_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

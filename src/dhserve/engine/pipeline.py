@@ -23,7 +23,7 @@ import numpy as np
 
 from dhserve.config import Settings, option_problem
 from dhserve.engine import audio as speech_audio
-from dhserve.engine.face import AnalysisCache, TemplateAnalysis, analyse_frames, file_digest
+from dhserve.engine.face import AnalysisCache, TemplateAnalysis, analyse_frames
 from dhserve.engine.face.analysis import multiple_faces_error
 from dhserve.engine.frames import looped_frames, template_index
 from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, check_backend, create_backend
@@ -35,7 +35,6 @@ from dhserve.engine.media import (
     is_disk_full,
     probe,
     read_frames,
-    remove_quietly,
     shown_name,
 )
 from dhserve.engine.overlay import (
@@ -49,6 +48,7 @@ from dhserve.engine.overlay import (
 )
 from dhserve.engine.progress import Progress, no_progress
 from dhserve.errors import InputError
+from dhserve.fsutil import file_digest, remove_quietly
 from dhserve.runtime.models import RESTORE, WAV2LIP, require_model
 
 if TYPE_CHECKING:   # restore.py needs ONNX Runtime; imported only when a render restores

@@ -28,8 +28,8 @@ from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
 from dhserve import __version__
-from dhserve.engine.media import remove_quietly
 from dhserve.errors import Canceled, InputError, StorageFull
+from dhserve.fsutil import remove_quietly
 
 log = logging.getLogger(__name__)
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import typing
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from dhserve.config import Settings
 from dhserve.engine.pipeline import RenderOptions, check_models, check_overlays
 from dhserve.errors import InputError, StorageFull
+from dhserve.fsutil import free_mb
 from dhserve.jobs.model import JobSpec
 
 # Service limits and the batch size (memory) stay the operator's; a job may choose the rest.
@@ -82,14 +81,6 @@ def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOpt
         if problem:
             raise InputError("options.invalid", name, problem)
     return RenderOptions.from_settings(settings, **options)
-
-
-def free_mb(folder: Path) -> float:
-    """Free space where `folder` lies, in MB (of its nearest existing ancestor)."""
-    for place in (folder, *folder.parents):
-        if place.exists():
-            return shutil.disk_usage(place).free / 2**20
-    return float("inf")
 
 
 def check_free_space(settings: Settings) -> None:

@@ -35,10 +35,10 @@ from dhserve.engine.face import AnalysisCache
 from dhserve.engine.face.restore import FaceRestorer
 from dhserve.engine.lipsync import LipSyncBackend, create_backend
 from dhserve.engine.lipsync.base import resolve_backend
-from dhserve.engine.media import remove_quietly
 from dhserve.engine.pipeline import RenderOptions, render
 from dhserve.engine.progress import Progress
 from dhserve.errors import Canceled, DhserveError, first_line
+from dhserve.fsutil import remove_quietly
 from dhserve.jobs.downloads import download, is_url
 from dhserve.jobs.model import Job, JobState
 from dhserve.jobs.options import job_render_options

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from dhserve.config import Settings
-from dhserve.engine.face.cache import file_digest
 from dhserve.errors import DhserveError, InputError
+from dhserve.fsutil import file_digest
 
 DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
 Dim = int | str | None     # a fixed size, or a symbolic / unknown one

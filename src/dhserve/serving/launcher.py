@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import socket
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 from dhserve.config import METRICS_DIR_ENV, ServingSettings, Settings
+from dhserve.fsutil import unwritable_reason
 from dhserve.runtime.gpu import gpu_summary
+from dhserve.serving.address import answers_livez, base_url, bindable
 from dhserve.serving.cuda_guard import cuda_initialised_here
 from dhserve.serving.metrics_files import fresh_metrics_dir, mark_dead, remove_metrics_dir
 from dhserve.serving.plan import FLASK_SERVER, ServingPlan, plan_serving
@@ -22,7 +21,6 @@ from dhserve.serving.supervisor import Child, ChildSpec, Supervisor, child_envir
 log = logging.getLogger("dhserve.serving")
 
 BOOT_TIMEOUT_S = 60.0
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # never http_proxy
 
 
 def serve(settings: Settings, serving: ServingSettings, mode: str = "auto") -> int:
@@ -147,26 +145,8 @@ def _gist(lines: list[str]) -> str:
     return " … ".join(dict.fromkeys(errors[-1:] + said[-1:])) or "no output"
 
 
-def answers_livez(bind: str, timeout: float = 1.0) -> bool:
-    if bind.startswith("unix:"):
-        with socket.socket(socket.AF_UNIX) as sock:
-            try:
-                sock.connect(bind[5:])
-                return True
-            except OSError:
-                return False
-    try:
-        with _DIRECT.open(f"{base_url(bind)}/livez", timeout=timeout) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
-def base_url(bind: str) -> str:
-    """The URL a client on this machine uses for `bind` (0.0.0.0 → 127.0.0.1)."""
-    host, _, port = bind.rpartition(":")
-    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
-    return f"http://{host}:{port}"
 
 
 def _announce(settings: Settings, plan: ServingPlan, server: str) -> None:
@@ -219,7 +199,7 @@ def diagnose(settings: Settings, serving: ServingSettings) -> int:
     lines.append("this process: " + (f"CUDA initialised ({evidence})" if evidence else
                                       "CUDA not initialised (as a Gunicorn master must be)"))
     lines.append(f"data dir {settings.data_dir.resolve()}: "
-                 f"{'writable' if write_error(settings.data_dir) is None else 'NOT writable'}")
+                 f"{'writable' if unwritable_reason(settings.data_dir) is None else 'NOT writable'}")
     lines.append(f"bind {plan.bind}: {'free' if bindable(plan.bind) else 'IN USE'}")
     print("\n".join(lines))
     return 0
@@ -250,32 +230,3 @@ def _version(module: str) -> str:
     from importlib.metadata import version
 
     return f"{module} {version(module)}"
-
-
-def write_error(path: Path) -> OSError | None:
-    """Why the service could not make and write `path` (None: it can); `dhserve doctor` shows
-    the error."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".dhserve-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-        return None
-    except OSError as exc:
-        return exc
-
-
-def bindable(bind: str) -> bool:
-    """Whether a server could bind `bind` now (a unix socket: its file does not exist)."""
-    if bind.startswith("unix:"):
-        return not Path(bind[5:]).exists()
-    host, _, port = bind.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as Gunicorn binds
-        try:
-            sock.bind((host, int(port)))
-            return True
-        except OSError:
-            return False

@@ -6,22 +6,12 @@ temporary name and renamed, so concurrent workers never read a half-written entr
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import zipfile
 from pathlib import Path
 
 from dhserve.engine.face.analysis import ANALYSIS_VERSION, TemplateAnalysis
-
-
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of the file's bytes: the same avatar under another name hits the same entry."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class AnalysisCache:
