@@ -107,8 +107,8 @@ def test_an_image_name_is_a_file_name_not_a_sequence_pattern(settings, tmp_path)
     import cv2
     import numpy as np
 
-    from dhserve.api.inputs import check_media
     from dhserve.engine.media import probe
+    from dhserve.jobs.admission import check_media
 
     cv2.imwrite(str(tmp_path / "secret.png"), np.zeros((99, 77, 3), np.uint8))
     cv2.imwrite(str(settings.temp_dir / "shot%d.png"), np.zeros((20, 30, 3), np.uint8))

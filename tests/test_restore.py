@@ -10,7 +10,8 @@ from dhserve.engine.face import AnalysisCache, analyse_frames
 from dhserve.engine.face.landmarks import NOSE_TIP
 from dhserve.engine.face.restore import FaceRestorer, alignment, from_model, to_model
 from dhserve.engine.media import read_frames
-from dhserve.engine.pipeline import RenderOptions, check_models, render
+from dhserve.engine.pipeline import RenderOptions, render
+from dhserve.engine.preflight import check_models
 from dhserve.errors import InputError
 from dhserve.runtime.models import RESTORE, ModelError
 from dhserve.runtime.onnx import OnnxModel, SessionConfig

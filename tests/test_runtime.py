@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from dhserve.config import Settings
-from dhserve.runtime.models import RESTORE, WAV2LIP, ModelError, model_statuses
+from dhserve.runtime.models import RESTORE, WAV2LIP, ModelError
 from dhserve.runtime.onnx import (
     CPU,
     CUDA,
@@ -20,6 +20,7 @@ from dhserve.runtime.onnx import (
     check_session,
     create_session,
     cuda_major_for_runtime,
+    model_statuses,
 )
 
 HAS_CUDA = CUDA in ort.get_available_providers()

@@ -16,7 +16,7 @@ from typing import BinaryIO
 from flask import Flask, Request, Response, g, request
 
 from dhserve import __version__
-from dhserve.api import auth, problems
+from dhserve.api import auth, health, heygem, metrics, openapi, problems, ui, v1
 from dhserve.api.context import EXTENSION, ApiContext
 from dhserve.config import Settings
 from dhserve.jobs.store import JobStore
@@ -25,6 +25,7 @@ access_log = logging.getLogger("dhserve.api.access")
 UPLOAD_SLACK_BYTES = 1 << 20        # form fields and multipart framing around the two files
 MAX_JSON_BYTES = 1 << 20            # every body but an upload is small
 UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+LOGGED_JOB_CHARS = 64               # of a job id or code, the access log shows this many
 
 
 def create_app(settings: Settings | None = None, store: JobStore | None = None) -> Flask:
@@ -39,9 +40,6 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     store = store or JobStore.from_settings(settings)
     settings.temp_dir.mkdir(parents=True, exist_ok=True)
     app.extensions[EXTENSION] = ApiContext(settings, store)
-
-    from dhserve.api import health, heygem, metrics, openapi, ui, v1
-
     problems.install(app)
     auth.install(app, settings)
     for module in (heygem, v1, health, openapi, ui, metrics):
@@ -93,9 +91,15 @@ def _install_access_log(app: Flask) -> None:
         outcome = g.get("outcome")
         access_log.info("%s %s %d %.1fms%s%s", request.method, _printable(request.path),
                         response.status_code, elapsed,
-                        f" job={_printable(job)}" if job else "",
+                        f" job={_shortened(job)}" if job else "",
                         f" heygem={outcome}" if outcome is not None else "")
         return response
+
+
+def _shortened(job: str, limit: int = LOGGED_JOB_CHARS) -> str:
+    """A job id or HeyGem `code` as the log shows it: a client's 20 kB code is not a 20 kB
+    log line (a valid id is at most 128 characters, but /easy/query's code is not checked)."""
+    return _printable(job, limit) + ("…" if len(job) > limit else "")
 
 
 def _printable(text: str, limit: int = 200) -> str:

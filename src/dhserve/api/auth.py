@@ -12,11 +12,12 @@ import ipaddress
 
 from flask import Flask, Response, request
 
-from dhserve.api import ui
+from dhserve.api.heygem import refused_envelope
 from dhserve.api.problems import problem
+from dhserve.api.ui import OPEN_ENDPOINTS as UI_ENDPOINTS
 from dhserve.config import Settings
 
-OPEN_ENDPOINTS = frozenset({"health.livez", *ui.OPEN_ENDPOINTS})
+OPEN_ENDPOINTS = frozenset({"health.livez", *UI_ENDPOINTS})
 # Headers a reverse proxy adds: the peer is then the proxy, not the client, and the client
 # may be anywhere. Such a request is never exempt by its address.
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
@@ -41,8 +42,6 @@ def install(app: Flask, settings: Settings) -> None:
             if heygem_client_allowed(request.remote_addr, heygem_networks,
                                      any(h in request.headers for h in PROXY_HEADERS)):
                 return None
-            from dhserve.api.heygem import refused_envelope
-
             return refused_envelope(
                 "auth.required", f"this server needs an API key for /easy from "
                 f"{request.remote_addr or 'this client'}; HeyGem clients are served without "

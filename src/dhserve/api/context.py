@@ -1,4 +1,6 @@
-"""What every request handler shares: the settings, the job store, and the submit path."""
+"""What every request handler shares: the settings, the job store, and the reading of
+requests (JSON bodies, job ids) and writing of answers (times, paths a client may see).
+A submit's checks are dhserve.jobs.admission's."""
 
 from __future__ import annotations
 
@@ -11,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from flask import current_app, request
-from sqlalchemy.exc import DBAPIError
 
-from dhserve import metrics
-from dhserve.api.inputs import KINDS, check_media
 from dhserve.config import ServingSettings, Settings
-from dhserve.errors import InputError, StorageFull
+from dhserve.errors import InputError
+from dhserve.jobs.admission import data_roots
 from dhserve.jobs.downloads import is_url
-from dhserve.jobs.model import Job, JobSpec, WorkerInfo
-from dhserve.jobs.options import check_free_space, check_job
+from dhserve.jobs.model import WorkerInfo
 from dhserve.jobs.store import JobStore
+from dhserve.serving.plan import ServingConfigError, plan_serving
 
 EXTENSION = "dhserve"
 # A job id is a file name too (HeyGem's <code>-r.mp4), so it is kept to safe characters.
@@ -36,8 +36,6 @@ class ApiContext:
     def serving(self) -> dict[str, Any]:
         """How the service runs (layout, GPU profile, limits) as this process's plan has it;
         the launcher and Gunicorn's post_fork put the plan in the environment."""
-        from dhserve.serving.plan import ServingConfigError, plan_serving
-
         if self._serving is None:
             try:
                 self._serving = plan_serving(self.settings, ServingSettings.from_env(),
@@ -45,55 +43,6 @@ class ApiContext:
             except (ValueError, ServingConfigError) as exc:
                 self._serving = {"error": str(exc)}
         return self._serving
-
-    def submit(self, job_id: str, spec: JobSpec, record_refusal: bool = False,
-               refused: InputError | None = None,
-               named: dict[str, str] | None = None) -> tuple[Job, bool]:
-        """`named`: each input's local path -> the text the client gave for it, so that a
-        refusal names the input as the client did, not by its place on this server."""
-        job, created = self._submit(job_id, spec, record_refusal, refused, named or {})
-        if created:     # by API: the blueprint that took the request (heygem, v1, …)
-            metrics.JOBS_SUBMITTED.labels(request.blueprint or "other").inc()
-        return job, created
-
-    def _submit(self, job_id: str, spec: JobSpec, record_refusal: bool,
-                refused: InputError | None, named: dict[str, str]) -> tuple[Job, bool]:
-        """The one way a job enters the queue from HTTP; returns (job, created).
-
-        A replay (the id exists) is answered by the store alone: the same spec is the same
-        job even if its input files are gone by now. Otherwise local inputs are probed (by
-        content) and the options and model files checked. A refused input (found here, or
-        `refused` by the caller) raises, or with `record_refusal` becomes a job that failed
-        at once, for clients that only learn outcomes by polling (HeyGem's)."""
-        if self.store.exists(job_id):
-            return self.store.submit(job_id, spec)
-        try:
-            if refused is not None:
-                raise refused
-            check_free_space(self.settings)
-            check_job(self.settings, spec)          # cheap, before any input is opened
-            for kind in KINDS:
-                try:
-                    check_media(getattr(spec, kind), kind, kind, self.settings.max_input_mb,
-                                self.settings.max_video_pixels)
-                except InputError as exc:
-                    raise self.public_error(exc, named) from None
-        except (InputError, StorageFull) as exc:
-            if not record_refusal or exc.code == "request.invalid":
-                raise
-            if isinstance(exc, StorageFull):    # the job store may share the full disk
-                try:
-                    return self.store.submit(job_id, spec, failed=exc)
-                except DBAPIError:
-                    raise exc from None
-            return self.store.submit(job_id, spec, failed=exc)
-        return self.store.submit(job_id, spec)
-
-    def public_error(self, exc: InputError, named: dict[str, str] | None = None) -> InputError:
-        """`exc` with no path of this server in it: the inputs as the client named them,
-        other files relative to the data dir."""
-        reason = public_text(exc.reason, self.settings, named)
-        return exc if reason == exc.reason else InputError(exc.code, exc.field, reason)
 
     def workers(self) -> tuple[float, list[tuple[WorkerInfo, bool]]]:
         """(database time now, [(worker, alive)]): alive = heartbeated recently."""
@@ -111,12 +60,6 @@ def context() -> ApiContext:
     return current_app.extensions[EXTENSION]
 
 
-def data_roots(settings: Settings) -> list[str]:
-    """The data dir's absolute spellings (as configured, and with symlinks resolved)."""
-    roots = {os.path.abspath(settings.data_dir), os.path.realpath(settings.data_dir)}
-    return sorted((r for r in roots if r != os.sep), key=len, reverse=True)
-
-
 def public_path(path: str | None, settings: Settings, named_outside: bool = False
                 ) -> str | None:
     """A file of this server as a client may see it: relative to the data dir; outside it,
@@ -129,17 +72,6 @@ def public_path(path: str | None, settings: Settings, named_outside: bool = Fals
         if Path(path).is_relative_to(root):
             return Path(path).relative_to(root).as_posix()
     return path if named_outside else Path(path).name
-
-
-def public_text(text: str, settings: Settings, named: dict[str, str] | None = None) -> str:
-    """A message with the paths of this server taken out: the inputs' local paths become
-    the names the client gave (`named`), the data dir's prefix goes (relative paths)."""
-    for local, given in sorted((named or {}).items(), key=lambda kv: -len(kv[0])):
-        if local and local != given:
-            text = text.replace(local, given)
-    for root in data_roots(settings):
-        text = text.replace(root + os.sep, "").replace(root, "<data dir>")
-    return text
 
 
 def parse_json(text: str | bytes, field: str) -> Any:

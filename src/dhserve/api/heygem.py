@@ -16,10 +16,12 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from dhserve.api.context import check_job_id, context, json_body, public_path, public_text
+from dhserve import metrics
+from dhserve.api.context import check_job_id, context, json_body, public_path
 from dhserve.api.inputs import input_text, resolve_input, spooled_form
 from dhserve.config import Settings
 from dhserve.errors import DhserveError, InputError, StorageFull, first_line
+from dhserve.jobs.admission import admit, public_text
 from dhserve.jobs.model import Job, JobSpec, JobState
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,13 @@ def submit() -> Response:
         code = check_job_id(str(body["code"]), "code")
         g.job_id = code
         spec, refused, named = _spec(code, body)
-        ctx.submit(code, spec, record_refusal=True, refused=refused, named=named)
+        # admit() checks the job and queues it in the job store (a refused one is stored as
+        # failed, for /easy/query to tell); a render worker (jobs/worker.py) claims and renders
+        # it, writing <data dir>/temp/<code>-r.mp4.
+        _, created = admit(ctx.settings, ctx.store, code, spec, record_refusal=True,
+                           refused=refused, named=named)
+        if created:
+            metrics.JOBS_SUBMITTED.labels("heygem").inc()
     except InputError as exc:
         return envelope(MISSING, heygem_message(public_text(exc.message, ctx.settings)))
     except DhserveError as exc:

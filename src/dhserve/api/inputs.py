@@ -15,13 +15,10 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from dhserve.config import Settings
-from dhserve.engine.media import probe
 from dhserve.errors import InputError, StorageFull
 from dhserve.fsutil import remove_quietly
-from dhserve.jobs.downloads import is_url
 
 CHUNK = 1 << 20
-KINDS = ("video", "audio")
 MAX_INPUT_CHARS = 4096
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A scheme is "name://", or one of the few URI schemes written without slashes. A bare name
@@ -69,21 +66,6 @@ def resolve_input(value: object, field: str, settings: Settings) -> str:
                          f"{value} is outside the folders inputs may come from "
                          "(the data dir, or DHSERVE_INPUT_ROOTS)")
     return str(real)
-
-
-def check_media(value: str, field: str, kind: str, max_mb: float, max_pixels: int) -> None:
-    """A local input reads as media of `kind`, judged by its content (URLs are checked by
-    the worker after downloading); a picture over `max_pixels` is refused from its header,
-    before any of it is decoded."""
-    if is_url(value):
-        return
-    try:
-        info = probe(Path(value), field, max_mb, kind=kind, max_pixels=max_pixels)
-    except OSError as exc:          # a name too long for the file system, say
-        raise InputError("input.not_found", field, f"cannot use this path: "
-                         f"{exc.strerror or exc}") from None
-    if getattr(info, kind) is None:
-        raise InputError(f"{kind}.no_{kind}_stream", field, f"file has no {kind} stream")
 
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})

@@ -6,9 +6,13 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from dhserve.api.context import context
+from dhserve.api.heygem import http_error_envelope
 from dhserve.errors import DhserveError, InputError, first_line
+from dhserve.jobs.admission import public_text
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,6 @@ def problem(status: int, code: str, detail: str, field: str | None = None) -> Re
 
 
 def error_response(exc: DhserveError) -> Response:
-    from dhserve.api.context import context, public_text
-
     field = exc.field if isinstance(exc, InputError) else None
     detail = exc.reason if isinstance(exc, InputError) else exc.message
     detail = public_text(detail, context().settings)    # no path of this server
@@ -68,8 +70,6 @@ def install(app: Flask) -> None:
     @app.errorhandler(HTTPException)      # a blueprint's own handler (HeyGem's) comes first
     def _http_error(exc: HTTPException) -> Response:
         if request.path.startswith("/easy/"):     # routing errors come before blueprints
-            from dhserve.api.heygem import http_error_envelope
-
             return http_error_envelope(exc)
         status = exc.code or 500
         if isinstance(exc, RequestEntityTooLarge):
@@ -84,8 +84,6 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        from sqlalchemy.exc import DBAPIError
-
         if isinstance(exc, DBAPIError):
             log.error("job store unreachable: %s", first_line(exc))
             return problem(503, "store.unreachable", "the job store cannot be reached; "

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request, send_file, url_for
 from sqlalchemy.exc import DBAPIError
 
+from dhserve import metrics
 from dhserve.api.context import (
     check_job_id,
     context,
@@ -18,11 +19,11 @@ from dhserve.api.context import (
     json_body,
     parse_json,
     public_path,
-    public_text,
 )
-from dhserve.api.inputs import KINDS, resolve_input, save_upload, spooled_form
+from dhserve.api.inputs import resolve_input, save_upload, spooled_form
 from dhserve.errors import DhserveError, InputError
 from dhserve.fsutil import remove_quietly
+from dhserve.jobs.admission import KINDS, admit, public_text
 from dhserve.jobs.model import Job, JobSpec, JobState
 from dhserve.jobs.options import check_free_space
 
@@ -44,12 +45,14 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     try:
         options, priority = _choices(fields)
         inputs = {kind: _input(kind, fields, uploaded, named) for kind in KINDS}
-        job, created = ctx.submit(job_id, JobSpec(video=inputs["video"], audio=inputs["audio"],
-                                                  options=options, priority=priority),
-                                  named=named)
+        spec = JobSpec(video=inputs["video"], audio=inputs["audio"], options=options,
+                       priority=priority)
+        job, created = admit(ctx.settings, ctx.store, job_id, spec, named=named)
     except Exception:
         _discard(uploaded, job_id)
         raise
+    if created:
+        metrics.JOBS_SUBMITTED.labels("v1").inc()
     location = url_for("v1.get_job", job_id=job.id)
     return jsonify(job_document(job)), 202 if created else 200, {"Location": location}
 

@@ -1,4 +1,5 @@
 """One render, end to end: probe → speech → face analysis (cached) → lip-sync → MP4.
+What a render may vary and its file-only checks are in preflight.py (the web tier uses them).
 
 Streams throughout: template frames are decoded, animated and encoded batch by batch, so
 memory does not grow with the length of the video. Progress goes to a callback per batch and
@@ -16,17 +17,17 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
-from dhserve.config import Settings, option_problem
+from dhserve.config import Settings
 from dhserve.engine import audio as speech_audio
 from dhserve.engine.face import AnalysisCache, TemplateAnalysis, analyse_frames
 from dhserve.engine.face.analysis import multiple_faces_error
+from dhserve.engine.face.restore import FaceRestorer
 from dhserve.engine.frames import looped_frames, template_index
-from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, check_backend, create_backend
+from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, create_backend
 from dhserve.engine.media import (
     MediaInfo,
     Mp4Writer,
@@ -43,60 +44,18 @@ from dhserve.engine.overlay import (
     OverlayImage,
     OverlayKind,
     apply_overlays,
-    check_overlay_file,
     overlay_path,
 )
+from dhserve.engine.preflight import RenderOptions, check_models
 from dhserve.engine.progress import Progress, no_progress
 from dhserve.errors import InputError
 from dhserve.fsutil import file_digest, remove_quietly
-from dhserve.runtime.models import RESTORE, WAV2LIP, require_model
 
-if TYPE_CHECKING:   # restore.py needs ONNX Runtime; imported only when a render restores
-    from dhserve.engine.face.restore import FaceRestorer
-
+DEFAULTS = RenderOptions()
 # Share of the progress bar each stage takes.
 SPAN_PREPARE = (0.0, 0.03)
 SPAN_ANALYSE = (0.03, 0.25)
 SPAN_ANIMATE = (0.25, 0.99)
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """What one render may vary: the job's choices and the service's limits."""
-
-    backend: str = Settings.backend
-    loop: str = Settings.loop
-    x264_preset: str = Settings.x264_preset
-    crf: int = Settings.crf
-    batch_size: int = Settings.batch_size
-    multiple_faces: str = Settings.multiple_faces
-    max_input_mb: float = Settings.max_input_mb
-    max_video_seconds: float = Settings.max_video_seconds
-    max_audio_seconds: float = Settings.max_audio_seconds
-    max_video_pixels: int = Settings.max_video_pixels
-    frame_cache_mb: float = Settings.frame_cache_mb
-    face_restore: bool = False     # HeyGem's chaofen=1: restore the face after lip-sync
-    watermark: bool = False        # HeyGem's watermark_switch=1: Settings.watermark_image
-    ai_label: bool = False         # HeyGem's digital_auth=1: Settings.ai_label_image
-
-    def __post_init__(self) -> None:
-        """A job's choices are user input: a bad one is an InputError naming the option."""
-        for name in self.__dataclass_fields__:
-            problem = option_problem(name, getattr(self, name))
-            if problem:
-                raise InputError("options.invalid", name, problem)
-        for name in ("face_restore", "watermark", "ai_label"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise InputError("options.invalid", name, f"must be true or false; got {value!r}")
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **choices) -> RenderOptions:
-        """The service's defaults for every option Settings has, then the job's `choices`."""
-        names = cls.__dataclass_fields__
-        values = {name: getattr(settings, name) for name in names if hasattr(settings, name)}
-        values.update({k: v for k, v in choices.items() if v is not None})
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -141,34 +100,6 @@ def probe_inputs(video: Path, audio: Path, options: RenderOptions) -> tuple[Medi
 def _video_too_long(seconds: float, options: RenderOptions) -> InputError:
     return InputError("video.too_long", "video", f"{seconds:.1f} s is over the limit of "
                       f"{options.max_video_seconds:g} s")
-
-
-def check_models(options: RenderOptions, settings: Settings | None = None,
-                 have_backend: bool = False, have_restorer: bool = False) -> None:
-    """The model files the job's choices need (and the caller did not bring loaded) are
-    there; InputError model.missing naming the file ("needs models/GFPGANv1.4.onnx")
-    otherwise. Looks at files only (loads nothing), so a submit can be refused before it is
-    queued."""
-    settings = settings or Settings()
-    if options.face_restore and not have_restorer:
-        require_model(settings, RESTORE, "face_restore")
-    if not have_backend and check_backend(options.backend, settings) == "wav2lip":
-        require_model(settings, WAV2LIP, "backend")
-
-
-def check_overlays(options: RenderOptions, settings: Settings | None = None
-                   ) -> list[tuple[OverlayKind, Path]]:
-    """The overlays the job's choices ask for, each with its image file, checked to be
-    configured (overlay.not_configured) and a readable image (overlay.invalid). Like
-    check_models it only looks at files, so a submit can be refused before it is queued."""
-    settings = settings or Settings()
-    wanted = []
-    for kind in OVERLAY_KINDS:
-        if getattr(options, kind.option):
-            path = overlay_path(settings, kind)
-            check_overlay_file(path, kind.option)
-            wanted.append((kind, path))
-    return wanted
 
 
 def load_overlays(options: RenderOptions, settings: Settings | None = None
@@ -235,7 +166,7 @@ def analyse_template(template: MediaInfo, options: RenderOptions, cache: Analysi
     return analysis, cached
 
 
-def render(video: Path, audio: Path, out: Path, options: RenderOptions = RenderOptions(),
+def render(video: Path, audio: Path, out: Path, options: RenderOptions = DEFAULTS,
            cache: AnalysisCache | None = None, progress: Progress = no_progress,
            backend: LipSyncBackend | None = None, restorer: FaceRestorer | None = None,
            settings: Settings | None = None) -> RenderResult:
@@ -276,8 +207,6 @@ def _render(video: Path, audio: Path, out: Path, options: RenderOptions,
     backend = backend or create_backend(options.backend, settings)
     try:
         if own_restorer:
-            from dhserve.engine.face.restore import FaceRestorer
-
             restorer = FaceRestorer.from_settings(settings)
         progress.update(_span(SPAN_PREPARE, 0.3), "decoding audio")
         wav = speech_audio.decode_speech(Path(audio), "audio", options.max_input_mb,

@@ -9,7 +9,7 @@ from functools import cache
 from typing import Any
 
 from dhserve.config import Settings
-from dhserve.engine.pipeline import RenderOptions, check_models, check_overlays
+from dhserve.engine.preflight import RenderOptions, check_models, check_overlays
 from dhserve.errors import InputError, StorageFull
 from dhserve.fsutil import free_mb
 from dhserve.jobs.model import JobSpec

@@ -5,20 +5,21 @@ its inputs `source` and `target`, other exports use other names, fixed batch 1 o
 batch, float32 or float16. What must hold is the shape of each tensor; a file that differs is
 refused at load with the expected shapes in the message, not at the first frame.
 
-No ONNX Runtime import here (only inside `model_statuses`): the web tier may check which
-model files exist, and resolve "auto", without loading any inference library.
+No ONNX Runtime import here: the web tier may check which model files exist, and resolve
+"auto", without loading any inference library. What `dhserve models` lists (each file loaded
+and checked) is `dhserve.runtime.onnx.model_statuses`.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dhserve.config import Settings
+from dhserve.config import ENV_PREFIX, Settings
 from dhserve.errors import DhserveError, InputError
-from dhserve.fsutil import file_digest
 
 DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
 Dim = int | str | None     # a fixed size, or a symbolic / unknown one
@@ -64,7 +65,7 @@ WAV2LIP = ModelSpec("wav2lip", "wav2lip model", "wav2lip_model",
                     (3, 96, 96))
 RESTORE = ModelSpec("restore", "face restoration model", "restore_model",
                     (TensorRule("face", (3, 512, 512)),), (3, 512, 512))
-KNOWN_MODELS = (WAV2LIP, RESTORE)
+KNOWN_MODELS = (WAV2LIP, RESTORE)     # what `dhserve models` and the doctor list
 
 
 @dataclass(frozen=True)
@@ -148,61 +149,15 @@ def require_model(settings: Settings, spec: ModelSpec, field: str) -> Path:
     path = model_path(settings, spec)
     if not path.is_file():
         raise InputError("model.missing", field,
-                         f"needs models/{path.name} (the {spec.title}; not found in "
-                         f"{settings.models_path})")
+                         f"needs models/{path.name} (the {spec.title}; not found in the "
+                         f"models folder, {ENV_PREFIX}MODELS_DIR)")
     return path
 
 
-@dataclass(frozen=True)
-class ModelStatus:
-    """One known model file, as `dhserve models` lists it."""
-
-    kind: str                  # "wav2lip", "restore"
-    setting: str               # Settings field naming it (DHSERVE_<SETTING>)
-    name: str                  # file name
-    path: Path
-    present: bool
-    size: int | None = None    # bytes
-    sha256: str | None = None
-    valid: bool | None = None  # signature checked and right; None when absent
-    problem: str | None = None # why not valid (the ModelError's message)
-    code: str | None = None    # the ModelError's code: model.corrupt, model.bad_signature
-    tensors: str | None = None # as the file declares them: "source (N,1,80,16) float, … → …"
-    batch: int | None = None   # fixed batch size; None: dynamic (or unknown)
-    dtype: str | None = None   # "float32" | "float16"
-
-
-def _tensor(arg) -> TensorSpec:
-    """An ONNX Runtime NodeArg as a TensorSpec (symbolic dims shown as N)."""
-    return TensorSpec(arg.name, tuple(d if isinstance(d, int) else "N" for d in arg.shape),
-                      arg.type)
-
-
-def model_statuses(settings: Settings, checksum: bool = True) -> list[ModelStatus]:
-    """Every known model file: where it is looked for, whether it is there and loads with the
-    right signature. Checks on the CPU without graph optimisation (fast, no GPU needed)."""
-    from dhserve.runtime.onnx import OnnxModel, SessionConfig
-
-    statuses = []
-    for spec in KNOWN_MODELS:
-        path = model_path(settings, spec)
-        base = {"kind": spec.kind, "setting": spec.setting, "name": path.name, "path": path}
-        if not path.is_file():
-            statuses.append(ModelStatus(**base, present=False))
-            continue
-        size = path.stat().st_size
-        digest = file_digest(path) if checksum else None
-        try:
-            model = OnnxModel(spec, path, SessionConfig(), optimize=False)
-        except ModelError as exc:
-            statuses.append(ModelStatus(**base, present=True, size=size, sha256=digest,
-                                        valid=False, problem=exc.message, code=exc.code))
-            continue
-        dtype = model.signature.dtypes[spec.inputs[0].role].name
-        tensors = (", ".join(str(_tensor(t)) for t in model.session.get_inputs()) + " → "
-                   + ", ".join(str(_tensor(t)) for t in model.session.get_outputs()))
-        statuses.append(ModelStatus(**base, present=True, size=size, sha256=digest,
-                                    valid=True, batch=model.signature.batch, dtype=dtype,
-                                    tensors=tensors))
-        del model
-    return statuses
+def __getattr__(name: str):
+    """Old home of `model_statuses` / `ModelStatus` (now in dhserve.runtime.onnx, which this
+    module must not import: it loads ONNX Runtime). Kept until cli and doctor import them from
+    there; resolved on first use, so importing this module still loads no inference library."""
+    if name in ("model_statuses", "ModelStatus"):
+        return getattr(importlib.import_module("dhserve.runtime.onnx"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

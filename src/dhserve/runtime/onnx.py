@@ -1,4 +1,5 @@
-"""ONNX Runtime sessions: one factory, providers from the settings, no silent CPU fallback.
+"""ONNX Runtime sessions: one factory, providers from the settings, no silent CPU fallback;
+the status of every known model file (`dhserve models`), each loaded and checked.
 
 ONNX Runtime quietly builds a session on the CPU when the CUDA or cuDNN libraries cannot be
 loaded, and `run()` may fall back to the CPU after a GPU failure. A render that was meant for
@@ -22,12 +23,15 @@ import onnxruntime as ort
 
 from dhserve.config import Settings
 from dhserve.errors import DhserveError, first_line
+from dhserve.fsutil import file_digest
 from dhserve.runtime.models import (
     DTYPES,
+    KNOWN_MODELS,
     ModelError,
     ModelSpec,
     TensorSpec,
     check_signature,
+    model_path,
     require_model,
 )
 
@@ -290,3 +294,56 @@ def load_model(settings: Settings, spec: ModelSpec, field: str,
     """The configured model of this kind, on the configured device, signature checked."""
     path = require_model(settings, spec, field)
     return OnnxModel(spec, path, config or SessionConfig.from_settings(settings))
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One known model file, as `dhserve models` lists it."""
+
+    kind: str                  # "wav2lip", "restore"
+    setting: str               # Settings field naming it (DHSERVE_<SETTING>)
+    name: str                  # file name
+    path: Path
+    present: bool
+    size: int | None = None    # bytes
+    sha256: str | None = None
+    valid: bool | None = None  # signature checked and right; None when absent
+    problem: str | None = None # why not valid (the ModelError's message)
+    code: str | None = None    # the ModelError's code: model.corrupt, model.bad_signature
+    tensors: str | None = None # as the file declares them: "source (N,1,80,16) float, … → …"
+    batch: int | None = None   # fixed batch size; None: dynamic (or unknown)
+    dtype: str | None = None   # "float32" | "float16"
+
+
+def _tensor(arg) -> TensorSpec:
+    """An ONNX Runtime NodeArg as a TensorSpec (symbolic dims shown as N)."""
+    return TensorSpec(arg.name, tuple(d if isinstance(d, int) else "N" for d in arg.shape),
+                      arg.type)
+
+
+def model_statuses(settings: Settings, checksum: bool = True) -> list[ModelStatus]:
+    """Every known model file: where it is looked for, whether it is there and loads with the
+    right signature. Checks on the CPU without graph optimisation (fast, no GPU needed)."""
+    statuses = []
+    for spec in KNOWN_MODELS:
+        path = model_path(settings, spec)
+        base = {"kind": spec.kind, "setting": spec.setting, "name": path.name, "path": path}
+        if not path.is_file():
+            statuses.append(ModelStatus(**base, present=False))
+            continue
+        size = path.stat().st_size
+        digest = file_digest(path) if checksum else None
+        try:
+            model = OnnxModel(spec, path, SessionConfig(), optimize=False)
+        except ModelError as exc:
+            statuses.append(ModelStatus(**base, present=True, size=size, sha256=digest,
+                                        valid=False, problem=exc.message, code=exc.code))
+            continue
+        dtype = model.signature.dtypes[spec.inputs[0].role].name
+        tensors = (", ".join(str(_tensor(t)) for t in model.session.get_inputs()) + " → "
+                   + ", ".join(str(_tensor(t)) for t in model.session.get_outputs()))
+        statuses.append(ModelStatus(**base, present=True, size=size, sha256=digest,
+                                    valid=True, batch=model.signature.batch, dtype=dtype,
+                                    tensors=tensors))
+        del model
+    return statuses

@@ -9,6 +9,7 @@ lip-sync, before encoding: it sharpens the low-resolution mouth a 96x96 generato
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING, ClassVar
 
 import cv2
 import numpy as np
@@ -16,8 +17,10 @@ import numpy as np
 from dhserve.config import Settings
 from dhserve.engine.blend import paste
 from dhserve.engine.face.landmarks import MOUTH_LEFT, MOUTH_RIGHT, NOSE_TIP
-from dhserve.runtime.models import RESTORE
-from dhserve.runtime.onnx import OnnxModel, load_model
+from dhserve.runtime.models import RESTORE, ModelSpec
+
+if TYPE_CHECKING:   # ONNX Runtime is imported when the model is loaded, not with the class
+    from dhserve.runtime.onnx import OnnxModel
 
 # FFHQ alignment of GFPGAN / facexlib at 512 px: eye centres, nose tip, mouth corners,
 # in image order (the subject's right eye is on the left).
@@ -90,15 +93,21 @@ def paste_back(frame: np.ndarray, restored: np.ndarray, matrix: np.ndarray) -> n
 class FaceRestorer:
     """Restores the face of each frame that has one; shared by a worker's renders."""
 
+    model_spec: ClassVar[ModelSpec] = RESTORE     # the model file it needs
+
     def __init__(self, model: OnnxModel):
         self.model = model
-        self.size = RESTORE.inputs[0].shape[-1]
+        self.size = self.model_spec.inputs[0].shape[-1]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FaceRestorer:
         """Loads the configured model; InputError model.missing ("needs models/…") when the
         file is absent, ModelError when it is damaged or not a restoration model."""
-        return cls(load_model(settings, RESTORE, "face_restore"))
+        # Here, not at the top: a submit asks this class which model file it needs, and the
+        # web tier must not load ONNX Runtime for that.
+        from dhserve.runtime.onnx import load_model
+
+        return cls(load_model(settings, cls.model_spec, "face_restore"))
 
     def restore(self, frames: list[np.ndarray], landmarks: np.ndarray) -> list[np.ndarray]:
         """One frame per input frame; frames without a face come back unchanged."""

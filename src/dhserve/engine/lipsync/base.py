@@ -1,4 +1,5 @@
 """The lip-sync backend interface: template frames + landmarks + audio features in, frames out.
+The backends by name are the table in dhserve.engine.lipsync.
 
 A backend sees one batch at a time (the pipeline streams), so it may run batched inference
 (the `wav2lip` ONNX backend) or per-frame geometry (`classic`). It never sees files or jobs.
@@ -9,15 +10,15 @@ frames (for temporal smoothing) it declares in `context_frames` and the pipeline
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
 from dhserve.config import Settings
-from dhserve.errors import InputError
+from dhserve.runtime.models import ModelSpec
 
 
 def _no_context() -> np.ndarray:
@@ -46,9 +47,19 @@ class FrameBatch:
 
 
 class LipSyncBackend(ABC):
+    """One way of animating the mouth. The class says what it needs before any instance
+    exists (its model file, the mel features), so a submit is checked without loading it."""
+
     name: ClassVar[str]
+    model_spec: ClassVar[ModelSpec | None] = None   # its model file; None: needs no weights
     needs_mel: ClassVar[bool] = False
     context_frames: ClassVar[int] = 0   # neighbouring frames' landmarks each batch needs
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LipSyncBackend:
+        """A ready instance: its model loaded from the models folder, on the configured
+        device. A backend without a model needs nothing of the settings."""
+        return cls()
 
     @abstractmethod
     def animate(self, batch: FrameBatch) -> list[np.ndarray]:
@@ -58,58 +69,11 @@ class LipSyncBackend(ABC):
         """Releases models and sessions."""
 
 
-_REGISTRY: dict[str, Callable[[Settings], LipSyncBackend]] = {}
-
-
-def register(name: str, factory: Callable[..., LipSyncBackend],
-             with_settings: bool = False) -> None:
-    """Makes `name` a backend; `factory()` builds it, or `factory(settings)` when it needs
-    the settings (model files, device)."""
-    _REGISTRY[name] = factory if with_settings else (lambda settings: factory())
-
-
-# Registered when first used; named here so a submit can be checked without importing them.
-BUILTIN_BACKENDS = ("classic", "wav2lip")
-
-
-def available_backends() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def check_backend(name: str, settings: Settings | None = None) -> str:
-    """The concrete backend `name` stands for (see resolve_backend); InputError
-    options.unknown_backend when no backend has that name. Imports no backend, so the web
-    tier refuses a job for a backend that does not exist at submit time, not in the worker."""
-    name = resolve_backend(name, settings)
-    if name not in BUILTIN_BACKENDS and name not in _REGISTRY:
-        raise InputError("options.unknown_backend", "backend",
-                         f"unknown lip-sync backend {name!r}; available: "
-                         f"{', '.join(sorted({*BUILTIN_BACKENDS, *_REGISTRY}))}")
-    return name
-
-
-def resolve_backend(name: str, settings: Settings | None = None) -> str:
-    """The concrete backend `name` stands for: "auto" is wav2lip when its model file is in
-    the models dir, else classic. Looks at the file system only (no model is loaded), so the
-    web tier may call it for /health."""
-    if name != "auto":
-        return name
-    settings = settings or Settings()
-    model = settings.models_path / settings.wav2lip_model
-    return "wav2lip" if model.is_file() else "classic"
-
-
-def create_backend(name: str, settings: Settings | None = None) -> LipSyncBackend:
-    """A ready backend (models loaded, sessions checked) for `name`, which may be "auto".
-
-    Raises InputError options.unknown_backend for a name no backend has, model.missing when
-    the backend's model file is absent; ModelError / GpuUnavailable (dhserve.runtime.onnx)
-    for a damaged model file or an unusable GPU."""
-    _load_builtin()
-    settings = settings or Settings()
-    return _REGISTRY[check_backend(name, settings)](settings)
-
-
-def _load_builtin() -> None:
-    from dhserve.engine.lipsync import classic, wav2lip  # noqa: F401  (register themselves)
+def __getattr__(name: str):
+    """Old home of the functions on the table of backends, now in dhserve.engine.lipsync
+    (which imports this module, so this one cannot import it back). Kept until the worker,
+    the CLI, the doctor and /health import them from there."""
+    if name in ("available_backends", "backend_class", "check_backend", "create_backend",
+                "resolve_backend"):
+        return getattr(importlib.import_module("dhserve.engine.lipsync"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from dhserve.engine.blend import FaceFrame, lower_face_mask, paste
 from dhserve.engine.face.landmarks import CHIN, LOWER_INNER_LIP, UPPER_INNER_LIP
-from dhserve.engine.lipsync.base import FrameBatch, LipSyncBackend, register
+from dhserve.engine.lipsync.base import FrameBatch, LipSyncBackend
 
 MAX_OPENING = 0.30        # widest gap between the lips, as a fraction of mouth width
 GAP_HALF_WIDTH = 0.38     # the opening spans ±0.38 mouth widths: it closes before the corners
@@ -174,6 +174,3 @@ class ClassicLipSync(LipSyncBackend):
             out.append(animate_mouth(frame, points, float(openness), self.max_opening)
                        if face else frame)
         return out
-
-
-register(ClassicLipSync.name, ClassicLipSync)

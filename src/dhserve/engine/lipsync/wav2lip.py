@@ -10,15 +10,19 @@ region changes and no box edge shows. Frames without a face pass through unchang
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 import cv2
 import numpy as np
 
 from dhserve.config import Settings
 from dhserve.engine.blend import fade_edges, lower_face_mask, paste
 from dhserve.engine.face.landmarks import FACE_OVAL, MOUTH_LEFT, MOUTH_RIGHT
-from dhserve.engine.lipsync.base import FrameBatch, LipSyncBackend, register
-from dhserve.runtime.models import WAV2LIP
-from dhserve.runtime.onnx import OnnxModel, load_model
+from dhserve.engine.lipsync.base import FrameBatch, LipSyncBackend
+from dhserve.runtime.models import WAV2LIP, ModelSpec
+
+if TYPE_CHECKING:   # ONNX Runtime is imported when the model is loaded, not with the class
+    from dhserve.runtime.onnx import OnnxModel
 
 FACE_SIZE = 96
 BROWS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)   # Face Mesh upper brow points
@@ -94,6 +98,7 @@ def face_output(pred: np.ndarray) -> np.ndarray:
 
 class Wav2LipBackend(LipSyncBackend):
     name = "wav2lip"
+    model_spec: ClassVar[ModelSpec] = WAV2LIP
     needs_mel = True
     context_frames = SMOOTH_FRAMES // 2
 
@@ -102,7 +107,11 @@ class Wav2LipBackend(LipSyncBackend):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Wav2LipBackend:
-        return cls(load_model(settings, WAV2LIP, "backend"))
+        # Here, not at the top: the web tier imports this class to ask which model file it
+        # needs, and must not load ONNX Runtime for that.
+        from dhserve.runtime.onnx import load_model
+
+        return cls(load_model(settings, cls.model_spec, "backend"))
 
     def animate(self, batch: FrameBatch) -> list[np.ndarray]:
         out = list(batch.frames)
@@ -133,6 +142,3 @@ class Wav2LipBackend(LipSyncBackend):
 
     def close(self) -> None:
         self.model = None
-
-
-register(Wav2LipBackend.name, Wav2LipBackend.from_settings, with_settings=True)
