@@ -139,3 +139,18 @@ def test_jobs_submit_refuses_options_of_the_wrong_type(tmp_path, no_env, pair, d
                                        str(tmp_path / "data")])
     assert result.exit_code == 2
     assert result.output == f"error options.invalid: {detail}\n"
+
+
+HEAVY = ("dhserve.engine.pipeline", "mediapipe", "onnxruntime")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["submit", "--help"], ["jobs", "--help"]])
+def test_help_and_submit_load_no_render_pipeline(args):
+    """The commands load their modules when they run: listing them, or a client's command,
+    imports neither the render pipeline nor MediaPipe nor ONNX Runtime."""
+    probe = ("import sys\nfrom dhserve.cli import main\n"
+             f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+             f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout
