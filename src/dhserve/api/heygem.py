@@ -82,7 +82,7 @@ def submit() -> Response:
         _, created = admit(ctx.settings, ctx.store, code, spec, record_refusal=True,
                            refused=refused, named=named)
         if created:
-            metrics.JOBS_SUBMITTED.labels("heygem").inc()
+            metrics.count_submitted("heygem")
     except InputError as exc:
         return envelope(MISSING, heygem_message(public_text(exc.message, ctx.settings)))
     except DhserveError as exc:

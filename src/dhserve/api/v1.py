@@ -52,7 +52,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         _discard(uploaded, job_id)
         raise
     if created:
-        metrics.JOBS_SUBMITTED.labels("v1").inc()
+        metrics.count_submitted("v1")
     location = url_for("v1.get_job", job_id=job.id)
     return jsonify(job_document(job)), 202 if created else 200, {"Location": location}
 
