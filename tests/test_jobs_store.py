@@ -291,7 +291,7 @@ def test_concurrent_first_starts_migrate_without_racing(database_url):
 
 FIRST_CONNECTIONS = """
 import multiprocessing, sqlite3, sys
-from dhserve.jobs.store import prepare_sqlite
+from dhserve.jobs.database import prepare_sqlite
 
 def first_connection(path, job, barrier, results):
     try:

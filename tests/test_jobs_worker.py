@@ -22,8 +22,9 @@ from conftest import dhserve_process, wait_for, write_wav
 from dhserve.config import Settings
 from dhserve.engine.audio import decode_speech
 from dhserve.jobs import JobSpec, JobState, JobStore
+from dhserve.jobs.retention import prune_finished
 from dhserve.jobs.schema import jobs
-from dhserve.jobs.worker import RenderWorker, prune_finished
+from dhserve.jobs.worker import RenderWorker
 
 FAST_LEASES = {"DHSERVE_LEASE_SECONDS": "3", "DHSERVE_HEARTBEAT_SECONDS": "1",
                "DHSERVE_POLL_SECONDS": "0.5"}

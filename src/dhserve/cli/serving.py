@@ -8,14 +8,11 @@ import click
 
 from dhserve.cli.common import reported, settings_of
 from dhserve.config import LAYOUTS, MODES, PROFILE_NAMES, ServingSettings, Settings
-from dhserve.logs import configure_logging, write_in_background
+from dhserve.logs import configure_logging
 from dhserve.serving.launcher import diagnose as run_diagnosis
 from dhserve.serving.launcher import serve as run_service
-from dhserve.serving.metrics_files import join_service_metrics
 from dhserve.serving.plan import plan_serving
-from dhserve.serving.priority import yield_cpu
-from dhserve.serving.supervisor import watch_supervisor
-from dhserve.serving.watchdog import MemoryWatchdog
+from dhserve.serving.roles import become_render_worker
 
 
 def _serving(**overrides) -> ServingSettings:
@@ -25,9 +22,13 @@ def _serving(**overrides) -> ServingSettings:
         raise click.UsageError(str(exc)) from None
 
 
+def _log_level(ctx: click.Context) -> str:
+    return "DEBUG" if ctx.obj["verbose"] else "INFO"
+
+
 def _service_logging(ctx: click.Context, settings: Settings) -> None:
     """The service's processes log to stderr and <data dir>/log/dh.log, with pid and job."""
-    configure_logging(settings, "DEBUG" if ctx.obj["verbose"] else "INFO")
+    configure_logging(settings, _log_level(ctx))
 
 
 @click.command()
@@ -107,16 +108,7 @@ def worker(ctx: click.Context, max_jobs: int | None, max_memory_mb: float | None
     """Render jobs from the queue until stopped (SIGTERM/SIGINT: finish or hand back;
     SIGHUP: finish the job, then exit to be restarted)."""
     settings = settings_of(ctx, **overrides)
-    yield_cpu(settings.render_nice)     # before any thread starts: they inherit it
-    join_service_metrics(settings)      # before prometheus_client loads: `dhserve web`'s
-                                        # /metrics counts this worker's renders
-    from dhserve.jobs.worker import RenderWorker  # the render pipeline, prometheus_client
-
     limit = _serving(max_memory_mb=max_memory_mb).max_memory_mb
-    _service_logging(ctx, settings)
-    write_in_background()                     # a render worker never forks
     with reported():
-        render_worker = RenderWorker(settings,
-                                     recycle_check=MemoryWatchdog(limit or 0).over_limit)
-        watch_supervisor(render_worker.stop)      # started by `dhserve serve`: not an orphan
+        render_worker = become_render_worker(settings, limit or 0, _log_level(ctx))
         render_worker.run(max_jobs=max_jobs)

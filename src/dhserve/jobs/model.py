@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dhserve.errors import DhserveError
+
+if TYPE_CHECKING:
+    from dhserve.config import Settings
 
 
 class JobState(str, enum.Enum):
@@ -106,3 +110,9 @@ def queue_full(limit: int) -> JobError:
 
 def not_cancelable(job: Job) -> JobError:
     return JobError("job.finished", f"job {job.id!r} already finished ({job.state.value})")
+
+
+def result_path(settings: Settings, job: Job) -> Path:
+    """Where a job's result goes: the output it names (HeyGem's temp/<code>-r.mp4), else
+    results/<id>.mp4."""
+    return Path(job.spec.output) if job.spec.output else settings.results_dir / f"{job.id}.mp4"

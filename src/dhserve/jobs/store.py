@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import sqlite3
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from dhserve import metrics
 from dhserve.config import Settings
 from dhserve.errors import DhserveError, first_line
 from dhserve.jobs import migrate
+from dhserve.jobs.database import create_engine
 from dhserve.jobs.model import (
     FINISHED,
     Job,
@@ -46,10 +43,8 @@ CANCELED = {"state": JobState.CANCELED.value, "stage": "canceled",
             "error_code": "render.canceled", "error_message": "canceled on request"}
 # Failures that a resubmit of the same job retries: they pass (space freed), unlike the input
 RETRYABLE = ("storage.full",)
-SQLITE_BUSY_TIMEOUT_S = 30.0
 SUBMIT_LOCK = 0x64687366     # PostgreSQL advisory lock that keeps the queue bound exact
 REFUSAL_WINDOW_S = 3600.0    # jobs refused on arrival: at most max_queued per hour
-PG_CONNECT_TIMEOUT_S = 5     # an unreachable PostgreSQL host fails in seconds, not minutes
 FORGET_WORKER_LEASES = 10    # a worker row silent this many lease periods, holding no running
                              # job, is deleted by the reaper (it crashed; its jobs are requeued)
 
@@ -62,15 +57,25 @@ class Lease:
     cancel_requested: bool = False
 
 
+def _ignore(state: str, n: int) -> None:
+    """The default on_finished: nobody counts."""
+
+
 class JobStore:
-    """Submit, claim, report and finish jobs; shared by the web tier and the render workers."""
+    """Submit, claim, report and finish jobs; shared by the web tier and the render workers.
+
+    The store records outcomes, it does not count them: each time jobs reach a final state it
+    calls `on_finished(state, n)`, which the process that owns the store sets (the render
+    worker and the API count them in the metrics)."""
 
     def __init__(self, url: str, *, lease_seconds: float = 60.0, max_attempts: int = 3,
-                 max_queued: int = 1000, upgrade: bool = True):
+                 max_queued: int = 1000, upgrade: bool = True,
+                 on_finished: Callable[[str, int], None] = _ignore):
         self.url = url
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.max_queued = max_queued
+        self.on_finished = on_finished
         self.engine = create_engine(url)
         self.dialect = self.engine.dialect.name
         if upgrade:
@@ -136,7 +141,8 @@ class JobStore:
         records the job as failed at once with that error (inputs refused on arrival, for
         clients that learn outcomes by polling); it takes no room in the queue. A resubmit
         of a job that failed for a RETRYABLE reason (storage.full) queues it again, as new:
-        returns (job, True)."""
+        returns (job, True). A queued job is claimed by a render worker (jobs/worker.py),
+        which runs engine/pipeline.render."""
         payload = _normalised(spec.payload())
         outcome: dict[str, Any] = {"state": JobState.QUEUED.value, "stage": "queued"}
         if failed is not None:
@@ -166,7 +172,7 @@ class JobStore:
                         self._notify(conn)
             if created is not None:
                 if failed is not None:
-                    metrics.count_finished(JobState.FAILED.value)
+                    self.on_finished(JobState.FAILED.value, 1)
                 return created, True
         except sa.exc.IntegrityError:
             pass                # the id exists: a retried request, or a conflict
@@ -262,7 +268,7 @@ class JobStore:
         if state.finished:
             raise not_cancelable(job)
         if state is JobState.QUEUED:
-            metrics.count_finished(JobState.CANCELED.value)
+            self.on_finished(JobState.CANCELED.value, 1)
         return job
 
     # -- the worker's side -------------------------------------------------------------
@@ -329,7 +335,7 @@ class JobStore:
             done = conn.execute(jobs.update().where(self._mine(job_id, worker_id)).values(
                 finished_at=self._now(), lease_expires_at=None, **values)).rowcount
         if done == 1:
-            metrics.count_finished(values["state"])
+            self.on_finished(values["state"], 1)
         return done == 1
 
     def release(self, job_id: str, worker_id: str) -> bool:
@@ -346,7 +352,8 @@ class JobStore:
                 else sa.func.greatest(jobs.c.attempts - 1, 0),
                 progress=0, stage="requeued: worker stopped")).rowcount
             self._notify(conn)
-        metrics.count_finished(JobState.CANCELED.value, canceled)
+        if canceled:
+            self.on_finished(JobState.CANCELED.value, canceled)
         return canceled + done == 1
 
     def reap(self) -> int:
@@ -384,8 +391,9 @@ class JobStore:
         if forgotten:
             log.info("forgot %d render worker(s) silent for over %.0f s", forgotten,
                      FORGET_WORKER_LEASES * self.lease_seconds)
-        metrics.count_finished(JobState.CANCELED.value, canceled)
-        metrics.count_finished(JobState.FAILED.value, lost)
+        for state, n in ((JobState.CANCELED, canceled), (JobState.FAILED, lost)):
+            if n:
+                self.on_finished(state.value, n)
         if changed + requeued:
             log.warning("lease expired: %d job(s) requeued, %d finished", requeued, changed)
         return changed + requeued
@@ -439,60 +447,6 @@ class JobStore:
     def _workers(conn: Connection) -> list[WorkerInfo]:
         rows = conn.execute(sa.select(workers).order_by(workers.c.started_at))
         return [WorkerInfo(**row._mapping) for row in rows]
-
-
-def create_engine(url: str) -> Engine:
-    """The engine dhserve uses for `url`: SQLite with WAL and its own transactions,
-    PostgreSQL through psycopg with a connect timeout."""
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S,
-                                                     "check_same_thread": False})
-
-        @sa.event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection, _record) -> None:
-            prepare_sqlite(dbapi_connection)
-
-        @sa.event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            write = conn.get_execution_options().get("dhserve_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-        return engine
-    connect_args: dict[str, Any] = {}
-    parsed = sa.engine.make_url(url)
-    if parsed.drivername == "postgresql":       # SQLAlchemy would look for psycopg2
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S      # libpq: none by default
-    return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
-
-
-def prepare_sqlite(connection: sqlite3.Connection) -> None:
-    """How each SQLite connection of the store starts: its transactions are ours (BEGIN
-    IMMEDIATE for writes), it waits for locks, and the file is in WAL mode."""
-    connection.isolation_level = None       # we emit BEGIN ourselves
-    cursor = connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-    _enter_wal(cursor)
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-def _enter_wal(cursor: sqlite3.Cursor) -> None:
-    """Switches a new database file to WAL. Several processes opening a new file at once
-    meet here: the switch needs the file to themselves, and SQLite answers "database is
-    locked" at once, without its busy timeout, to all but one (a lock upgrade that could
-    deadlock). So: wait a little and retry, within the busy timeout. An existing WAL file
-    answers at once."""
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(random.uniform(0.005, 0.05))
 
 
 def _normalised(payload: dict[str, Any]) -> dict[str, Any]:

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import collections
 import functools
-import glob
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -30,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dhserve import metrics
-from dhserve.config import Settings
+from dhserve.config import Settings, diagnostic_environment
 from dhserve.engine.face import AnalysisCache
 from dhserve.engine.face.restore import FaceRestorer
 from dhserve.engine.lipsync import LipSyncBackend, create_backend
@@ -38,10 +36,10 @@ from dhserve.engine.lipsync.base import resolve_backend
 from dhserve.engine.pipeline import RenderOptions, render
 from dhserve.engine.progress import Progress
 from dhserve.errors import Canceled, DhserveError, first_line
-from dhserve.fsutil import remove_quietly
 from dhserve.jobs.downloads import download, is_url
-from dhserve.jobs.model import Job, JobState
+from dhserve.jobs.model import Job, JobState, result_path
 from dhserve.jobs.options import job_render_options
+from dhserve.jobs.retention import prune_finished, remove_earlier_partials
 from dhserve.jobs.store import JobStore
 from dhserve.jobs.wakeup import Wakeup
 from dhserve.logs import job_context
@@ -51,10 +49,6 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 1.0
 HOUSEKEEPING_INTERVAL_S = 3600.0
-STALE_PART_S = 3600.0      # a partial result this old goes, whoever holds it
-PART_GRACE_S = 60.0        # one no running job writes to goes once this old
-# the name of a result being written (engine/pipeline.py): .<result name>.<hex tag>.part
-PARTIAL_RESULT = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8,32}\.part")
 STORE_ERRORS = (sa.exc.DBAPIError,)
 FPS_WINDOW_S = 5.0          # frames per second are measured over the last few seconds
 LIP_SYNC_STAGE = "lip-sync"  # the stage whose frames are counted (engine/pipeline.py)
@@ -159,6 +153,7 @@ class RenderWorker:
         self.recycle_check = recycle_check
         self.recycle_reason: str | None = None
         self.store = store or JobStore.from_settings(settings)
+        self.store.on_finished = metrics.count_finished   # the outcomes it records count here
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.cache = AnalysisCache(settings.templates_dir)
         self._backends: dict[str, LipSyncBackend] = {}
@@ -443,85 +438,10 @@ class RenderWorker:
 
 def device_label(device: str) -> str:
     """The device as an operator knows it: under CUDA_VISIBLE_DEVICES=3, cuda:0 is GPU 3."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    visible = diagnostic_environment()["CUDA_VISIBLE_DEVICES"] or ""
     if device.startswith("cuda") and visible:
         index = int(device.partition(":")[2] or 0)
         ids = visible.split(",")
         if index < len(ids):
             return f"{device} (GPU {ids[index]})"
     return device
-
-
-def prune_finished(store: JobStore, settings: Settings) -> int:
-    """Deletes finished jobs past the retention with their results, and temporary files
-    that a killed render left behind. Returns how many jobs went."""
-    gone = store.prune(settings.retention_days * 86400)
-    for job in gone:
-        if job.result:
-            remove_quietly(Path(job.result))
-        shutil.rmtree(settings.uploads_dir / job.id, ignore_errors=True)   # its uploads
-    sweep_partials(store, settings)
-    cutoff = time.time() - STALE_PART_S
-    downloads = settings.data_dir / "downloads"
-    uploads = settings.uploads_dir      # folders of requests that never became a job
-    for path in uploads.iterdir() if uploads.is_dir() else ():
-        if path.name != ".spool" and _older_than(path, cutoff) and not store.exists(path.name):
-            shutil.rmtree(path, ignore_errors=True)
-    running = {job.id for job in store.list(JobState.RUNNING, limit=100_000)}
-    for path in downloads.iterdir() if downloads.is_dir() else ():
-        # folders are "<job id>-<attempt tag>": a long render's inputs stay while it runs
-        if path.name.rsplit("-", 1)[0] not in running and _older_than(path, cutoff):
-            shutil.rmtree(path, ignore_errors=True)
-    if gone:
-        log.info("pruned %d finished job(s) older than %g days", len(gone),
-                 settings.retention_days)
-    return len(gone)
-
-
-
-def result_path(settings: Settings, job: Job) -> Path:
-    """Where a job's result goes: the output it names (HeyGem's temp/<code>-r.mp4), else
-    results/<id>.mp4."""
-    return Path(job.spec.output) if job.spec.output else settings.results_dir / f"{job.id}.mp4"
-
-
-def sweep_partials(store: JobStore, settings: Settings) -> int:
-    """Removes the partial results that killed renders left in results/ and temp/ (only
-    names of dhserve's pattern, .<name>.<hex>.part): those no running job writes to once
-    PART_GRACE_S old, any once STALE_PART_S old. Returns how many went."""
-    found = [path for folder in (settings.results_dir, settings.temp_dir) if folder.is_dir()
-             for path in folder.iterdir() if PARTIAL_RESULT.fullmatch(path.name)]
-    if not found:
-        return 0
-    # listed after the files: a part that exists now belongs to a job running by now, or
-    # to one that has finished (and renamed or removed its part)
-    held = {result_path(settings, job).resolve()
-            for job in store.list(JobState.RUNNING, limit=100_000)}
-    now, removed = time.time(), 0
-    for path in found:
-        result = path.with_name(PARTIAL_RESULT.fullmatch(path.name)["name"]).resolve()
-        limit = STALE_PART_S if result in held else PART_GRACE_S
-        if _older_than(path, now - limit):
-            remove_quietly(path)
-            removed += 1
-    if removed:
-        log.info("removed %d partial result(s) left by interrupted renders", removed)
-    return removed
-
-
-def remove_earlier_partials(result: Path, since: float) -> None:
-    """After a job's attempt: the partial files of its earlier attempts (a worker killed
-    mid-render leaves one) go; one still being written (newer than `since`) stays."""
-    pattern = f".{glob.escape(result.name)}.*.part"
-    for path in result.parent.glob(pattern) if result.parent.is_dir() else ():
-        if PARTIAL_RESULT.fullmatch(path.name) and _older_than(path, since - 1.0):
-            remove_quietly(path)
-            log.info("removed %s, left by an earlier attempt", path.name)
-
-
-def _older_than(path: Path, cutoff: float) -> bool:
-    """False for a file that another process removed meanwhile (shared storage)."""
-    try:
-        return path.stat().st_mtime < cutoff
-    except FileNotFoundError:
-        return False

@@ -13,10 +13,11 @@ import threading
 
 from werkzeug.serving import make_server
 
+from dhserve.api import create_app
 from dhserve.config import ServingSettings, Settings
-from dhserve.logs import configure_logging, write_in_background
-from dhserve.serving.cuda_guard import NVML_CHECK
+from dhserve.logs import configure_logging
 from dhserve.serving.plan import plan_serving
+from dhserve.serving.roles import become_web_worker, start_renderer
 from dhserve.serving.supervisor import watch_supervisor
 from dhserve.signals import handle_signals
 
@@ -26,24 +27,14 @@ log = logging.getLogger("dhserve.serving")
 def serve_flask(settings: Settings, layout: str) -> int:
     """Serves until the process is told to stop or its renderer recycles; returns the exit
     status."""
-    from dhserve.api import create_app
-
-    os.environ.setdefault(*NVML_CHECK)
     plan = plan_serving(settings, ServingSettings.from_env(), default_layout=layout)
+    become_web_worker(plan)             # GPU pinning, metrics, dh.log's writer thread
     logging.getLogger("werkzeug").setLevel(logging.WARNING)    # dhserve logs each request
     host, _, port = plan.bind.rpartition(":")
     server = make_server(host.strip("[]") or "127.0.0.1", int(port), create_app(settings),
                          threaded=True)
-    renderer = None
-    if plan.renders_in_web_workers:
-        from dhserve.serving.renderer import InProcessRenderer
-
-        os.environ.update(plan.devices[0].environment())
-        renderer = InProcessRenderer.from_plan(
-            settings, plan, lambda reason: threading.Thread(target=server.shutdown).start())
-        renderer.start()
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    renderer = start_renderer(
+        settings, plan, lambda reason: threading.Thread(target=server.shutdown).start())
 
     def on_signal(*_):
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -71,7 +62,6 @@ def main() -> None:
     `dhserve serve` set."""
     settings = Settings.from_env()
     configure_logging(settings)
-    write_in_background()                   # Flask's server never forks
     sys.exit(serve_flask(settings, "split"))
 
 

@@ -11,11 +11,11 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dhserve.config import METRICS_DIR_ENV, Settings, active_metrics_dir
-from dhserve.logs import write_in_background
 from dhserve.serving.cuda_guard import (
     NVML_CHECK,
     cuda_initialised_here,
@@ -24,8 +24,12 @@ from dhserve.serving.cuda_guard import (
 )
 from dhserve.serving.metrics_files import fresh_metrics_dir, mark_dead, remove_metrics_dir
 from dhserve.serving.plan import ServingPlan
+from dhserve.serving.roles import become_web_worker, start_renderer, web_watchdog
 from dhserve.serving.supervisor import watch_supervisor
 from dhserve.serving.watchdog import MemoryWatchdog
+
+if TYPE_CHECKING:
+    from dhserve.serving.renderer import InProcessRenderer
 
 log = logging.getLogger("dhserve.serving")
 
@@ -54,6 +58,23 @@ def in_effect(cfg: Any) -> dict[str, str]:
             "GUNICORN_WORKER_CLASS": cfg.worker_class_str, "GUNICORN_TIMEOUT": str(cfg.timeout),
             "GUNICORN_GRACEFUL_TIMEOUT": str(cfg.graceful_timeout),
             "GUNICORN_KEEPALIVE": str(cfg.keepalive)}
+
+
+@dataclass
+class WorkerState:
+    """What dhserve keeps on a Gunicorn worker (`worker.dhserve`), from post_fork on."""
+
+    watchdog: MemoryWatchdog                    # web-only workers: checked after requests
+    renderer: InProcessRenderer | None = None   # all-in-one: the render loop in a thread
+    requests: int = 0                           # served, for the renderer's max_requests
+    checked: float = 0.0                        # when the watchdog last looked (monotonic)
+    stop_lock: threading.Lock = field(default_factory=threading.Lock)
+    stop_deadline: float | None = None          # set once the renderer's stop has begun
+
+
+def state_of(worker: Any) -> WorkerState | None:
+    """The worker's state; None before post_fork ran (a worker that failed to boot)."""
+    return getattr(worker, "dhserve", None)
 
 
 class ServingHooks:
@@ -132,44 +153,24 @@ class ServingHooks:
     # -- worker ------------------------------------------------------------------------------
 
     def post_fork(self, server: Any, worker: Any) -> None:
-        """Before the app (or anything else) can touch CUDA in this worker: pin its GPU. The
-        worker writes dh.log from a thread of its own (the master, which forks, does not)."""
-        write_in_background()
+        """Before the app (or anything else) can touch CUDA in this worker: it becomes a web
+        worker of the plan (serving/roles.py: its GPU pinned, its metrics and log writer)."""
         os.environ.update(self.plan.environment())        # /health shows this plan,
         os.environ.update(in_effect(server.cfg))          # as Gunicorn runs it
-        if self.plan.renders_in_web_workers:
-            device = self.plan.devices[0]
-            os.environ.update(device.environment())
-            if device.gpu is None:
-                server.log.info("Worker %s: renders on the CPU (no GPU selected)", worker.pid)
-            else:
-                gpu = next(g for g in self.plan.gpus if g["index"] == device.gpu)
-                server.log.info("Worker %s: GPU ok: GPU %s (%s, %.1f GiB) as cuda:0",
-                                worker.pid, device.gpu, gpu["name"],
-                                gpu["memory_total_mb"] / 1024)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ""   # web only: it can never make a context
-            server.log.info("Worker %s: web only, GPUs hidden (renderers are separate "
-                            "processes)", worker.pid)
+        where = become_web_worker(self.plan)
+        server.log.info("Worker %s: %s", worker.pid, where)
+        worker.dhserve = WorkerState(web_watchdog(self.plan))
 
     def post_worker_init(self, worker: Any) -> None:
-        worker.dhserve_watchdog = MemoryWatchdog(self.plan.max_memory_mb, check_gpu=False)
-        worker.dhserve_checked = 0.0
-        worker.dhserve_requests = 0
-        worker.dhserve_renderer = None
-        if not self.plan.renders_in_web_workers:
-            return
-        from dhserve.serving.renderer import InProcessRenderer  # the engine: never in the master
-
         def leave(reason: str) -> None:
             worker.log.info("Worker %s: recycling after its job (%s)", worker.pid, reason)
             os.kill(os.getpid(), signal.SIGTERM)   # seen by gthread and sync workers alike
 
-        worker.dhserve_renderer = InProcessRenderer.from_plan(self.settings, self.plan, leave)
-        worker.dhserve_renderer.start()
-        worker.dhserve_stop_lock, worker.dhserve_stop_deadline = threading.Lock(), None
-        threading.Thread(target=self._stop_when_leaving, args=(worker,), daemon=True,
-                         name="dhserve-leave-watch").start()
+        state = worker.dhserve
+        state.renderer = start_renderer(self.settings, self.plan, leave)
+        if state.renderer is not None:
+            threading.Thread(target=self._stop_when_leaving, args=(worker,), daemon=True,
+                             name="dhserve-leave-watch").start()
 
     def _stop_when_leaving(self, worker: Any) -> None:
         """The render's grace starts when the worker starts leaving — when the master's kill
@@ -181,29 +182,30 @@ class ServingHooks:
 
     def _begin_stop(self, worker: Any) -> float:
         """Starts the renderer's stop once; returns when it must have ended (monotonic)."""
-        with worker.dhserve_stop_lock:
-            if worker.dhserve_stop_deadline is None:
+        state = worker.dhserve
+        with state.stop_lock:
+            if state.stop_deadline is None:
                 grace = max(0.0, min(self.settings.stop_grace_seconds,
                                      worker.cfg.graceful_timeout - EXIT_MARGIN_S))
-                worker.dhserve_stop_deadline = time.monotonic() + grace + HAND_BACK_S
-                worker.dhserve_renderer.stop(grace)
-            return worker.dhserve_stop_deadline
+                state.stop_deadline = time.monotonic() + grace + HAND_BACK_S
+                state.renderer.stop(grace)
+            return state.stop_deadline
 
     def post_request(self, worker: Any, req: Any, environ: Any, resp: Any) -> None:
         """Recycling by requests and memory. A web-only worker leaves after this request; an
         all-in-one worker's renderer finishes its job first (Gunicorn's own max_requests is
         off there: it would cut the render short, again and again under steady polling)."""
-        renderer = worker.dhserve_renderer
-        if renderer is not None:
-            worker.dhserve_requests += 1
-            if self.plan.max_requests and worker.dhserve_requests == self.plan.max_requests:
-                renderer.recycle(f"{self.plan.max_requests} requests served")
+        state = worker.dhserve
+        if state.renderer is not None:
+            state.requests += 1
+            if self.plan.max_requests and state.requests == self.plan.max_requests:
+                state.renderer.recycle(f"{self.plan.max_requests} requests served")
             return
         now = time.monotonic()
-        if now - worker.dhserve_checked < WATCHDOG_INTERVAL_S:
+        if now - state.checked < WATCHDOG_INTERVAL_S:
             return
-        worker.dhserve_checked = now
-        reason = worker.dhserve_watchdog.over_limit()
+        state.checked = now
+        reason = state.watchdog.over_limit()
         if reason and worker.alive:
             worker.log.info("Worker %s: recycling (%s)", worker.pid, reason)
             worker.alive = False
@@ -218,7 +220,8 @@ class ServingHooks:
         self._hand_back(worker)
 
     def _hand_back(self, worker: Any) -> None:
-        renderer = getattr(worker, "dhserve_renderer", None)
+        state = state_of(worker)
+        renderer = state.renderer if state is not None else None
         if renderer is not None:
             renderer.stop(0)
             renderer.join(HAND_BACK_S)
@@ -226,7 +229,8 @@ class ServingHooks:
     def worker_exit(self, server: Any, worker: Any) -> None:
         """The worker is leaving: its render finishes within the grace (what is left of
         Gunicorn's graceful_timeout, as in effect), else is handed back."""
-        renderer = getattr(worker, "dhserve_renderer", None)
+        state = state_of(worker)
+        renderer = state.renderer if state is not None else None
         if renderer is None:
             return
         deadline = self._begin_stop(worker)

@@ -8,15 +8,18 @@ import importlib.util
 import logging
 import sys
 import time
+from typing import Any
 
 from dhserve.config import METRICS_DIR_ENV, ServingSettings, Settings
 from dhserve.fsutil import unwritable_reason
 from dhserve.runtime.gpu import gpu_summary
 from dhserve.serving.address import answers_livez, base_url, bindable
 from dhserve.serving.cuda_guard import cuda_initialised_here
+from dhserve.serving.hooks import effective_settings
 from dhserve.serving.metrics_files import fresh_metrics_dir, mark_dead, remove_metrics_dir
-from dhserve.serving.plan import FLASK_SERVER, ServingPlan, plan_serving
-from dhserve.serving.supervisor import Child, ChildSpec, Supervisor, child_environment
+from dhserve.serving.plan import FLASK_SERVER, ServingConfigError, ServingPlan, plan_serving
+from dhserve.serving.roles import render_worker_process, web_process
+from dhserve.serving.supervisor import Child, Supervisor, child_environment
 
 log = logging.getLogger("dhserve.serving")
 
@@ -42,9 +45,7 @@ def serve(settings: Settings, serving: ServingSettings, mode: str = "auto") -> i
                              METRICS_DIR_ENV: str(metrics_dir)})
     if not plan.renders_in_web_workers:
         for device in plan.devices:
-            supervisor.start(ChildSpec(f"renderer {device.label}",
-                                       [sys.executable, "-m", "dhserve.cli", "worker"],
-                                       {**env, **device.environment()}))
+            supervisor.start(render_worker_process(device, env))
     try:
         server = _start_web(supervisor, plan, env, mode)
         if server is None:
@@ -64,9 +65,7 @@ def _start_web(supervisor: Supervisor, plan: ServingPlan, env: dict[str, str],
     if mode != "flask":
         problem = gunicorn_problem()
         if problem is None:
-            child = supervisor.start(ChildSpec("web (gunicorn)",
-                                               [sys.executable, "-m", "dhserve.serving.web"],
-                                               env, capture_stderr=True))
+            child = supervisor.start(web_process("gunicorn", env))
             problem = _wait_until_serving(supervisor, child, plan.bind)
             if problem is None:
                 return "gunicorn"
@@ -81,9 +80,7 @@ def _start_web(supervisor: Supervisor, plan: ServingPlan, env: dict[str, str],
                   "without Gunicorn's worker\nrecycling. Fix the cause and restart to serve with "
                   "Gunicorn again.\n%s", rule, problem, rule)
         log.info("%s", plan.web_server_line("flask"))
-    child = supervisor.start(ChildSpec("web (flask)",
-                                       [sys.executable, "-m", "dhserve.serving.flask_server"],
-                                       env))
+    child = supervisor.start(web_process("flask", env))
     problem = _wait_until_serving(supervisor, child, plan.bind)
     if problem is not None:
         if not supervisor.stopping:
@@ -101,10 +98,8 @@ def _bound_as_gunicorn_will(plan: ServingPlan) -> ServingPlan:
     import io
 
     try:
-        from dhserve.serving.web import effective_config
-
         with contextlib.redirect_stderr(io.StringIO()):
-            binds = effective_config(plan).bind
+            binds = _effective_config(plan).bind
     except (Exception, SystemExit):  # noqa: BLE001 - a broken Gunicorn: its start says why
         return plan
     if binds and binds[0] != plan.bind:
@@ -145,10 +140,6 @@ def _gist(lines: list[str]) -> str:
     return " … ".join(dict.fromkeys(errors[-1:] + said[-1:])) or "no output"
 
 
-
-
-
-
 def _announce(settings: Settings, plan: ServingPlan, server: str) -> None:
     url = base_url(plan.bind)
     devices = ", ".join(d.label for d in plan.devices)
@@ -175,8 +166,6 @@ def _announce(settings: Settings, plan: ServingPlan, server: str) -> None:
 
 def diagnose(settings: Settings, serving: ServingSettings) -> int:
     """Prints what `serve` would do and whether it can; exit status 0, or 2 if it cannot."""
-    from dhserve.serving.plan import ServingConfigError
-
     gpu = gpu_summary()
     try:
         plan = plan_serving(settings, serving, default_layout="split", gpu=gpu)
@@ -210,20 +199,24 @@ def _gunicorn_in_effect(plan: ServingPlan) -> str:
     import contextlib
     import io
 
-    from dhserve.serving.hooks import effective_settings
-
     said = io.StringIO()
     try:
-        from dhserve.serving.web import effective_config
-
         with contextlib.redirect_stderr(said):
-            return f"gunicorn in effect: {effective_settings(effective_config(plan))}"
+            return f"gunicorn in effect: {effective_settings(_effective_config(plan))}"
     except Exception as exc:  # noqa: BLE001 - Gunicorn found but broken on import
         return f"gunicorn cannot be loaded: {type(exc).__name__}: {exc}"
     except SystemExit:
         said_lines = [line.strip() for line in said.getvalue().splitlines() if line.strip()]
         why = ([line for line in said_lines if "error:" in line] or said_lines or ["?"])[-1]
         return f"GUNICORN_CMD_ARGS cannot be parsed (Gunicorn would not start): {why}"
+
+
+def _effective_config(plan: ServingPlan) -> Any:
+    """Gunicorn's settings for the plan (serving/web.py). Imported when asked: it imports
+    Gunicorn, which may be missing or fail to import here (then Flask serves)."""
+    from dhserve.serving.web import effective_config
+
+    return effective_config(plan)
 
 
 def _version(module: str) -> str:

@@ -2,20 +2,18 @@
 (in RAM by default, Settings.metrics_path: its files are memory-mapped, and on a full disk a
 write to one faults the process with SIGBUS), removed when it stops, handed to every process
 it starts, joined by a `dhserve worker` started by hand next to a
-running service, and cleared of a process's live gauges once it exits.
-Imported by the Gunicorn master: prometheus_client is imported only once the folder is set."""
+running service, and cleared of a process's live gauges once it exits. Each process builds
+its metrics in the folder with metrics.init (serving/roles.py)."""
 
 from __future__ import annotations
 
 import atexit
-import logging
 import os
-import sys
 from pathlib import Path
 
-from dhserve.config import METRICS_DIR_ENV, Settings, active_metrics_dir
+from prometheus_client.multiprocess import mark_process_dead
 
-log = logging.getLogger(__name__)
+from dhserve.config import Settings, active_metrics_dir
 
 OWNER_FILE = "owner.pid"        # the process that made the folder, alive while it serves
 
@@ -57,9 +55,9 @@ def remove_metrics_dir(path: Path) -> None:
 def join_service_metrics(settings: Settings) -> Path | None:
     """For a process started by hand (`dhserve worker`, `dhserve jobs cancel`): when a
     service on this machine (`dhserve web`, Gunicorn) owns settings.metrics_path, this
-    process's metrics go there too, so that service's /metrics counts them; its live gauges
-    leave when it exits. Must run before prometheus_client is imported (it reads the folder
-    once); returns the folder, or None when there is no service to join."""
+    process's metrics go there too (metrics.init), so that service's /metrics counts them;
+    its live gauges leave when it exits. Returns the folder, or None when there is no
+    service to join."""
     given = active_metrics_dir()
     if given is not None:
         return given                            # started by `dhserve serve`, or set by hand
@@ -70,11 +68,7 @@ def join_service_metrics(settings: Settings) -> Path | None:
         return None
     if not _alive(owner):
         return None
-    if "prometheus_client" in sys.modules:      # too late: its values are in memory already
-        log.warning("metrics not shared with the service: prometheus_client already loaded")
-        return None
     folder = folder.resolve()
-    os.environ[METRICS_DIR_ENV] = str(folder)
     atexit.register(mark_dead, os.getpid(), folder)
     return folder
 
@@ -84,8 +78,6 @@ def mark_dead(pid: int, folder: Path | None) -> None:
     histograms stay, as counters must."""
     if folder is None:
         return
-    from prometheus_client.multiprocess import mark_process_dead
-
     mark_process_dead(pid, str(folder))
 
 

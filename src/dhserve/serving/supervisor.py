@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import dhserve
+
 log = logging.getLogger("dhserve.serving")
 
 MAX_BACKOFF_S = 30.0
@@ -207,8 +209,6 @@ def child_environment(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment plus `extra`, with dhserve importable in the child however
     this process found it (installed, or a script that put src/ on sys.path): no
     ModuleNotFoundError from a child started in another directory."""
-    import dhserve
-
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(dhserve.__file__)))
     env = {**os.environ, **extra, SUPERVISOR_PID: str(os.getpid())}
     if os.path.basename(package_root) not in ("site-packages", "dist-packages"):

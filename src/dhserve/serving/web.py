@@ -12,8 +12,9 @@ from gunicorn.app.base import Application
 
 from dhserve.config import ServingSettings, Settings
 from dhserve.logs import logging_config
+from dhserve.serving import roles
 from dhserve.serving.hooks import ServingHooks
-from dhserve.serving.plan import ServingPlan, plan_serving
+from dhserve.serving.plan import ServingConfigError, ServingPlan, plan_serving
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,7 @@ class WebApplication(Application):
         """Application's hook for its own command line, which load_config does not read."""
 
     def load(self):
-        from dhserve.api import create_app
-
-        return create_app(self.settings)
+        return roles.load("app")(self.settings)     # in the worker, after the fork
 
 
 def apply_cmd_args(cfg: Any, load_file: Any = None) -> list[str]:
@@ -91,8 +90,6 @@ def run_gunicorn(settings: Settings, plan: ServingPlan) -> None:
 def config_file_settings(default_layout: str = "all-in-one") -> dict[str, Any]:
     """What gunicorn.conf.py gives Gunicorn. A configuration that cannot work ends the start
     with its reason, not a traceback."""
-    from dhserve.serving.plan import ServingConfigError
-
     try:
         settings = Settings.from_env()
         plan = plan_serving(settings, ServingSettings.from_env(), default_layout)
