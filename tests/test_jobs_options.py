@@ -6,7 +6,7 @@ import pytest
 from dhserve.config import Settings
 from dhserve.errors import InputError
 from dhserve.jobs import JobSpec
-from dhserve.jobs.options import check_job
+from dhserve.jobs.admission import check_job
 
 
 def spec(**options) -> JobSpec:

@@ -14,7 +14,7 @@ from dhserve.engine.pipeline import RenderOptions, render
 from dhserve.engine.progress import CallbackProgress
 from dhserve.errors import InputError
 from dhserve.jobs import JobSpec
-from dhserve.jobs.options import check_job
+from dhserve.jobs.admission import check_job
 
 MAGENTA = (255, 0, 255)
 GREEN = (0, 200, 0)

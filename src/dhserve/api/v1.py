@@ -23,9 +23,8 @@ from dhserve.api.context import (
 from dhserve.api.inputs import resolve_input, save_upload, spooled_form
 from dhserve.errors import DhserveError, InputError
 from dhserve.fsutil import remove_quietly
-from dhserve.jobs.admission import KINDS, admit, public_text
+from dhserve.jobs.admission import KINDS, admit, check_free_space, public_text
 from dhserve.jobs.model import Job, JobSpec, JobState
-from dhserve.jobs.options import check_free_space
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
 

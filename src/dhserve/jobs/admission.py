@@ -16,10 +16,12 @@ from sqlalchemy.exc import DBAPIError
 
 from dhserve.config import Settings
 from dhserve.engine.media import probe
+from dhserve.engine.preflight import RenderOptions, check_models, check_overlays
 from dhserve.errors import InputError, StorageFull
+from dhserve.fsutil import free_mb
 from dhserve.jobs.downloads import is_url
 from dhserve.jobs.model import Job, JobSpec
-from dhserve.jobs.options import check_free_space, check_job
+from dhserve.jobs.options import job_render_options
 from dhserve.jobs.store import JobStore
 
 KINDS = ("video", "audio")
@@ -65,6 +67,26 @@ def admit(settings: Settings, store: JobStore, job_id: str, spec: JobSpec,
                 raise exc from None
         return store.submit(job_id, spec, failed=exc)
     return store.submit(job_id, spec)
+
+
+def check_free_space(settings: Settings) -> None:
+    """StorageFull when the data dir has less free space than DHSERVE_MIN_FREE_MB: a new job
+    would fail anyway, and a full disk is worse for the jobs already there."""
+    free = free_mb(settings.data_dir)
+    if free < settings.min_free_mb:
+        raise StorageFull(f"the server's storage is full ({free:.0f} MB free, "
+                          f"{settings.min_free_mb:g} MB needed for new jobs); "
+                          "try again later")
+
+
+def check_job(settings: Settings, spec: JobSpec) -> RenderOptions:
+    """What a submit checks before queueing: the options, that the model files they need are
+    present ("needs models/GFPGANv1.4.onnx"), and that the overlays they ask for are
+    configured and readable images. Reads files only; loads no model."""
+    options = job_render_options(settings, spec.options)
+    check_models(options, settings)
+    check_overlays(options, settings)
+    return options
 
 
 def check_media(value: str, field: str, kind: str, max_mb: float, max_pixels: int) -> None:

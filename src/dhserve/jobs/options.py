@@ -1,7 +1,9 @@
-"""A job's render choices: which ones a client may make, checked before the job is queued."""
+"""A job's render choices: which ones a client may make, and of what JSON type (admission
+checks them before the job is queued; the worker reads them again when it renders)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import typing
@@ -9,10 +11,8 @@ from functools import cache
 from typing import Any
 
 from dhserve.config import Settings
-from dhserve.engine.preflight import RenderOptions, check_models, check_overlays
-from dhserve.errors import InputError, StorageFull
-from dhserve.fsutil import free_mb
-from dhserve.jobs.model import JobSpec
+from dhserve.engine.preflight import RenderOptions
+from dhserve.errors import InputError
 
 # Service limits and the batch size (memory) stay the operator's; a job may choose the rest.
 NOT_JOB_OPTIONS = frozenset({"max_input_mb", "max_video_seconds", "max_audio_seconds",
@@ -83,21 +83,9 @@ def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOpt
     return RenderOptions.from_settings(settings, **options)
 
 
-def check_free_space(settings: Settings) -> None:
-    """StorageFull when the data dir has less free space than DHSERVE_MIN_FREE_MB: a new job
-    would fail anyway, and a full disk is worse for the jobs already there."""
-    free = free_mb(settings.data_dir)
-    if free < settings.min_free_mb:
-        raise StorageFull(f"the server's storage is full ({free:.0f} MB free, "
-                          f"{settings.min_free_mb:g} MB needed for new jobs); "
-                          "try again later")
-
-
-def check_job(settings: Settings, spec: JobSpec) -> RenderOptions:
-    """What a submit checks before queueing: the options, that the model files they need are
-    present ("needs models/GFPGANv1.4.onnx"), and that the overlays they ask for are
-    configured and readable images. Reads files only; loads no model."""
-    options = job_render_options(settings, spec.options)
-    check_models(options, settings)
-    check_overlays(options, settings)
-    return options
+def __getattr__(name: str):
+    """Old home of check_free_space and check_job, now dhserve.jobs.admission's (which
+    imports this module). Kept until `dhserve jobs submit` calls admit()."""
+    if name in ("check_free_space", "check_job"):
+        return getattr(importlib.import_module("dhserve.jobs.admission"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
