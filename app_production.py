@@ -8,7 +8,7 @@ import sys
 import _checkout
 
 _checkout.ensure_dhserve()
-from dhserve.serving.classic import run
+from dhserve.legacy_scripts import run
 
 
 def __getattr__(name: str):

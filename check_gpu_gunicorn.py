@@ -9,7 +9,7 @@ import sys
 import _checkout
 
 _checkout.ensure_dhserve()
-from dhserve.serving.classic import run
+from dhserve.legacy_scripts import run
 
 if __name__ == "__main__":
     sys.exit(run("check_gpu_gunicorn.py", ["doctor"], sys.argv[1:]))

@@ -8,7 +8,7 @@ import sys
 import _checkout
 
 _checkout.ensure_dhserve()
-from dhserve.serving.classic import run
+from dhserve.legacy_scripts import run
 
 if __name__ == "__main__":
     sys.exit(run("start_simple_gpu_server.py", ["serve", "--layout", "all-in-one"],

@@ -24,7 +24,7 @@ import requests
 from conftest import EXAMPLES, wait_for
 from serving_support import ServiceProcess, dhserve_cli, stage_example
 
-from dhserve.client import Client, ClientError, Job
+from dhserve.client import Client, ClientError, JobStatus
 from dhserve.engine.media import probe
 
 KEY = "client-test-key"
@@ -76,7 +76,7 @@ def test_paths_are_uploaded_progress_rises_to_100_and_the_mp4_downloads(client, 
     for stored, source in ((job.video, EXAMPLES / "avatar.mp4"),   # a Path and a str alike,
                            (job.audio, EXAMPLES / "speech.wav")):  # byte for byte
         assert sha256(server.data / stored) == sha256(source), stored
-    updates: list[Job] = []
+    updates: list[JobStatus] = []
     final = client.wait(job, on_progress=updates.append, timeout=120, interval=0.2)
     assert final.state == "succeeded" and final.progress == 100
     progress = [u.progress for u in updates]
@@ -469,7 +469,7 @@ def test_wait_rides_out_a_restart_until_its_deadline(stub):
             send(h, 200, job_document("j", "running" if n < 6 else "succeeded", "/r"))
 
     client = Client(stub(answer).url)
-    updates: list[Job] = []
+    updates: list[JobStatus] = []
     retries: list[ClientError] = []
     final = client.wait("j", on_progress=updates.append, on_retry=retries.append, timeout=30,
                         interval=0.05)

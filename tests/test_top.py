@@ -17,8 +17,8 @@ from conftest import wait_for
 from dhserve.config import Settings
 from dhserve.jobs import JobSpec, JobStore
 from dhserve.jobs.schema import workers
-from dhserve.monitor import _age, render_snapshot, take_snapshot
 from dhserve.runtime.gpu import gpu_summary
+from dhserve.top import _age, render_snapshot, take_snapshot
 
 SPEC = JobSpec(video="avatar.mp4", audio="speech.wav")
 

@@ -70,7 +70,7 @@ class JobResult:
 
 
 @dataclass(frozen=True)
-class Job:
+class JobStatus:
     """A job as the server last showed it."""
 
     id: str
@@ -94,7 +94,7 @@ class Job:
         return self.state in FINISHED
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any]) -> Job:
+    def from_document(cls, doc: dict[str, Any]) -> JobStatus:
         error = doc.get("error") or {}
         result = doc.get("result")
         return cls(
@@ -128,7 +128,7 @@ class Client:
     # -- jobs
 
     def submit(self, video: Input, audio: Input, *, job_id: str | None = None,
-               priority: int = 0, **options: Any) -> Job:
+               priority: int = 0, **options: Any) -> JobStatus:
         """Queues a render. A `Path`, or a string naming an existing local file, is uploaded
         (streamed from disk); a `ServerFile`, or any other string (an http(s) URL, a name in
         the server's temp/, a path inside its data dir), is passed for the server to
@@ -149,10 +149,10 @@ class Client:
         form = _Multipart(fields)
         return self._job(self._json("POST", "/v1/jobs", form, {**headers, **form.headers}))
 
-    def get(self, job: Job | str) -> Job:
+    def get(self, job: JobStatus | str) -> JobStatus:
         return self._job(self._json("GET", f"/v1/jobs/{_job_id(job)}"))
 
-    def list(self, state: str | None = None, limit: int = 50) -> list[Job]:
+    def list(self, state: str | None = None, limit: int = 50) -> list[JobStatus]:
         """Recent jobs, newest first."""
         query = urlencode({k: v for k, v in {"state": state, "limit": limit}.items() if v})
         doc = self._json("GET", f"/v1/jobs?{query}")
@@ -160,15 +160,15 @@ class Client:
             raise self._bad_response(f"no job list in {str(doc)[:200]!r}")
         return [self._job(d) for d in doc["jobs"]]
 
-    def cancel(self, job: Job | str) -> Job:
+    def cancel(self, job: JobStatus | str) -> JobStatus:
         """A queued job ends at once; a running one stops at its next frame batch (the job
         returned is then still running, with cancel_requested set)."""
         return self._job(self._json("DELETE", f"/v1/jobs/{_job_id(job)}"))
 
-    def wait(self, job: Job | str, on_progress: Callable[[Job], None] | None = None,
+    def wait(self, job: JobStatus | str, on_progress: Callable[[JobStatus], None] | None = None,
              timeout: float | None = None, interval: float = 0.5,
              on_retry: Callable[[ClientError], None] | None = None,
-             max_outage: float | None = 300.0) -> Job:
+             max_outage: float | None = 300.0) -> JobStatus:
         """Polls until the job has finished and returns it, whatever its outcome (check
         `state`). `on_progress` gets the job each time its state, progress or stage change,
         the last time with the final job. Raises `client.timeout` after `timeout` seconds.
@@ -207,12 +207,12 @@ class Client:
                                   f"{current.state} ({current.progress} %) after {timeout:g} s")
             time.sleep(interval)
 
-    def download(self, job: Job | str, path: str | os.PathLike) -> Path:
+    def download(self, job: JobStatus | str, path: str | os.PathLike) -> Path:
         """Streams the job's MP4 to `path` (a folder: `<job id>.mp4` in it), written under a
         temporary name, then renamed, so `path` is never a partial file."""
         path = Path(path)
         if path.is_dir():
-            path = path / f"{job.id if isinstance(job, Job) else job}.mp4"
+            path = path / f"{job.id if isinstance(job, JobStatus) else job}.mp4"
         partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
         try:
             with self._open("GET", f"/v1/jobs/{_job_id(job)}/result") as response:
@@ -243,9 +243,9 @@ class Client:
             raise self._bad_response(f"{method} {path} answered {response.status} with "
                                      f"something that is not JSON: {raw[:200]!r}") from None
 
-    def _job(self, doc: Any) -> Job:
+    def _job(self, doc: Any) -> JobStatus:
         try:
-            return Job.from_document(doc)
+            return JobStatus.from_document(doc)
         except (KeyError, TypeError, ValueError, AttributeError):
             raise self._bad_response(f"not a job document: {str(doc)[:200]!r}") from None
 
@@ -334,8 +334,8 @@ def _received(response: Any, base_url: str) -> Iterator[bytes]:
                           f"{received} of {int(expected)} bytes")
 
 
-def _job_id(job: Job | str) -> str:
-    return quote(job.id if isinstance(job, Job) else str(job), safe="")
+def _job_id(job: JobStatus | str) -> str:
+    return quote(job.id if isinstance(job, JobStatus) else str(job), safe="")
 
 
 class ServerFile(str):

@@ -13,7 +13,7 @@ from dhserve.doctor import GROUPS as DOCTOR_GROUPS
 from dhserve.doctor import run_checks
 from dhserve.engine.lipsync import resolve_backend
 from dhserve.jobs import JobStore
-from dhserve.monitor import run_top
+from dhserve.top import run_top
 
 
 @click.command()
