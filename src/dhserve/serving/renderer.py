@@ -7,7 +7,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
-import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from dhserve.config import Settings
+from dhserve.config import Settings, diagnostic_environment
 from dhserve.jobs.worker import RenderWorker
 from dhserve.serving.plan import ServingPlan
 from dhserve.serving.watchdog import MemoryWatchdog
@@ -34,7 +33,7 @@ def device_lock(settings: Settings, stopping: threading.Event) -> Iterator[bool]
     if settings.device == "cpu":
         yield True
         return
-    gpu = os.environ.get("CUDA_VISIBLE_DEVICES") or settings.device
+    gpu = diagnostic_environment()["CUDA_VISIBLE_DEVICES"] or settings.device
     key = hashlib.sha1(str(settings.data_dir.resolve()).encode()).hexdigest()[:12]
     path = Path(tempfile.gettempdir()) / f"dhserve-renderer-{key}-gpu{gpu}.lock"
     with open(path, "a") as handle:

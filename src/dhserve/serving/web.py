@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from gunicorn.app.base import Application
+from gunicorn.config import Config
 
 from dhserve.config import ServingSettings, Settings
 from dhserve.logs import logging_config
@@ -66,8 +67,6 @@ def apply_cmd_args(cfg: Any, load_file: Any = None) -> list[str]:
 def effective_config(plan: ServingPlan) -> Any:
     """Gunicorn's Config as `dhserve serve` would run the plan: its options with
     GUNICORN_CMD_ARGS over them (hooks and log set-up left out: they make folders)."""
-    from gunicorn.config import Config
-
     cfg = Config()
     for key, value in plan.gunicorn_options().items():
         if key in cfg.settings:
