@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import sys
 
+try:
+    from dhserve.cli import main
+except ModuleNotFoundError as exc:      # a script run by a python without dhserve's packages
+    main, _missing = None, exc          # says so when it runs, not with a traceback
+
 
 def run(script: str, serve_args: list[str], argv: list[str],
         modes: tuple[str, ...] = ()) -> int:
@@ -20,11 +25,9 @@ def run(script: str, serve_args: list[str], argv: list[str],
         print(f"usage: python {script}{usage} [dhserve {serve_args[0]} options]\n"
               f"runs: dhserve {' '.join(serve_args)}\n")
         argv = ["--help"]
-    try:
-        from dhserve.cli import main
-    except ModuleNotFoundError as exc:
-        print(f"{script}: dhserve's dependencies are missing for {sys.executable} ({exc}); "
-              "run ./dev setup and use .venv/bin/python", file=sys.stderr)
+    if main is None:
+        print(f"{script}: dhserve's dependencies are missing for {sys.executable} "
+              f"({_missing}); run ./dev setup and use .venv/bin/python", file=sys.stderr)
         return 1
     try:
         main([*args[:1], *args[1:], *argv], prog_name=script, standalone_mode=False)

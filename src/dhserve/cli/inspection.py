@@ -46,7 +46,7 @@ def models(ctx: click.Context, no_checksum: bool) -> None:
 
     Exit status 0 when every present file is valid, 1 when one is not."""
     # checking a model file opens it with ONNX Runtime, which `dhserve --help` must not load
-    from dhserve.runtime.models import model_statuses
+    from dhserve.runtime.onnx import model_statuses
 
     settings = settings_of(ctx)
     statuses = model_statuses(settings, checksum=not no_checksum)

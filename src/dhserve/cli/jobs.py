@@ -10,11 +10,10 @@ from pathlib import Path
 import click
 
 from dhserve.cli.common import reported, settings_of
-from dhserve.serving.metrics_files import join_service_metrics
-
-# Every dhserve.jobs module loads the store and, with it, prometheus_client, which reads its
-# metrics folder once: a cancel must join the service's folder first, so this module imports
-# them in the commands (issue 19 item 3, metrics set up by an explicit init, lifts this).
+from dhserve.jobs import JobSpec, JobStore
+from dhserve.jobs.admission import admit
+from dhserve.jobs.downloads import is_url
+from dhserve.serving.roles import count_in_service
 
 
 @click.group()
@@ -30,12 +29,11 @@ def _store(ctx: click.Context, counted: bool = False):
     """The job store; `counted`: the command records metrics (a cancel), which go to a
     running service's metrics folder on this machine."""
     settings = settings_of(ctx, database_url=ctx.obj.get("database_url"))
-    if counted:
-        join_service_metrics(settings)          # before prometheus_client loads
-    from dhserve.jobs import JobStore
-
     with reported():
-        return settings, JobStore.from_settings(settings)
+        store = JobStore.from_settings(settings)
+    if counted:
+        count_in_service(settings, store)
+    return settings, store
 
 
 def _job_line(job) -> str:
@@ -56,10 +54,6 @@ def _job_line(job) -> str:
 def jobs_submit(ctx: click.Context, video: str, audio: str, job_id: str | None,
                 out: str | None, priority: int, pairs: tuple[str, ...]) -> None:
     """Queue a render job; prints its id."""
-    from dhserve.jobs import JobSpec
-    from dhserve.jobs.downloads import is_url
-    from dhserve.jobs.options import check_free_space, check_job  # and the render pipeline
-
     options = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
@@ -76,11 +70,9 @@ def jobs_submit(ctx: click.Context, video: str, audio: str, job_id: str | None,
 
     spec = JobSpec(located(video), located(audio), located(out) if out else None, options,
                    priority)
-    with reported():
-        if not store.exists(job_id or ""):     # a replay is answered whatever the space
-            check_free_space(settings)
-        check_job(settings, spec)
-        job, created = store.submit(job_id or uuid.uuid4().hex, spec)
+    with reported():        # the checks of /easy and /v1: a refusal reads the same
+        job, created = admit(settings, store, job_id or uuid.uuid4().hex, spec,
+                             named={spec.video: video, spec.audio: audio})
     click.echo(job.id if created else f"{job.id} (already queued: same id and inputs)")
 
 

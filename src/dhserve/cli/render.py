@@ -12,6 +12,8 @@ import click
 
 from dhserve.cli.common import ProgressBar, reported, settings_of
 from dhserve.config import LOOP_MODES, MULTIPLE_FACE_POLICIES, X264_PRESETS, Settings
+from dhserve.engine.face import AnalysisCache
+from dhserve.engine.preflight import RenderOptions
 from dhserve.engine.progress import CallbackProgress
 from dhserve.errors import DhserveError, first_line
 
@@ -65,10 +67,8 @@ def render(ctx: click.Context, video_arg: Path | None, audio_arg: Path | None,
     out = out or settings.results_dir / f"{video.stem}-{audio.stem}.mp4"
     with ProgressBar(quiet) as bar, reported(bar.finish), \
             _internal_errors(settings, ctx.obj.get("verbose"), bar.finish):
-        # the render pipeline (PyAV, OpenCV, MediaPipe, ONNX Runtime) loads only to render:
-        # `dhserve --help` lists this command without it; its import errors are reported
-        from dhserve.engine.face import AnalysisCache
-        from dhserve.engine.pipeline import RenderOptions
+        # the render pipeline (MediaPipe, ONNX Runtime) loads only to render: `dhserve --help`
+        # lists this command without it; its import errors are reported as render.internal
         from dhserve.engine.pipeline import render as render_video
 
         options = RenderOptions.from_settings(
