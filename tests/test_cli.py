@@ -144,7 +144,11 @@ def test_jobs_submit_refuses_options_of_the_wrong_type(tmp_path, no_env, pair, d
 HEAVY = ("dhserve.engine.pipeline", "mediapipe", "onnxruntime")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["submit", "--help"], ["jobs", "--help"]])
+@pytest.mark.parametrize("args", [
+    ["--help"], ["submit", "--help"], ["jobs", "--help"],
+    ["submit", "--video", "absent.mp4", "--audio", "absent.wav", "--server",
+     "http://127.0.0.1:9"],
+])
 def test_help_and_submit_load_no_render_pipeline(args):
     """The commands load their modules when they run: listing them, or a client's command,
     imports neither the render pipeline nor MediaPipe nor ONNX Runtime."""
