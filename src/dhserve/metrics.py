@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psutil
 from prometheus_client import (
@@ -155,18 +155,6 @@ def count_finished(state: str, n: int = 1) -> None:
     on_finished)."""
     if n > 0:
         _metrics().jobs_finished.labels(state).inc(n)
-
-
-# the metric objects under their former names (api/context.py counts JOBS_SUBMITTED)
-_FORMER_NAMES = {"JOBS_SUBMITTED": "jobs_submitted", "JOBS_FINISHED": "jobs_finished",
-                 "QUEUE_WAIT": "queue_wait", "RENDER_DURATION": "render_duration",
-                 "RENDER_FPS": "render_fps", "HTTP_DURATION": "http_duration"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FORMER_NAMES:
-        return getattr(_metrics(), _FORMER_NAMES[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ServiceCollector:
