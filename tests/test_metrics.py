@@ -195,6 +195,24 @@ def test_an_unreachable_store_leaves_the_rest_of_the_metrics(service, postgres_u
     assert total(samples, "dhserve_http_request_duration_seconds_count", route="/metrics") >= 1
 
 
+def test_importing_the_metrics_makes_nothing_and_the_store_counts_nothing(tmp_path):
+    """Metrics are built by an explicit init (serving/roles.py), not by an import: importing
+    dhserve.metrics makes no folder; the job store never loads the metrics."""
+    folder = tmp_path / "not-yet"
+    probe = ("import sys; import dhserve.metrics; import dhserve.jobs.store\n"
+             "from dhserve.jobs import JobStore\n"
+             "print('prometheus_client' in sys.modules, 'dhserve.metrics' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)},
+                          check=True)
+    assert not folder.exists()
+    store_probe = "import sys; import dhserve.jobs.store; print('dhserve.metrics' in sys.modules)"
+    store_only = subprocess.run([sys.executable, "-c", store_probe], capture_output=True,
+                                text=True, check=True)
+    assert store_only.stdout.split() == ["False"], store_only.stdout
+    assert done.stdout.split() == ["True", "True"]
+
+
 def test_a_store_that_never_answers_costs_a_scrape_seconds_not_minutes():
     """A PostgreSQL host that accepts the connection and then says nothing (as a hung or
     firewalled one): the scrape answers within the store's connect timeout, store down."""
