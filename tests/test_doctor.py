@@ -18,10 +18,20 @@ from conftest import ROOT
 from serving_support import free_port
 
 from dhserve.config import Settings
-from dhserve.doctor import GROUPS, probes, run_checks
-from dhserve.doctor.checks import ERROR, OK, WARNING, Facts, gpu_checks, guarded, pytorch_verdict
+from dhserve.doctor import GROUPS, run_checks
+from dhserve.doctor.base import ERROR, OK, WARNING, Facts, ProbeResult, guarded, run_probe
+from dhserve.doctor.gpu import gpu_checks
 from dhserve.doctor.gunicorn import filesystem_type
-from dhserve.doctor.providers import CPU, CUDA, TENSORRT, failure_reason, provider_check, tiny_model
+from dhserve.doctor.onnxruntime import (
+    CPU,
+    CUDA,
+    SESSION_PROBE,
+    TENSORRT,
+    failure_reason,
+    provider_check,
+    tiny_model,
+)
+from dhserve.doctor.pytorch import pytorch_verdict
 
 # What NVML reports on a machine with one 24 GB GPU: the config files below are built for it,
 # the way dhserve's gunicorn.conf.py builds its settings on such a machine.
@@ -160,6 +170,50 @@ def test_only_the_groups_asked_for_run(tmp_path, env):
     assert code == 0 and {c["group"] for c in report["checks"]} == {"network"}
     assert find(report, "network", "port")["data"]["bind"] == f"127.0.0.1:{port}"
     assert (tmp_path / "loaded").read_text() == "x"
+
+
+@pytest.mark.parametrize(("groups", "not_loaded"), [
+    (["network"], ("onnxruntime", "av", "sqlalchemy", "torch")),
+    (["system", "gpu", "gunicorn"], ("onnxruntime", "av", "sqlalchemy", "torch")),
+    (["storage"], ("onnxruntime", "av", "torch")),
+    (["media"], ("onnxruntime", "sqlalchemy", "torch")),
+], ids=["network", "system-gpu-gunicorn", "storage", "media"])
+def test_a_group_loads_only_what_it_checks(tmp_path, env, groups, not_loaded):
+    """Each group's module is imported only when its group runs: `--only network` brings no
+    ONNX Runtime into the process."""
+    statement = ("import sys\nfrom dhserve.doctor import run_checks\n"
+                 f"report = run_checks(groups={groups!r})\n"
+                 "print(sorted({c.group for c in report.checks}))\n"
+                 f"print([m for m in {not_loaded!r} if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", statement], cwd=tmp_path,
+                          env=clean_environ(**env), capture_output=True, text=True,
+                          timeout=120, check=True)
+    ran, loaded = done.stdout.splitlines()[-2:]
+    assert ran == str(sorted(groups)) and loaded == "[]", done.stdout
+
+
+def test_the_doctor_modules_import_one_way():
+    """No import cycle among dhserve.doctor's modules, counting imports inside functions
+    too: each group module loads on its own, and the framework (base) needs no group."""
+    import ast
+
+    folder = ROOT / "src" / "dhserve" / "doctor"
+    graph = {}
+    for path in folder.glob("*.py"):
+        name = "dhserve.doctor" + ("" if path.stem == "__init__" else f".{path.stem}")
+        tree = ast.parse(path.read_text())
+        nodes = list(ast.walk(tree))
+        graph[name] = {node.module for node in nodes if isinstance(node, ast.ImportFrom)
+                       and (node.module or "").startswith("dhserve.doctor")}
+        graph[name] |= {alias.name for node in nodes if isinstance(node, ast.Import)
+                        for alias in node.names if alias.name.startswith("dhserve.doctor")}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt}))
+                   for nxt in graph.get(start, ()))
+
+    assert graph["dhserve.doctor.base"] == set()
+    assert [name for name in graph if reaches(name, name, set())] == []
 
 
 def test_text_output_one_line_per_check_with_remedies_and_fix_hints(tmp_path, env, cpu_host):
@@ -396,9 +450,9 @@ def test_cuda_asked_for_without_cuda_in_onnxruntime_is_an_error(tmp_path, env, c
     assert code == 2
 
 
-def cpu_probe(environ: dict[str, str], timeout: float = 60) -> probes.ProbeResult:
+def cpu_probe(environ: dict[str, str], timeout: float = 60) -> ProbeResult:
     request = {"provider": CPU, "device": "cpu", "cudnn_conv_algo_search": "EXHAUSTIVE"}
-    return probes.run(["onnxruntime", json.dumps(request)], environ, timeout)
+    return run_probe(SESSION_PROBE, request, environ, timeout)
 
 
 def test_the_probe_runs_in_a_child_and_reports_its_session(tmp_path):
@@ -442,7 +496,7 @@ def test_a_probe_that_hangs_is_killed_at_its_timeout(tmp_path):
 def test_a_provider_that_landed_on_the_cpu_names_the_library_and_the_fix(provider, log, advice):
     """What the probe reports when ONNX Runtime quietly dropped the provider (its log as the
     probe captured it on a GPU host)."""
-    landed = probes.ProbeResult({"session_providers": [CPU], "result_ok": False, "error": None,
+    landed = ProbeResult({"session_providers": [CPU], "result_ok": False, "error": None,
                                  "ms": 40.0}, log)
     check = provider_check(provider, landed, ["DHSERVE_DEVICE=cuda"], [TENSORRT, CUDA, CPU], 12,
                            "1.20.0")
@@ -643,7 +697,7 @@ def test_a_backend_whose_model_is_absent_is_an_error(checks):
 # -- media ---------------------------------------------------------------------------------------
 
 def test_media_encoders_work_and_a_missing_one_is_an_error(checks):
-    from dhserve.doctor.checks import media_checks
+    from dhserve.doctor.media import media_checks
 
     report = checks("media")
     assert report.exit_code == 0 and find(report, "media", "encode")["data"]["bytes"] > 0
@@ -706,6 +760,30 @@ def test_postgresql_schema_queue_and_workers(postgres_url, checks):
         assert find(report, "storage", "workers")["data"]["workers"][0]["id"] == "w1"
     finally:
         store.close()
+
+
+def test_a_worker_is_silent_after_three_heartbeats_as_health_and_top_say(tmp_path, checks):
+    """The doctor's silent is WorkerInfo.silent (no heartbeat for 3 intervals: 30 s by
+    default), the rule of /health, /metrics and `dhserve top`, not the 60 s lease."""
+    from dhserve.jobs import JobStore
+    from dhserve.jobs.schema import workers
+
+    store = JobStore.from_settings(Settings(data_dir=tmp_path / "data"))
+    try:
+        store.register_worker("late", "host", 99999, "cpu")
+        store.register_worker("fresh", "host", 99998, "cpu")
+        with store.engine.begin() as conn:          # 45 s: within the lease, past 3 beats
+            conn.execute(workers.update().where(workers.c.id == "late")
+                         .values(heartbeat_at=workers.c.heartbeat_at - 45))
+        now = store.now()
+        said = {w.id: w.silent(now, Settings().heartbeat_seconds) for w in store.workers()}
+    finally:
+        store.close()
+    check = find(checks("storage"), "storage", "workers")
+    assert {w["id"]: not w["alive"] for w in check["data"]["workers"]} == said == \
+        {"late": True, "fresh": False}
+    assert check["status"] == OK and "1 alive; 1 silent (no heartbeat for 30 s" in \
+        check["detail"]
 
 
 def test_sqlite_silent_worker_and_schema_behind_or_ahead(tmp_path, checks):

@@ -17,17 +17,18 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shlex
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dhserve.doctor.checks import ERROR, OK, WARNING, Check, Facts, guarded
+from dhserve.doctor.base import ERROR, OK, WARNING, Check, Facts, guarded, said
 from dhserve.errors import first_line
 from dhserve.serving.cuda_guard import ENGINE_MODULES, REMEDY, cuda_initialised_here
 from dhserve.serving.hooks import EXIT_MARGIN_S, ServingHooks
+from dhserve.serving.plan import ServingConfigError, plan_serving
 
 BUILT_IN = "built-in (the web tier `dhserve serve` runs)"
 MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
@@ -61,7 +62,7 @@ def _read(path: Path) -> Any:
     """Gunicorn's loading without the command line: the file, then GUNICORN_CMD_ARGS over it;
     its Config. Nothing is started (Application.run() is never called), and sys.path is left
     as it was found."""
-    from gunicorn.app.base import Application
+    from gunicorn.app.base import Application  # Gunicorn: only here (see the docstring)
 
     class Reader(Application):
         def load_config(self) -> None:
@@ -89,20 +90,18 @@ def _gunicorn_missing() -> str | None:
     try:
         import gunicorn.config  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - ImportError, or what its import raises
-        return f"Gunicorn cannot be imported ({type(exc).__name__}: {first_line(exc)})"
+        return f"Gunicorn cannot be imported ({said(exc)})"
     return None
 
 
 def config_path(explicit: Path | None, cmd_args: str | None) -> Path | None:
     """Which file Gunicorn would read: --config, else GUNICORN_CMD_ARGS's --config, else
     ./gunicorn.conf.py if present (Gunicorn's default); None: no file."""
-    import shlex
-
     if explicit is not None:
         return explicit
     if cmd_args:
         try:
-            from gunicorn.config import Config
+            from gunicorn.config import Config  # Gunicorn: only here (see the docstring)
 
             with contextlib.redirect_stderr(io.StringIO()):
                 parsed = Config().parser().parse_args(shlex.split(cmd_args))
@@ -138,7 +137,7 @@ def load(path: Path | None, facts: Facts) -> LoadedConfig:
                                                   f"{exc.code}): {text or 'no message'}")
     except Exception as exc:  # noqa: BLE001 - a file that raises past Gunicorn's own handler
         return LoadedConfig(source, None,
-                            problem=f"{type(exc).__name__}: {first_line(exc)}")
+                            problem=said(exc))
     imported = [m for m in ENGINE_MODULES if m in sys.modules and m not in before]
     cuda = None if had_cuda else cuda_initialised_here()
     return LoadedConfig(source, cfg, plan=_plan_of(cfg), imported=imported, cuda=cuda,
@@ -156,8 +155,6 @@ def _plan_of(cfg: Any) -> Any:
 def _built_in(facts: Facts) -> LoadedConfig:
     """The plan's Gunicorn options (what serving.web gives Gunicorn, less the hooks and the
     log set-up, which make folders and judge nothing here)."""
-    from dhserve.serving.plan import ServingConfigError, plan_serving
-
     if facts.serving is None:
         return LoadedConfig(BUILT_IN, None, problem="the serving settings are invalid (see "
                                                     "system/serving settings)")
@@ -168,6 +165,7 @@ def _built_in(facts: Facts) -> LoadedConfig:
     missing = _gunicorn_missing()
     if missing:                   # the plan still holds: `dhserve serve` falls back to Flask
         return LoadedConfig(BUILT_IN, None, plan=plan, problem=missing)
+    # Gunicorn (serving.web imports it too): only here, where it is known to import
     from gunicorn.config import Config
 
     from dhserve.serving.web import apply_cmd_args
@@ -187,11 +185,10 @@ def _built_in(facts: Facts) -> LoadedConfig:
     return LoadedConfig(BUILT_IN, cfg, plan=plan, cmd_args=bool(named))
 
 
-def loader(explicit: Path | None = None) -> Callable[[Facts], LoadedConfig]:
-    """What Facts calls, once, when a check first needs the configuration (`explicit`:
-    --config)."""
-    return lambda facts: load(config_path(explicit, facts.variables.get("GUNICORN_CMD_ARGS")),
-                              facts)
+def load_chosen(explicit: Path | None, facts: Facts) -> LoadedConfig:
+    """The configuration Gunicorn would pick and run here (`explicit`: --config); what Facts
+    calls, once, when a check first needs it."""
+    return load(config_path(explicit, facts.variables.get("GUNICORN_CMD_ARGS")), facts)
 
 
 def gunicorn_checks(facts: Facts) -> list[Check]:

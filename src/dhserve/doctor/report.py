@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dhserve import __version__
-from dhserve.doctor.checks import ERROR, OK, SEVERITY, WARNING, Check
+from dhserve.doctor.base import ERROR, OK, SEVERITY, WARNING, Check
 
 SCHEMA_VERSION = 1          # raised only when a field changes meaning or goes away
 INDENT = " " * 9

@@ -1,6 +1,6 @@
-"""ONNX Runtime: which package is installed, which providers are compiled in, and which are
-really usable here: a tiny session is made on each, in a child process (doctor.probes), and
-asked which providers it runs on.
+"""The onnxruntime group: which package is installed, which providers are compiled in, and
+which are really usable here: a tiny session is made on each, in a child process
+(SESSION_PROBE, session_probe), and asked which providers it runs on.
 
 `get_available_providers()` lists what was compiled in, not what works: when the CUDA or cuDNN
 libraries cannot be loaded ONNX Runtime builds the session on the CPU without an exception and
@@ -10,19 +10,34 @@ the reason read from it; a probe that crashes or hangs is a finding, not the doc
 
 from __future__ import annotations
 
-import json
 import re
 import struct
+import tempfile
+import time
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-from dhserve.doctor import probes
-from dhserve.doctor.checks import ERROR, OK, WARNING, Check, Facts, failed, guarded
+from dhserve.doctor.base import (
+    ERROR,
+    OK,
+    WARNING,
+    Check,
+    Facts,
+    ProbeResult,
+    RunningProbe,
+    failed,
+    finish_probe,
+    guarded,
+    said,
+    start_probe,
+)
 
 # Every distribution that installs the `onnxruntime` module: two of them overwrite each other.
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml",
                      "onnxruntime-openvino", "onnxruntime-qnn", "onnxruntime-training")
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+SESSION_PROBE = "dhserve.doctor.onnxruntime:session_probe"
 # Seconds a probe may take, the process's imports included: CUDA's start and cuDNN's search
 # take seconds, a TensorRT engine build (even for one Conv) tens of seconds.
 PROBE_TIMEOUT_S = {CPU: 60.0, CUDA: 120.0, TENSORRT: 300.0}
@@ -85,7 +100,8 @@ def tiny_model() -> bytes:
     node = _field(1, "x") + _field(1, "w") + _field(2, "y") + _field(3, "conv") \
         + _field(4, "Conv")
     graph = (_field(1, node) + _field(2, "dhserve_doctor") + _field(5, weight)
-             + _field(11, _value_info("x", (1, 1, 4, 4))) + _field(12, _value_info("y", (1, 1, 4, 4))))
+             + _field(11, _value_info("x", (1, 1, 4, 4)))
+             + _field(12, _value_info("y", (1, 1, 4, 4))))
     opset = _field(1, "") + _field(2, 17)
     return (_field(1, 8) + _field(2, "dhserve-doctor") + _field(7, graph) + _field(8, opset))
 
@@ -128,6 +144,8 @@ def onnxruntime_checks(facts: Facts) -> list[Check]:
     # What asks for CUDA may be the Gunicorn config: it is loaded (and judged for what it
     # imports) before ONNX Runtime is imported here.
     asks = facts.cuda_renderers()
+    # Imported only now: after the configuration was judged, and only once a distribution is
+    # known to be there (its absence is the finding above, not a failed import)
     import onnxruntime as ort
 
     from dhserve.runtime.onnx import cuda_major_for_runtime
@@ -144,14 +162,14 @@ def onnxruntime_checks(facts: Facts) -> list[Check]:
     tried = [CPU] + ([CUDA] if CUDA in compiled or wants_gpu else []) \
         + ([TENSORRT] if wants_trt else [])
     device = settings.device if settings.device.startswith("cuda") else "cuda:0"
-    running: dict[str, probes.RunningProbe | Check] = {}
+    running: dict[str, RunningProbe | Check] = {}
     for provider in tried:          # side by side: each is a process of its own
         if provider in compiled:
             request = {"provider": provider, "device": device,
                        "cudnn_conv_algo_search": settings.cudnn_conv_algo_search}
             try:
-                running[provider] = probes.start(["onnxruntime", json.dumps(request)],
-                                                 facts.environ, PROBE_TIMEOUT_S[provider])
+                running[provider] = start_probe(SESSION_PROBE, request, facts.environ,
+                                                PROBE_TIMEOUT_S[provider])
             except OSError as exc:
                 running[provider] = failed("onnxruntime", provider, exc)
     for provider in tried:
@@ -163,7 +181,7 @@ def onnxruntime_checks(facts: Facts) -> list[Check]:
             checks.append(probe)
         else:
             checks.extend(guarded("onnxruntime", lambda p=provider, r=requested, pr=probe: [
-                provider_check(p, probes.finish(pr), r, compiled, major, ort.__version__,
+                provider_check(p, finish_probe(pr), r, compiled, major, ort.__version__,
                                facts.variables.get("LD_LIBRARY_PATH"))], provider))
     if TENSORRT in compiled and TENSORRT not in tried:
         checks.append(Check("onnxruntime", TENSORRT, OK, "compiled in, not tried "
@@ -179,6 +197,7 @@ def _asked(requested: list[str]) -> str:
 
 def _not_compiled(provider: str, requested: list[str], compiled: list[str], major: int,
                   version: str) -> Check:
+    # runtime.onnx imports onnxruntime: only once a distribution is known to be there
     from dhserve.runtime.onnx import install_hint
 
     return Check("onnxruntime", provider, ERROR if requested else WARNING,
@@ -192,7 +211,7 @@ def _not_compiled(provider: str, requested: list[str], compiled: list[str], majo
                                     "cuda_major": major})
 
 
-def provider_check(provider: str, result: probes.ProbeResult, requested: list[str],
+def provider_check(provider: str, result: ProbeResult, requested: list[str],
                    compiled: list[str], major: int, version: str,
                    ld_library_path: str | None = None) -> Check:
     """The line for one provider from its probe: which providers the session really ran on,
@@ -299,3 +318,56 @@ def _remedy(provider: str, reason: dict[str, Any], major: int, version: str,
             (f"pip install \"{gpu_wheel}\"\nldconfig -p | grep -E 'libcudnn|libcublasLt'\n"
             f"python -c 'import onnxruntime as o; o.preload_dlls(); "
             f"print(o.get_available_providers())'"))
+
+
+# -- inside the probe's child process ---------------------------------------------------------
+
+def session_probe(request: dict[str, Any]) -> dict[str, Any]:
+    """In the child: a session of the tiny Conv model on `request["provider"]` (with the CPU
+    after it, as dhserve makes them, through runtime.onnx): the providers it really runs on,
+    and whether it computes right. TensorRT engines built for it go to a temporary folder,
+    deleted after."""
+    # What may crash, hang or make a CUDA context is imported here, in the child only
+    import numpy as np
+    import onnxruntime as ort
+
+    from dhserve.runtime import onnx as runtime
+
+    provider = request["provider"]
+    answer: dict[str, Any] = {"provider": provider, "version": ort.__version__,
+                              "compiled": ort.get_available_providers(),
+                              "session_providers": [], "result_ok": False, "error": None}
+    ort.set_default_logger_severity(2)    # warnings: a provider that failed to load is one
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dhserve-doctor-") as folder:
+        model = Path(folder) / "probe.onnx"
+        model.write_bytes(tiny_model())
+        config = runtime.SessionConfig(
+            device="cpu" if provider == CPU else request["device"],
+            gpu_provider="tensorrt" if provider == TENSORRT else "cuda",
+            cudnn_conv_algo_search=request["cudnn_conv_algo_search"],
+            trt_cache_dir=Path(folder) / "trt-cache")
+        options = runtime.session_options(config)
+        options.log_severity_level = 2
+        what = "the doctor's probe model"
+        try:
+            runtime.check_available(config)
+            session = runtime.open_session(model, config, what, options)
+        except Exception as exc:  # noqa: BLE001 - GpuUnavailable, ModelError, EPFail, ...
+            answer["error"] = said(exc).removesuffix("; " + runtime.install_hint())
+            answer["ms"] = round((time.perf_counter() - started) * 1000, 1)
+            return answer
+        answer["session_providers"] = session.get_providers()
+        try:
+            runtime.check_session(session, config, what)   # and no CPU fallback from here on
+        except runtime.GpuUnavailable:
+            answer["ms"] = round((time.perf_counter() - started) * 1000, 1)
+            return answer                    # it landed elsewhere: the providers say where
+        try:
+            x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+            y = session.run(None, {"x": x})[0]
+            answer["result_ok"] = bool(np.allclose(y, 2 * x))
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails on this GPU
+            answer["error"] = said(exc)
+    answer["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return answer
