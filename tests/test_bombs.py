@@ -26,6 +26,7 @@ from media_factory import (
 
 from dhserve.engine import media
 from dhserve.engine.face import AnalysisCache
+from dhserve.engine.image_header import image_size
 from dhserve.engine.pipeline import RenderOptions, render
 from dhserve.errors import InputError
 
@@ -197,7 +198,7 @@ def test_header_sizes_are_read_right(tmp_path, suffix, params):
     _, data = cv2.imencode(suffix, picture, params)
     path = tmp_path / f"picture{suffix}"
     path.write_bytes(data.tobytes())
-    assert media.image_size(path) == (53, 37)
+    assert image_size(path) == (53, 37)
     assert media.probe(path, "video").video.width == 53
 
 
@@ -207,10 +208,10 @@ def test_jpeg_with_exif_first_and_gif_sizes(tmp_path):
     app1 = b"\xff\xe1" + (2 + 6 + 500).to_bytes(2, "big") + b"Exif\x00\x00" + bytes(500)
     exif = tmp_path / "exif.jpg"
     exif.write_bytes(data[:2] + app1 + data[2:])
-    assert media.image_size(exif) == (30, 20)
+    assert image_size(exif) == (30, 20)
     gif = tmp_path / "small.gif"
     gif.write_bytes(gif_bomb(7, 5))
-    assert media.image_size(gif) == (7, 5)
+    assert image_size(gif) == (7, 5)
     wav = tmp_path / "speech.wav"
     write_audio(wav, "pcm_s16le", 16000, seconds=0.1)
-    assert media.image_size(wav) is None
+    assert image_size(wav) is None

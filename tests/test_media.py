@@ -60,3 +60,20 @@ def test_encoder_failure_reaches_the_caller(tmp_path):
             writer.write(np.zeros((64, 64, 3), np.uint8))
         writer.close()
     writer.abort()
+
+
+def test_probing_loads_neither_opencv_nor_the_writer():
+    """The web tier probes inputs at submit: dhserve.engine.probe needs PyAV only (no
+    OpenCV, numpy, frame reading or writer), and each media module imports on its own."""
+    import subprocess
+    import sys
+
+    statement = ("import sys\nimport dhserve.engine.probe\n"
+                 "print([m for m in ('cv2', 'numpy', 'dhserve.engine.rgb_frames', "
+                 "'dhserve.engine.mp4_writer') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", statement], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
+    for module in ("media_input", "image_header", "probe", "rgb_frames", "mp4_writer"):
+        statement = f"import dhserve.engine.{module}"       # each loads on its own
+        subprocess.run([sys.executable, "-c", statement], timeout=60, check=True)
