@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from dhserve.errors import DhserveError
-from dhserve.jobs import JobError, JobSpec, JobState, JobStore, migrate
+from dhserve.jobs import JobSpec, JobState, JobStore, migrate
 
 
 def spec(n: int = 0, **kw) -> JobSpec:
@@ -37,7 +37,7 @@ def test_submit_is_idempotent_by_id(store):
     assert created and job.state is JobState.QUEUED and job.progress == 0
     again, created = store.submit("code-1", spec(options={"loop": "restart"}))
     assert not created and again == job
-    with pytest.raises(JobError) as info:
+    with pytest.raises(DhserveError) as info:
         store.submit("code-1", spec(options={"loop": "pingpong"}))
     assert info.value.code == "job.conflict"
     assert store.get("code-1").spec.options == {"loop": "restart"}
@@ -66,7 +66,7 @@ def test_a_job_that_ran_out_of_space_is_rendered_again_when_resubmitted(store):
     assert not created and job.state is JobState.FAILED
     assert store.submit("refused", spec(2))[0].state is JobState.QUEUED
     # another spec under the id is still a conflict
-    with pytest.raises(JobError) as info:
+    with pytest.raises(DhserveError) as info:
         store.submit("full", spec(4))
     assert info.value.code == "job.conflict"
 
@@ -74,7 +74,7 @@ def test_a_job_that_ran_out_of_space_is_rendered_again_when_resubmitted(store):
 def test_submit_over_the_queue_limit_says_busy(store):
     for n in range(20):
         store.submit(f"j{n}", spec(n))
-    with pytest.raises(JobError) as info:
+    with pytest.raises(DhserveError) as info:
         store.submit("one-too-many", spec(99))
     assert info.value.code == "queue.full" and "busy" in info.value.message
     assert store.queue_depth() == 20
@@ -92,7 +92,7 @@ def test_queue_bound_holds_under_concurrent_submits(database_url):
         try:
             store.submit(f"j{n}", spec(n))
             outcomes.append("queued")
-        except JobError as exc:
+        except DhserveError as exc:
             outcomes.append(exc.code)
 
     threads = [threading.Thread(target=submit, args=(n,)) for n in range(16)]
@@ -184,10 +184,10 @@ def test_cancel_queued_is_immediate_running_is_flagged(store):
     assert store.renew("running", "w").cancel_requested
     assert store.mark_canceled("running", "w")
     assert store.get("running").state is JobState.CANCELED
-    with pytest.raises(JobError) as info:
+    with pytest.raises(DhserveError) as info:
         store.cancel("running")
     assert info.value.code == "job.finished"
-    with pytest.raises(JobError) as info:
+    with pytest.raises(DhserveError) as info:
         store.cancel("nope")
     assert info.value.code == "job.not_found"
 

@@ -15,10 +15,11 @@ from dhserve.engine.media import (
     ffmpeg_reason,
     open_input,
 )
-from dhserve.errors import InputError
+from dhserve.errors import AudioEmpty, AudioTooLong, CorruptInput, InputError, NoAudioStream
 
 SAMPLE_RATE = 16000
-# Wav2Lip's audio hyper-parameters (see reference/lipsync-facts.md).
+# Wav2Lip's audio hyper-parameters, as its hparams.py sets them: the model was trained on
+# exactly these mel spectrograms, so they are not tunable.
 N_FFT, HOP, WIN = 800, 200, 800
 N_MELS, FMIN, FMAX = 80, 55.0, 7600.0
 PREEMPHASIS = 0.97
@@ -41,7 +42,7 @@ def decode_speech(path: Path, field: str = "audio", max_mb: float | None = None,
     chunks: list[np.ndarray] = []
     with open_input(path, field) as container:
         if not container.streams.audio:
-            raise InputError("audio.no_audio_stream", field, "file has no audio stream")
+            raise NoAudioStream(field, "file has no audio stream")
         stream = container.streams.audio[0]
         try:
             for frame in decode_audio(container, stream, field):
@@ -52,17 +53,17 @@ def decode_speech(path: Path, field: str = "audio", max_mb: float | None = None,
                     raise too_long(field, decoded / SAMPLE_RATE, max_seconds)
             chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
         except av.error.FFmpegError as exc:   # the resampler's (decode_audio answers its own)
-            raise InputError("input.corrupt", field, "audio stream cannot be decoded "
-                             f"({ffmpeg_reason(exc)})") from None
+            raise CorruptInput(field, "audio stream cannot be decoded "
+                               f"({ffmpeg_reason(exc)})") from None
     samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if samples.size < SAMPLE_RATE // 100:
-        raise InputError("audio.empty", field, "audio stream is empty (no samples to speak)")
+        raise AudioEmpty(field, "audio stream is empty (no samples to speak)")
     return samples
 
 
 def too_long(field: str, seconds: float, limit: float) -> InputError:
-    return InputError("audio.too_long", field,
-                      f"{seconds:.1f} s is over the limit of {limit:g} s")
+    return AudioTooLong(field,
+                        f"{seconds:.1f} s is over the limit of {limit:g} s")
 
 
 def _hz_to_mel(f):

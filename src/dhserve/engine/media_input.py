@@ -16,7 +16,13 @@ from pathlib import Path
 
 import av
 
-from dhserve.errors import InputError
+from dhserve.errors import (
+    CorruptInput,
+    InputEmpty,
+    InputNotFound,
+    InputTooLarge,
+    NotMedia,
+)
 
 BYTES_PER_MB = 2**20
 # First bytes of containers FFmpeg reads; a file with one of these that fails to open is
@@ -58,16 +64,16 @@ def check_file(path: Path, field: str, max_mb: float | None = None) -> Path:
     """The input exists, is a regular non-empty file, and is within the size limit."""
     path = Path(path)
     if not path.exists():
-        raise InputError("input.not_found", field, f"no such file: {shown_name(path)}")
+        raise InputNotFound(field, f"no such file: {shown_name(path)}")
     if not path.is_file():
-        raise InputError("input.not_found", field, f"not a regular file: {shown_name(path)}")
+        raise InputNotFound(field, f"not a regular file: {shown_name(path)}")
     size = path.stat().st_size
     if size == 0:
-        raise InputError("input.empty_file", field, "file is empty (0 bytes)")
+        raise InputEmpty(field, "file is empty (0 bytes)")
     if max_mb is not None and size > max_mb * BYTES_PER_MB:
-        raise InputError("input.too_large", field,
-                         f"file is {size / BYTES_PER_MB:.1f} MB, over the limit of "
-                         f"{max_mb:g} MB")
+        raise InputTooLarge(field,
+                            f"file is {size / BYTES_PER_MB:.1f} MB, over the limit of "
+                            f"{max_mb:g} MB")
     return path
 
 
@@ -100,10 +106,10 @@ def open_input(path: Path, field: str) -> av.container.InputContainer:
                                                      "codec_whitelist": audio_decoders()})
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         if _looks_like_media(path):
-            raise InputError("input.corrupt", field, "media file is damaged and cannot be "
-                             f"read ({ffmpeg_reason(exc)})") from None
-        raise InputError("input.not_media", field,
-                         "not an audio, video or image file that can be read") from None
+            raise CorruptInput(field, "media file is damaged and cannot be "
+                               f"read ({ffmpeg_reason(exc)})") from None
+        raise NotMedia(field,
+                       "not an audio, video or image file that can be read") from None
 
 
 def guard_decoder(stream: av.stream.Stream, max_pixels: int) -> None:
@@ -118,8 +124,8 @@ def decode_audio(container, stream, field: str) -> Iterator[av.AudioFrame]:
     ID3 tag between two joined MP3s, a damaged frame) is skipped, as players do; a stream of
     mostly such packets is input.corrupt, and so is any other decoding error."""
     if stream.codec_context is None:
-        raise InputError("input.corrupt", field, "audio stream cannot be decoded: no "
-                         "decoder for its codec")
+        raise CorruptInput(field, "audio stream cannot be decoded: no "
+                           "decoder for its codec")
     good = bad = 0
     packets = container.demux(stream)
     while True:
@@ -131,12 +137,12 @@ def decode_audio(container, stream, field: str) -> Iterator[av.AudioFrame]:
         except av.error.InvalidDataError as exc:
             bad += 1
             if bad > MAX_BAD_AUDIO_PACKETS and bad * 10 > good:
-                raise InputError("input.corrupt", field, "audio stream cannot be decoded "
-                                 f"({ffmpeg_reason(exc)})") from None
+                raise CorruptInput(field, "audio stream cannot be decoded "
+                                   f"({ffmpeg_reason(exc)})") from None
             continue
         except av.error.FFmpegError as exc:
-            raise InputError("input.corrupt", field, "audio stream cannot be decoded "
-                             f"({ffmpeg_reason(exc)})") from None
+            raise CorruptInput(field, "audio stream cannot be decoded "
+                               f"({ffmpeg_reason(exc)})") from None
         good += 1
         yield from frames
 

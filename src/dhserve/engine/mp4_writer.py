@@ -22,7 +22,7 @@ import numpy as np
 
 from dhserve.engine.media_input import SteadyResampler, decode_audio, open_input
 from dhserve.engine.rgb_frames import even_size, rgb_to_frame
-from dhserve.errors import InputError, StorageFull
+from dhserve.errors import AudioEmpty, NoAudioStream, StorageFull
 
 # Sample rates the AAC encoder takes; others are resampled to 48 kHz.
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
@@ -87,12 +87,12 @@ class Mp4Writer:
         layout (the container's figures may be missing before decoding)."""
         self._audio_in = open_input(audio, field)
         if not self._audio_in.streams.audio:
-            raise InputError("audio.no_audio_stream", field, "file has no audio stream")
+            raise NoAudioStream(field, "file has no audio stream")
         source = self._audio_in.streams.audio[0]
         self._audio_frames = decode_audio(self._audio_in, source, field)
         first = next(self._audio_frames, None)
         if first is None:
-            raise InputError("audio.empty", field, "audio stream is empty (no samples to speak)")
+            raise AudioEmpty(field, "audio stream is empty (no samples to speak)")
         rate = first.sample_rate if first.sample_rate in AAC_RATES else AAC_FALLBACK_RATE
         layout = "mono" if first.layout.nb_channels == 1 else "stereo"
         self._audio = self._container.add_stream("aac", rate=rate, layout=layout)

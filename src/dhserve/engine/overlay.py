@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from dhserve.config import ENV_PREFIX, Settings
-from dhserve.errors import InputError
+from dhserve.errors import OverlayInvalid, OverlayNotConfigured
 
 MAX_SHARE = 0.20     # an overlay covers at most this share of the frame's width and height
 MARGIN_SHARE = 0.02  # gap to the frame's edges, as a share of its shorter side
@@ -49,7 +49,7 @@ def overlay_path(settings: Settings, kind: OverlayKind) -> Path:
     so a job asking for it is refused rather than rendered without it."""
     path = getattr(settings, kind.setting)
     if path is None or str(path) == "":
-        raise InputError("overlay.not_configured", kind.option, f"needs an image; set {kind.env}")
+        raise OverlayNotConfigured(kind.option, f"needs an image; set {kind.env}")
     return Path(path)
 
 
@@ -75,8 +75,12 @@ def _decode(path: Path) -> np.ndarray:
     return image
 
 
-def _invalid(path: Path, field: str, reason: str | _Unusable) -> InputError:
-    return InputError("overlay.invalid", field, f"{path}: {reason}")
+def _invalid(path: Path, field: str, reason: str | _Unusable) -> OverlayInvalid:
+    """OverlayInvalid naming the file by its name and its setting, not by its place on the
+    server: the message reaches API answers (watermark.png (DHSERVE_WATERMARK_IMAGE): ...)."""
+    kind = next((k for k in OVERLAY_KINDS if k.option == field), None)
+    shown = f"{path.name} ({kind.env})" if kind is not None else path.name
+    return OverlayInvalid(field, f"{shown}: {reason}")
 
 
 @lru_cache(maxsize=16)
@@ -92,7 +96,7 @@ def _problem(path: str, mtime_ns: int, size: int) -> str | None:
 
 def check_overlay_file(path: Path, field: str) -> None:
     """The file can be used as an overlay (exists, is readable, decodes); InputError
-    overlay.invalid naming the path and the reason otherwise. Cheap enough for every submit:
+    overlay.invalid naming the file, its setting and the reason otherwise. Cheap enough for every submit:
     the verdict is cached per file version."""
     path = Path(path)
     try:

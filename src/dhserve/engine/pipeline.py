@@ -48,8 +48,16 @@ from dhserve.engine.overlay import (
 )
 from dhserve.engine.preflight import RenderOptions, check_models
 from dhserve.engine.progress import Progress, no_progress
-from dhserve.errors import InputError
+from dhserve.errors import (
+    CorruptInput,
+    InputError,
+    NoAudioStream,
+    NoVideoStream,
+    OutputInvalid,
+    VideoTooLong,
+)
 from dhserve.fsutil import file_digest, remove_quietly
+from dhserve.stages import Stage
 
 DEFAULTS = RenderOptions()
 # Share of the progress bar each stage takes.
@@ -85,21 +93,21 @@ def probe_inputs(video: Path, audio: Path, options: RenderOptions) -> tuple[Medi
     template = probe(video, "video", options.max_input_mb, kind="video",
                      max_pixels=options.max_video_pixels)
     if template.video is None:
-        raise InputError("video.no_video_stream", "video", "file has no video stream")
+        raise NoVideoStream("video", "file has no video stream")
     v = template.video
     if not v.is_image and v.duration > options.max_video_seconds:
         raise _video_too_long(v.duration, options)
     speech = probe(audio, "audio", options.max_input_mb, kind="audio")
     if speech.audio is None:
-        raise InputError("audio.no_audio_stream", "audio", "file has no audio stream")
+        raise NoAudioStream("audio", "file has no audio stream")
     if speech.audio.duration > options.max_audio_seconds:
         raise speech_audio.too_long("audio", speech.audio.duration, options.max_audio_seconds)
     return template, speech
 
 
 def _video_too_long(seconds: float, options: RenderOptions) -> InputError:
-    return InputError("video.too_long", "video", f"{seconds:.1f} s is over the limit of "
-                      f"{options.max_video_seconds:g} s")
+    return VideoTooLong("video", f"{seconds:.1f} s is over the limit of "
+                        f"{options.max_video_seconds:g} s")
 
 
 def load_overlays(options: RenderOptions, settings: Settings | None = None
@@ -115,18 +123,18 @@ def check_output(out: Path) -> Path:
     """The output can be written, checked before minutes of rendering rather than after."""
     out = Path(out)
     if out.is_dir():
-        raise InputError("output.invalid", "out",
-                         f"{shown_name(out)} is a directory, not a file name")
+        raise OutputInvalid("out",
+                            f"{shown_name(out)} is a directory, not a file name")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full() from None
-        raise InputError("output.invalid", "out", f"cannot create its folder "
-                         f"{shown_name(out.parent)}: {exc.strerror}") from None
+        raise OutputInvalid("out", f"cannot create its folder "
+                            f"{shown_name(out.parent)}: {exc.strerror}") from None
     if not os.access(out.parent, os.W_OK):
-        raise InputError("output.invalid", "out",
-                         f"its folder {shown_name(out.parent)} is not writable")
+        raise OutputInvalid("out",
+                            f"its folder {shown_name(out.parent)} is not writable")
     return out
 
 
@@ -140,29 +148,29 @@ def analyse_template(template: MediaInfo, options: RenderOptions, cache: Analysi
         v = template.video
         fps = float(v.fps)
         expected = max(v.frame_count or round(template.duration * fps), 1)
-        progress.update(SPAN_ANALYSE[0], "analysing face")
+        progress.update(SPAN_ANALYSE[0], Stage.ANALYSING_FACE)
 
         def on_frame(done: int) -> None:
             if not v.is_image and done > options.max_video_seconds * fps + 1:
                 raise _video_too_long(done / fps, options)  # the container did not say
             if done % 8 == 0:
-                progress.check_cancelled()
+                progress.check_canceled()
                 progress.update(_span(SPAN_ANALYSE, min(done / expected, 1.0)),
-                                "analysing face")
+                                Stage.ANALYSING_FACE)
 
         with closing(read_frames(template.path, v.rotation, "video",
                                  options.max_video_pixels)) as frames:
             analysis = analyse_frames(frames, "video", options.multiple_faces, on_frame)
         declared = template.video.frame_count
         if declared and analysis.frame_count < 0.9 * declared - 1:
-            raise InputError("input.corrupt", "video", f"video is truncated: only "
-                             f"{analysis.frame_count} of its {declared} frames can be decoded")
+            raise CorruptInput("video", f"video is truncated: only "
+                               f"{analysis.frame_count} of its {declared} frames can be decoded")
         if cache:
             cache.put(digest, analysis)
     elif options.multiple_faces == "error" and analysis.face_counts.max() > 1:
         frame = int(np.argmax(analysis.face_counts > 1))
         raise multiple_faces_error("video", int(analysis.face_counts[frame]), frame)
-    progress.update(SPAN_ANALYSE[1], "analysing face")
+    progress.update(SPAN_ANALYSE[1], Stage.ANALYSING_FACE)
     return analysis, cached
 
 
@@ -201,17 +209,17 @@ def _render(video: Path, audio: Path, out: Path, options: RenderOptions,
         restorer = None
     check_models(options, settings, backend is not None, restorer is not None)
     images = load_overlays(options, settings)
-    progress.update(0.0, "probing")
+    progress.update(0.0, Stage.PROBING)
     template, _ = probe_inputs(Path(video), Path(audio), options)
     own_backend, own_restorer = backend is None, restorer is None and options.face_restore
     backend = backend or create_backend(options.backend, settings)
     try:
         if own_restorer:
             restorer = FaceRestorer.from_settings(settings)
-        progress.update(_span(SPAN_PREPARE, 0.3), "decoding audio")
+        progress.update(_span(SPAN_PREPARE, 0.3), Stage.DECODING_AUDIO)
         wav = speech_audio.decode_speech(Path(audio), "audio", options.max_input_mb,
                                          options.max_audio_seconds)
-        progress.check_cancelled()
+        progress.check_canceled()
         analysis, cached = analyse_template(template, options, cache, progress)
         fps = template.video.fps
         total = speech_audio.frame_count(wav.size, float(fps))
@@ -227,7 +235,7 @@ def _render(video: Path, audio: Path, out: Path, options: RenderOptions,
             backend.close()
         if own_restorer and restorer is not None:
             restorer.close()
-    progress.update(1.0, "done")
+    progress.update(1.0, Stage.DONE)
     width, height = even_size(analysis.width, analysis.height)
     return RenderResult(out, done, fps, width, height, done / float(fps),
                         time.monotonic() - started, cached, list(analysis.warnings))
@@ -259,7 +267,7 @@ def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBa
                 options.loop, int(options.frame_cache_mb * 2**20), out.parent,
                 options.max_video_pixels)) as frames:
             while done < total:
-                progress.check_cancelled()
+                progress.check_canceled()
                 chunk = list(islice(frames, options.batch_size))
                 if not chunk:
                     break
@@ -283,8 +291,8 @@ def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBa
                     writer.write(frame)
                 done += count
                 progress.frames(done, total)
-                progress.update(_span(SPAN_ANIMATE, done / total), "lip-sync")
-            progress.update(SPAN_ANIMATE[1], "encoding")
+                progress.update(_span(SPAN_ANIMATE, done / total), Stage.LIP_SYNC)
+            progress.update(SPAN_ANIMATE[1], Stage.ENCODING)
         os.replace(tmp, out)
     except BaseException:
         remove_quietly(tmp)

@@ -14,7 +14,7 @@ from dhserve.config import Settings, option_problem
 from dhserve.engine.face.restore import FaceRestorer
 from dhserve.engine.lipsync import backend_model, check_backend
 from dhserve.engine.overlay import OVERLAY_KINDS, OverlayKind, check_overlay_file, overlay_path
-from dhserve.errors import InputError
+from dhserve.errors import OptionsInvalid
 from dhserve.runtime.models import require_model
 
 
@@ -42,11 +42,11 @@ class RenderOptions:
         for name in self.__dataclass_fields__:
             problem = option_problem(name, getattr(self, name))
             if problem:
-                raise InputError("options.invalid", name, problem)
+                raise OptionsInvalid(name, problem)
         for name in ("face_restore", "watermark", "ai_label"):
             value = getattr(self, name)
             if not isinstance(value, bool):
-                raise InputError("options.invalid", name, f"must be true or false; got {value!r}")
+                raise OptionsInvalid(name, f"must be true or false; got {value!r}")
 
     @classmethod
     def from_settings(cls, settings: Settings, **choices) -> RenderOptions:

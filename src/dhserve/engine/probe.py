@@ -26,7 +26,7 @@ from dhserve.engine.media_input import (
     guard_decoder,
     open_input,
 )
-from dhserve.errors import InputError
+from dhserve.errors import CorruptInput, VideoTooLarge
 
 # Demuxers of single pictures (an animated GIF or an MJPEG video is a video, not one of these).
 IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe"}
@@ -76,13 +76,13 @@ def check_pixels(width: int, height: int, field: str, max_pixels: int,
     """video.too_large when a picture is over the pixel limit, or the stream's pixels a
     second are over the limit's at LIMIT_FPS."""
     if width * height > max_pixels:
-        raise InputError("video.too_large", field, f"{width}x{height} is over the limit of "
-                         f"{max_pixels} pixels")
+        raise VideoTooLarge(field, f"{width}x{height} is over the limit of "
+                            f"{max_pixels} pixels")
     if fps and width * height * float(fps) > max_pixels * LIMIT_FPS:
-        raise InputError("video.too_large", field,
-                         f"{width}x{height} at {float(fps):g} frames/s is over the limit of "
-                         f"{max_pixels * LIMIT_FPS} pixels a second ({max_pixels} pixels at "
-                         f"{LIMIT_FPS} frames/s)")
+        raise VideoTooLarge(field,
+                            f"{width}x{height} at {float(fps):g} frames/s is over the limit of "
+                            f"{max_pixels * LIMIT_FPS} pixels a second ({max_pixels} pixels at "
+                            f"{LIMIT_FPS} frames/s)")
 
 
 def probe(path: Path, field: str, max_mb: float | None = None,
@@ -102,8 +102,8 @@ def probe(path: Path, field: str, max_mb: float | None = None,
             check_pixels(*declared, field, max_pixels)
     with open_input(path, field) as container:
         if not container.streams.video and not container.streams.audio:
-            raise InputError("input.corrupt", field, "no audio or video stream can be read "
-                             f"from this {container.format.name} file")
+            raise CorruptInput(field, "no audio or video stream can be read "
+                               f"from this {container.format.name} file")
         video = audio = None
         if container.streams.video and kind in (None, "video"):
             video = _probe_video(container, field, max_pixels, declared)
@@ -125,15 +125,15 @@ def _first_frame(container, stream, field: str, unsure: str = ""):
     """The stream's first decoded frame; `unsure` is added to the reason a decode failed
     (a picture whose size no header told may have been refused by the decoder's guard)."""
     if stream.codec_context is None:
-        raise InputError("input.corrupt", field, f"{stream.type} stream cannot be decoded: "
-                         "no decoder for its codec")
+        raise CorruptInput(field, f"{stream.type} stream cannot be decoded: "
+                           "no decoder for its codec")
     try:
         for frame in container.decode(stream):
             return frame
     except av.error.FFmpegError as exc:
-        raise InputError("input.corrupt", field, f"{stream.type} stream cannot be decoded "
-                         f"({ffmpeg_reason(exc)}{unsure})") from None
-    raise InputError("input.corrupt", field, f"{stream.type} stream has no decodable frames")
+        raise CorruptInput(field, f"{stream.type} stream cannot be decoded "
+                           f"({ffmpeg_reason(exc)}{unsure})") from None
+    raise CorruptInput(field, f"{stream.type} stream has no decodable frames")
 
 
 def _probe_video(container, field: str, max_pixels: int,
@@ -169,6 +169,6 @@ def _probe_audio(container, field: str) -> AudioInfo:
     stream = container.streams.audio[0]
     first = next(decode_audio(container, stream, field), None)
     if first is None:
-        raise InputError("input.corrupt", field, "audio stream has no decodable frames")
+        raise CorruptInput(field, "audio stream has no decodable frames")
     return AudioInfo(stream.codec_context.name, first.sample_rate,
                      first.layout.nb_channels, _stream_duration(stream, container))

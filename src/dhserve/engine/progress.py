@@ -14,7 +14,7 @@ class Progress:
     def update(self, fraction: float, stage: str) -> None:
         """`fraction` of the whole render done (0..1), `stage` names what runs now."""
 
-    def check_cancelled(self) -> None:
+    def check_canceled(self) -> None:
         """Raises Canceled when the render should stop; called between batches."""
 
     def frames(self, done: int, total: int) -> None:
@@ -36,6 +36,6 @@ class CallbackProgress(Progress):
         if self.on_update:
             self.on_update(min(max(fraction, 0.0), 1.0), stage)
 
-    def check_cancelled(self) -> None:
+    def check_canceled(self) -> None:
         if self.cancel_event.is_set():
             raise Canceled()

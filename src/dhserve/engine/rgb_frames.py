@@ -18,7 +18,7 @@ import numpy as np
 
 from dhserve.engine.media_input import ffmpeg_reason, guard_decoder, open_input
 from dhserve.engine.probe import DEFAULT_MAX_PIXELS
-from dhserve.errors import InputError
+from dhserve.errors import CorruptInput, NoVideoStream
 
 FULL_RANGE = 2  # AVCOL_RANGE_JPEG
 
@@ -31,8 +31,8 @@ def read_frames(path: Path, rotation: int = 0, field: str = "video",
     size = None
     with open_input(path, field) as container:
         if not container.streams.video or container.streams.video[0].codec_context is None:
-            raise InputError("video.no_video_stream", field, "file has no video stream "
-                             "that can be decoded")
+            raise NoVideoStream(field, "file has no video stream "
+                                "that can be decoded")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         guard_decoder(stream, max_pixels)
@@ -41,8 +41,8 @@ def read_frames(path: Path, rotation: int = 0, field: str = "video",
             try:
                 frame = next(frames, None)
             except av.error.FFmpegError as exc:
-                raise InputError("input.corrupt", field, "video stream breaks off while "
-                                 f"decoding ({ffmpeg_reason(exc)})") from None
+                raise CorruptInput(field, "video stream breaks off while "
+                                   f"decoding ({ffmpeg_reason(exc)})") from None
             if frame is None:
                 return
             rgb = frame_to_rgb(frame)

@@ -10,15 +10,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dhserve.jobs.model import Job, JobError, JobSpec, JobState, WorkerInfo
+    from dhserve.jobs.model import Job, JobSpec, JobState, WorkerInfo
     from dhserve.jobs.store import JobStore, Lease
 
-EXPORTS = {"Job": "dhserve.jobs.model", "JobError": "dhserve.jobs.model",
-           "JobSpec": "dhserve.jobs.model", "JobState": "dhserve.jobs.model",
-           "WorkerInfo": "dhserve.jobs.model", "JobStore": "dhserve.jobs.store",
-           "Lease": "dhserve.jobs.store"}
+EXPORTS = {"Job": "dhserve.jobs.model", "JobSpec": "dhserve.jobs.model",
+           "JobState": "dhserve.jobs.model", "WorkerInfo": "dhserve.jobs.model",
+           "JobStore": "dhserve.jobs.store", "Lease": "dhserve.jobs.store"}
 
-__all__ = ["Job", "JobError", "JobSpec", "JobState", "JobStore", "Lease", "WorkerInfo"]
+__all__ = ["Job", "JobSpec", "JobState", "JobStore", "Lease", "WorkerInfo"]
 
 
 def __getattr__(name: str) -> Any:

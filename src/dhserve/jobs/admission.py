@@ -15,9 +15,9 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError
 
 from dhserve.config import Settings
-from dhserve.engine.media import probe
 from dhserve.engine.preflight import RenderOptions, check_models, check_overlays
-from dhserve.errors import InputError, StorageFull
+from dhserve.engine.probe import probe
+from dhserve.errors import NO_STREAM, InputError, InputNotFound, RequestInvalid, StorageFull
 from dhserve.fsutil import free_mb
 from dhserve.jobs.downloads import is_url
 from dhserve.jobs.model import Job, JobSpec
@@ -58,7 +58,7 @@ def admit(settings: Settings, store: JobStore, job_id: str, spec: JobSpec,
             except InputError as exc:
                 raise public_error(exc, settings, named) from None
     except (InputError, StorageFull) as exc:
-        if not record_refusal or exc.code == "request.invalid":
+        if not record_refusal or isinstance(exc, RequestInvalid):
             raise
         if isinstance(exc, StorageFull):    # the job store may share the full disk
             try:
@@ -98,10 +98,10 @@ def check_media(value: str, field: str, kind: str, max_mb: float, max_pixels: in
     try:
         info = probe(Path(value), field, max_mb, kind=kind, max_pixels=max_pixels)
     except OSError as exc:          # a name too long for the file system, say
-        raise InputError("input.not_found", field, f"cannot use this path: "
-                         f"{exc.strerror or exc}") from None
+        raise InputNotFound(field, f"cannot use this path: "
+                            f"{exc.strerror or exc}") from None
     if getattr(info, kind) is None:
-        raise InputError(f"{kind}.no_{kind}_stream", field, f"file has no {kind} stream")
+        raise NO_STREAM[kind](field, f"file has no {kind} stream")
 
 
 def public_error(exc: InputError, settings: Settings,
@@ -109,7 +109,7 @@ def public_error(exc: InputError, settings: Settings,
     """`exc` with no path of this server in it: the inputs as the client named them,
     other files relative to the data dir."""
     reason = public_text(exc.reason, settings, named)
-    return exc if reason == exc.reason else type(exc)(exc.code, exc.field, reason)
+    return exc if reason == exc.reason else type(exc)(exc.field, reason)
 
 
 def data_roots(settings: Settings) -> list[str]:

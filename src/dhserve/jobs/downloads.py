@@ -28,7 +28,14 @@ from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
 from dhserve import __version__
-from dhserve.errors import Canceled, InputError, StorageFull
+from dhserve.errors import (
+    Canceled,
+    DownloadFailed,
+    InputError,
+    InputTooLarge,
+    InputUrlNotAllowed,
+    StorageFull,
+)
 from dhserve.fsutil import remove_quietly
 
 log = logging.getLogger(__name__)
@@ -116,9 +123,9 @@ def _target(url: str, field: str) -> _Target:
         port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
         host = (parts.hostname or "").encode("idna").decode("ascii")
     except (ValueError, UnicodeError):
-        raise InputError("input.download_failed", field, f"{url} is not a valid URL") from None
+        raise DownloadFailed(field, f"{url} is not a valid URL") from None
     if not host:
-        raise InputError("input.download_failed", field, f"{url} names no host")
+        raise DownloadFailed(field, f"{url} names no host")
     authorization = None
     if parts.username is not None:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
@@ -143,20 +150,20 @@ def _checked(target: _Target, field: str, allowed: tuple[Network, ...],
         addresses = _resolve(resolver, target, watch)
     except (OSError, UnicodeError) as exc:
         log.info("%s: cannot resolve %s: %s", field, target.host, exc)
-        raise InputError("input.download_failed", field,
-                         f"could not download {target.url}: host {target.host} not found") \
+        raise DownloadFailed(field,
+                             f"could not download {target.url}: host {target.host} not found") \
             from None
     if not addresses:
-        raise InputError("input.download_failed", field,
-                         f"could not download {target.url}: host {target.host} not found")
+        raise DownloadFailed(field,
+                             f"could not download {target.url}: host {target.host} not found")
     for _, sockaddr in addresses:
         reason = address_refusal(sockaddr[0], allowed)
         if reason:
             log.warning("%s: refused %s: %s resolves to %s (%s)", field, target.url,
                         target.host, sockaddr[0], reason)
-            raise InputError("input.url_not_allowed", field,
-                             f"{target.url} is not allowed: its host resolves to {reason} "
-                             f"({ALLOWED_HINT})")
+            raise InputUrlNotAllowed(field,
+                                     f"{target.url} is not allowed: its host resolves to {reason} "
+                                     f"({ALLOWED_HINT})")
     return addresses
 
 
@@ -356,9 +363,9 @@ def download(url: str, field: str, folder: Path, max_bytes: int, timeout_s: floa
                         answered = False
                         continue
                     if not 200 <= response.status < 300:
-                        raise InputError("input.download_failed", field,
-                                         f"{url} answered HTTP {response.status} "
-                                         f"{response.reason[:100]}")
+                        raise DownloadFailed(field,
+                                             f"{url} answered HTTP {response.status} "
+                                             f"{response.reason[:100]}")
                     _save(response, part, url, field, max_bytes, watch)
                     break
                 finally:
@@ -376,14 +383,14 @@ def download(url: str, field: str, folder: Path, max_bytes: int, timeout_s: floa
                     from None
             log.info("%s: download of %s failed: %s: %s", field, url, type(exc).__name__, exc)
             if isinstance(exc, ssl.SSLCertVerificationError):
-                raise InputError("input.download_failed", field,
-                                 f"could not download {url}: its TLS certificate is not "
-                                 f"valid ({exc.verify_message})") from None
+                raise DownloadFailed(field,
+                                     f"could not download {url}: its TLS certificate is not "
+                                     f"valid ({exc.verify_message})") from None
             if answered and isinstance(exc, http.client.IncompleteRead):
-                raise InputError("input.download_failed", field,
-                                 f"download of {url} broke off") from None
-            raise InputError("input.download_failed", field,
-                             f"could not download {url}") from None
+                raise DownloadFailed(field,
+                                     f"download of {url} broke off") from None
+            raise DownloadFailed(field,
+                                 f"could not download {url}") from None
         finally:
             remove_quietly(part)
 
@@ -407,19 +414,19 @@ def _save(response: http.client.HTTPResponse, part: Path, url: str, field: str,
     if expected is not None and size < expected:
         # a server that closes early ends the body quietly: a cut-off file would be
         # rendered as if it were whole
-        raise InputError("input.download_failed", field,
-                         f"download of {url} broke off after {size} of {expected} bytes")
+        raise DownloadFailed(field,
+                             f"download of {url} broke off after {size} of {expected} bytes")
 
 
 def _redirect(url: str, location: str, field: str, hops: int) -> str:
     new = urljoin(url, location)
     if not is_url(new):
-        raise InputError("input.download_failed", field,
-                         f"{url}: redirect to {new.split(':')[0]}: refused "
-                         "(http and https only)")
+        raise DownloadFailed(field,
+                             f"{url}: redirect to {new.split(':')[0]}: refused "
+                             "(http and https only)")
     if hops > MAX_REDIRECTS:
-        raise InputError("input.download_failed", field,
-                         f"{url}: more than {MAX_REDIRECTS} redirects")
+        raise DownloadFailed(field,
+                             f"{url}: more than {MAX_REDIRECTS} redirects")
     return new
 
 
@@ -428,11 +435,11 @@ def _ended_error(verdict: str, url: str, field: str, timeout_s: float,
     if verdict == "stopped":
         return Canceled("download stopped")
     if not answered:    # a silent port and a slow server read the same
-        return InputError("input.download_failed", field, f"could not download {url}")
-    return InputError("input.download_failed", field,
-                      f"download of {url} took longer than {timeout_s:g} s")
+        return DownloadFailed(field, f"could not download {url}")
+    return DownloadFailed(field,
+                          f"download of {url} took longer than {timeout_s:g} s")
 
 
 def _too_big(field: str, max_bytes: int) -> InputError:
-    return InputError("input.too_large", field,
-                      f"download is over the limit of {max_bytes / 2**20:g} MB")
+    return InputTooLarge(field,
+                         f"download is over the limit of {max_bytes / 2**20:g} MB")

@@ -1,4 +1,4 @@
-"""What a job is: its states, its record, and the errors the queue answers with."""
+"""What a job is: its states, its record, where its result goes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from dhserve.errors import DhserveError
 
 if TYPE_CHECKING:
     from dhserve.config import Settings
@@ -92,27 +90,38 @@ class WorkerInfo:
         return self.heartbeat_age(now) > heartbeat_seconds * HEARTBEAT_STALE_FACTOR
 
 
-class JobError(DhserveError):
-    """A request the queue cannot honour; the code says which rule it broke."""
-
-
-def not_found(job_id: str) -> JobError:
-    return JobError("job.not_found", f"no job with id {job_id!r}")
-
-
-def conflict(job_id: str) -> JobError:
-    return JobError("job.conflict", f"job {job_id!r} exists with different inputs or options")
-
-
-def queue_full(limit: int) -> JobError:
-    return JobError("queue.full", f"busy: {limit} jobs are already waiting; retry later")
-
-
-def not_cancelable(job: Job) -> JobError:
-    return JobError("job.finished", f"job {job.id!r} already finished ({job.state.value})")
-
-
 def result_path(settings: Settings, job: Job) -> Path:
     """Where a job's result goes: the output it names (HeyGem's temp/<code>-r.mp4), else
     results/<id>.mp4."""
     return Path(job.spec.output) if job.spec.output else settings.results_dir / f"{job.id}.mp4"
+
+
+# Where a job's inputs live in the data dir, in one place for the API (which writes uploads),
+# the worker (which downloads) and retention (which removes both).
+SPOOL = ".spool"
+
+
+def upload_dir(settings: Settings, job_id: str) -> Path:
+    """The folder of a job's uploaded inputs: uploads/<job id>/ (goes with the job)."""
+    return settings.uploads_dir / job_id
+
+
+def spool_dir(settings: Settings) -> Path:
+    """Where uploaded files spool while a request is parsed, as anonymous files that are no
+    job's: uploads/.spool/ (never a job id: ids cannot start with a dot)."""
+    return settings.uploads_dir / SPOOL
+
+
+def downloads_root(settings: Settings) -> Path:
+    """The folder of the URL inputs the workers download: downloads/<job id>-<attempt tag>/."""
+    return settings.data_dir / "downloads"
+
+
+def download_dir(settings: Settings, job_id: str, tag: str) -> Path:
+    """The folder of one attempt's downloads; `tag` keeps two attempts of a job apart."""
+    return downloads_root(settings) / f"{job_id}-{tag}"
+
+
+def download_owner(folder: Path) -> str:
+    """The job id a download folder belongs to."""
+    return folder.name.rsplit("-", 1)[0]

@@ -12,7 +12,7 @@ from typing import Any
 
 from dhserve.config import Settings
 from dhserve.engine.preflight import RenderOptions
-from dhserve.errors import InputError
+from dhserve.errors import OptionsInvalid
 
 # Service limits and the batch size (memory) stay the operator's; a job may choose the rest.
 NOT_JOB_OPTIONS = frozenset({"max_input_mb", "max_video_seconds", "max_audio_seconds",
@@ -70,16 +70,16 @@ def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOpt
     """A job's options over the service's defaults; unknown or reserved names, and values of
     the wrong type, are refused (InputError options.invalid naming the option)."""
     if not isinstance(options, dict):
-        raise InputError("options.invalid", "options",
-                         f"must be an object; got {_json_kind(options)}")
+        raise OptionsInvalid("options",
+                             f"must be an object; got {_json_kind(options)}")
     allowed = set(RenderOptions.__dataclass_fields__) - NOT_JOB_OPTIONS
     for name, value in options.items():
         if name not in allowed:
-            raise InputError("options.invalid", str(name)[:64],
-                             f"unknown option; a job may set {', '.join(sorted(allowed))}")
+            raise OptionsInvalid(str(name)[:64],
+                                 f"unknown option; a job may set {', '.join(sorted(allowed))}")
         problem = type_problem(name, value)
         if problem:
-            raise InputError("options.invalid", name, problem)
+            raise OptionsInvalid(name, problem)
     return RenderOptions.from_settings(settings, **options)
 
 

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from dhserve.config import Settings
 from dhserve.fsutil import remove_quietly
-from dhserve.jobs.model import JobState, result_path
+from dhserve.jobs.model import (
+    JobState,
+    download_owner,
+    downloads_root,
+    result_path,
+    spool_dir,
+    upload_dir,
+)
 from dhserve.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -32,18 +39,18 @@ def prune_finished(store: JobStore, settings: Settings) -> int:
     for job in gone:
         if job.result:
             remove_quietly(Path(job.result))
-        shutil.rmtree(settings.uploads_dir / job.id, ignore_errors=True)   # its uploads
+        shutil.rmtree(upload_dir(settings, job.id), ignore_errors=True)
     sweep_partials(store, settings)
     cutoff = time.time() - STALE_PART_S
-    downloads = settings.data_dir / "downloads"
+    downloads = downloads_root(settings)
     uploads = settings.uploads_dir      # folders of requests that never became a job
     for path in uploads.iterdir() if uploads.is_dir() else ():
-        if path.name != ".spool" and _older_than(path, cutoff) and not store.exists(path.name):
+        if path != spool_dir(settings) and _older_than(path, cutoff) and not store.exists(path.name):
             shutil.rmtree(path, ignore_errors=True)
     running = {job.id for job in store.list(JobState.RUNNING, limit=100_000)}
     for path in downloads.iterdir() if downloads.is_dir() else ():
-        # folders are "<job id>-<attempt tag>": a long render's inputs stay while it runs
-        if path.name.rsplit("-", 1)[0] not in running and _older_than(path, cutoff):
+        # a long render's inputs stay while it runs
+        if download_owner(path) not in running and _older_than(path, cutoff):
             shutil.rmtree(path, ignore_errors=True)
     if gone:
         log.info("pruned %d finished job(s) older than %g days", len(gone),

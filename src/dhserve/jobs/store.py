@@ -18,7 +18,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dhserve.config import Settings
-from dhserve.errors import DhserveError, first_line
+from dhserve.errors import (
+    Canceled,
+    DhserveError,
+    JobConflict,
+    JobFinished,
+    JobNotFound,
+    QueueFull,
+    StorageFull,
+    StoreUnreachable,
+    WorkerLost,
+    first_line,
+)
 from dhserve.jobs import migrate
 from dhserve.jobs.database import create_engine
 from dhserve.jobs.model import (
@@ -27,22 +38,18 @@ from dhserve.jobs.model import (
     JobSpec,
     JobState,
     WorkerInfo,
-    conflict,
-    not_cancelable,
-    not_found,
-    queue_full,
 )
 from dhserve.jobs.schema import jobs, workers
+from dhserve.stages import Stage
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "dhserve_jobs"
-WORKER_LOST = "worker.lost"
 # How every canceled job reads, whichever path canceled it.
-CANCELED = {"state": JobState.CANCELED.value, "stage": "canceled",
-            "error_code": "render.canceled", "error_message": "canceled on request"}
+CANCELED = {"state": JobState.CANCELED.value, "stage": JobState.CANCELED.value,
+            "error_code": Canceled.code, "error_message": "canceled on request"}
 # Failures that a resubmit of the same job retries: they pass (space freed), unlike the input
-RETRYABLE = ("storage.full",)
+RETRYABLE = (StorageFull.code,)
 SUBMIT_LOCK = 0x64687366     # PostgreSQL advisory lock that keeps the queue bound exact
 REFUSAL_WINDOW_S = 3600.0    # jobs refused on arrival: at most max_queued per hour
 FORGET_WORKER_LEASES = 10    # a worker row silent this many lease periods, holding no running
@@ -85,8 +92,8 @@ class JobStore:
             except sa.exc.OperationalError as exc:
                 self.engine.dispose()
                 shown = self.engine.url.render_as_string(hide_password=True)
-                raise DhserveError("store.unreachable", f"cannot open the job store {shown}: "
-                                   f"{first_line(exc.orig)}") from None
+                raise StoreUnreachable(f"cannot open the job store {shown}: "
+                                       f"{first_line(exc.orig)}") from None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> JobStore:
@@ -144,9 +151,9 @@ class JobStore:
         returns (job, True). A queued job is claimed by a render worker (jobs/worker.py),
         which runs engine/pipeline.render."""
         payload = _normalised(spec.payload())
-        outcome: dict[str, Any] = {"state": JobState.QUEUED.value, "stage": "queued"}
+        outcome: dict[str, Any] = {"state": JobState.QUEUED.value, "stage": Stage.QUEUED.value}
         if failed is not None:
-            outcome = {"state": JobState.FAILED.value, "stage": "failed",
+            outcome = {"state": JobState.FAILED.value, "stage": Stage.FAILED.value,
                        "error_code": failed.code, "error_message": failed.message,
                        "finished_at": self._now()}
         try:
@@ -178,9 +185,10 @@ class JobStore:
             pass                # the id exists: a retried request, or a conflict
         existing = self._find(job_id)
         if existing is None:
-            raise queue_full(self.max_queued)   # (refusals: too many in the last hour)
+            # (refusals: too many in the last hour)
+            raise QueueFull(f"busy: {self.max_queued} jobs are already waiting; retry later")
         if _normalised(existing.spec.payload()) != payload:
-            raise conflict(job_id)
+            raise JobConflict(f"job {job_id!r} exists with different inputs or options")
         if failed is None and existing.state is JobState.FAILED \
                 and existing.error_code in RETRYABLE:
             requeued = self._requeue_failed(job_id)
@@ -198,11 +206,11 @@ class JobStore:
             depth = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
                 jobs.c.state == JobState.QUEUED.value)).scalar_one()
             if depth >= self.max_queued:
-                raise queue_full(self.max_queued)
+                raise QueueFull(f"busy: {self.max_queued} jobs are already waiting; retry later")
             row = conn.execute(jobs.update().where(
                 jobs.c.id == job_id, jobs.c.state == JobState.FAILED.value,
                 jobs.c.error_code.in_(RETRYABLE)).values(
-                state=JobState.QUEUED.value, stage="queued", progress=0, attempts=0,
+                state=JobState.QUEUED.value, stage=Stage.QUEUED.value, progress=0, attempts=0,
                 error_code=None, error_message=None, result=None, result_info=None,
                 started_at=None, finished_at=None, worker_id=None, lease_expires_at=None,
                 cancel_requested=False).returning(*jobs.c)).first()
@@ -215,7 +223,7 @@ class JobStore:
     def get(self, job_id: str) -> Job:
         job = self._find(job_id)
         if job is None:
-            raise not_found(job_id)
+            raise JobNotFound(f"no job with id {job_id!r}")
         return job
 
     def exists(self, job_id: str) -> bool:
@@ -255,7 +263,7 @@ class JobStore:
             row = conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)
                                .with_for_update()).first()
             if row is None:
-                raise not_found(job_id)
+                raise JobNotFound(f"no job with id {job_id!r}")
             state = JobState(row.state)
             if state is JobState.QUEUED:
                 conn.execute(jobs.update().where(jobs.c.id == job_id).values(
@@ -263,10 +271,10 @@ class JobStore:
                     finished_at=self._now()))
             elif state is JobState.RUNNING:
                 conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                    cancel_requested=True, stage="canceling"))
+                    cancel_requested=True, stage=Stage.CANCELING.value))
         job = self.get(job_id)
         if state.finished:
-            raise not_cancelable(job)
+            raise JobFinished(f"job {job.id!r} already finished ({job.state.value})")
         if state is JobState.QUEUED:
             self.on_finished(JobState.CANCELED.value, 1)
         return job
@@ -291,7 +299,7 @@ class JobStore:
                 state=JobState.RUNNING.value, worker_id=worker_id,
                 attempts=jobs.c.attempts + 1, started_at=self._now(),
                 lease_expires_at=self._now() + self.lease_seconds, progress=0,
-                stage="starting", error_code=None, error_message=None))
+                stage=Stage.STARTING.value, error_code=None, error_message=None))
             job = _job(conn.execute(sa.select(jobs).where(jobs.c.id == row.id)).one())
         return job
 
@@ -320,11 +328,11 @@ class JobStore:
     def succeed(self, job_id: str, worker_id: str, result: str,
                 info: dict[str, Any] | None = None) -> bool:
         return self._finish(job_id, worker_id, state=JobState.SUCCEEDED.value, progress=100,
-                            stage="done", result=result, result_info=info or {})
+                            stage=Stage.DONE.value, result=result, result_info=info or {})
 
     def fail(self, job_id: str, worker_id: str, code: str, message: str) -> bool:
-        return self._finish(job_id, worker_id, state=JobState.FAILED.value, stage="failed",
-                            error_code=code, error_message=message)
+        return self._finish(job_id, worker_id, state=JobState.FAILED.value,
+                            stage=Stage.FAILED.value, error_code=code, error_message=message)
 
     def mark_canceled(self, job_id: str, worker_id: str) -> bool:
         return self._finish(job_id, worker_id, **CANCELED)
@@ -350,7 +358,7 @@ class JobStore:
                 state=JobState.QUEUED.value, worker_id=None, lease_expires_at=None,
                 attempts=sa.func.max(jobs.c.attempts - 1, 0) if self.dialect == "sqlite"
                 else sa.func.greatest(jobs.c.attempts - 1, 0),
-                progress=0, stage="requeued: worker stopped")).rowcount
+                progress=0, stage=Stage.REQUEUED_STOPPED.value)).rowcount
             self._notify(conn)
         if canceled:
             self.on_finished(JobState.CANCELED.value, canceled)
@@ -370,8 +378,8 @@ class JobStore:
                                             lease_expires_at=None)).rowcount
             lost = conn.execute(jobs.update().where(
                 expired, jobs.c.attempts >= self.max_attempts).values(
-                state=JobState.FAILED.value, stage="failed", finished_at=self._now(),
-                lease_expires_at=None, error_code=WORKER_LOST,
+                state=JobState.FAILED.value, stage=Stage.FAILED.value, finished_at=self._now(),
+                lease_expires_at=None, error_code=WorkerLost.code,
                 error_message=f"the render worker stopped answering; gave up after "
                               f"{self.max_attempts} attempts")).rowcount
             changed = canceled + lost
@@ -379,7 +387,7 @@ class JobStore:
                 expired, ~jobs.c.cancel_requested,
                 jobs.c.attempts < self.max_attempts).values(
                 state=JobState.QUEUED.value, worker_id=None, lease_expires_at=None,
-                progress=0, stage="requeued: worker lost")).rowcount
+                progress=0, stage=Stage.REQUEUED_LOST.value)).rowcount
             if requeued:
                 self._notify(conn)
             # crashed workers: their rows (and /metrics series, alerts) go once long silent

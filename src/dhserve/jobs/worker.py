@@ -4,9 +4,9 @@ It never forks after loading models. A heartbeat thread keeps the lease of the r
 the worker's own row fresh; progress is written at most about once a second. Stopping (SIGTERM,
 SIGINT, or stop()) stops claiming, gives the running render a grace period, then hands the job
 back so another worker takes it at once (a job still downloading its inputs is handed back at
-once: downloads look at cancel and stop a few times a second). Recycling (SIGHUP, recycle(), or the memory check
-after a job) stops claiming and exits once the running job is done: no grace period, no
-hand-back.
+once: downloads look at cancel and stop a few times a second). Recycling (SIGHUP, recycle(),
+or the memory check after a job) stops claiming and exits once the running job is done: no
+grace period, no hand-back.
 """
 
 from __future__ import annotations
@@ -31,19 +31,20 @@ from dhserve import metrics
 from dhserve.config import Settings, diagnostic_environment
 from dhserve.engine.face import AnalysisCache
 from dhserve.engine.face.restore import FaceRestorer
-from dhserve.engine.lipsync import LipSyncBackend, create_backend
-from dhserve.engine.lipsync.base import resolve_backend
-from dhserve.engine.pipeline import RenderOptions, render
+from dhserve.engine.lipsync import LipSyncBackend, create_backend, resolve_backend
+from dhserve.engine.pipeline import render
+from dhserve.engine.preflight import RenderOptions
 from dhserve.engine.progress import Progress
-from dhserve.errors import Canceled, DhserveError, first_line
+from dhserve.errors import Canceled, DhserveError, RenderInternal, first_line
 from dhserve.jobs.downloads import download, is_url
-from dhserve.jobs.model import Job, JobState, result_path
+from dhserve.jobs.model import Job, JobState, download_dir, result_path
 from dhserve.jobs.options import job_render_options
 from dhserve.jobs.retention import prune_finished, remove_earlier_partials
 from dhserve.jobs.store import JobStore
 from dhserve.jobs.wakeup import Wakeup
 from dhserve.logs import job_context
 from dhserve.signals import handle_signals
+from dhserve.stages import Stage
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ PROGRESS_INTERVAL_S = 1.0
 HOUSEKEEPING_INTERVAL_S = 3600.0
 STORE_ERRORS = (sa.exc.DBAPIError,)
 FPS_WINDOW_S = 5.0          # frames per second are measured over the last few seconds
-LIP_SYNC_STAGE = "lip-sync"  # the stage whose frames are counted (engine/pipeline.py)
 
 
 class _Running:
@@ -84,7 +84,7 @@ class _JobProgress(Progress):
         self._frames: collections.deque[tuple[float, int]] = collections.deque()
 
     def update(self, fraction: float, stage: str) -> None:
-        if stage != LIP_SYNC_STAGE and self.running.fps is not None:
+        if stage != Stage.LIP_SYNC and self.running.fps is not None:
             self.running.fps = None         # frames/s are lip-sync's: not kept into encoding
             self._frames.clear()
         now = time.monotonic()
@@ -94,7 +94,7 @@ class _JobProgress(Progress):
         self._last_write, self._last_stage = now, stage
         self.worker.renew(self.running, min(int(fraction * 100), 99), stage)
 
-    def check_cancelled(self) -> None:
+    def check_canceled(self) -> None:
         if self.running.stopped.is_set():
             raise Canceled(f"render stopped: {self.running.stop_reason}")
 
@@ -282,7 +282,7 @@ class RenderWorker:
             running.stop("handback")
         log.info("claimed (attempt %d)", job.attempts)
         metrics.observe_claim((job.started_at or job.created_at) - job.created_at)
-        downloads = self.settings.data_dir / "downloads" / f"{job.id}-{uuid.uuid4().hex[:8]}"
+        downloads = download_dir(self.settings, job.id, uuid.uuid4().hex[:8])
         try:
             self._store_call(self.store.worker_heartbeat, self.id, "busy", job.id)
             outcome = self._render(job, running, downloads)
@@ -326,7 +326,7 @@ class RenderWorker:
         except Exception as exc:
             log.exception("internal error")
             running.outcome = JobState.FAILED.value
-            return functools.partial(self.store.fail, job.id, self.id, "render.internal",
+            return functools.partial(self.store.fail, job.id, self.id, RenderInternal.code,
                                      f"internal error: {type(exc).__name__}: {exc}")
         log.info("succeeded: %d frames in %.1f s", result.frames,
                  result.elapsed)
@@ -351,8 +351,8 @@ class RenderWorker:
                options: RenderOptions) -> Path:
         if not is_url(value):
             return Path(value)
-        progress.update(0.0, "downloading")
-        progress.check_cancelled()
+        progress.update(0.0, Stage.DOWNLOADING)
+        progress.check_canceled()
         return download(value, field, folder, int(options.max_input_mb * 2**20),
                         self.settings.download_timeout_seconds,
                         allowed=self.settings.allowed_network_list,
@@ -365,7 +365,7 @@ class RenderWorker:
         render yet that a grace period would save."""
         if self._stop_asked:
             progress.running.stop("handback")
-        progress.update(0.0, "downloading")
+        progress.update(0.0, Stage.DOWNLOADING)
         return progress.running.stopped.is_set()
 
     def _stopped(self, job: Job, running: _Running) -> Callable[[], bool | None]:

@@ -12,14 +12,13 @@ and checked) is `dhserve.runtime.onnx.model_statuses`.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dhserve.config import ENV_PREFIX, Settings
-from dhserve.errors import DhserveError, InputError
+from dhserve.errors import DhserveError, ModelMissing
 
 DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
 Dim = int | str | None     # a fixed size, or a symbolic / unknown one
@@ -28,13 +27,28 @@ Dim = int | str | None     # a fixed size, or a symbolic / unknown one
 class ModelError(DhserveError):
     """A model file is missing, unreadable, or not the model it is configured as.
 
-    A server configuration problem, not the user's input: `path` names the file and the
-    message names what was expected of it."""
+    A server configuration problem, not the user's input (unlike errors.ModelMissing, a job
+    asking for a model the server lacks): `path` names the file and the message names what
+    was expected of it. Raised as one of the subclasses below, each with its code."""
 
-    def __init__(self, code: str, path: Path, reason: str):
-        super().__init__(code, f"{path}: {reason}")
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
         self.path = Path(path)
         self.reason = reason
+
+
+class ModelFileMissing(ModelError):
+    code = "model.missing"
+
+
+class ModelFileCorrupt(ModelError):
+    """Not loadable as ONNX at all."""
+    code = "model.corrupt"
+
+
+class ModelFileMismatch(ModelError):
+    """An ONNX file, but not the model its setting names (other tensors)."""
+    code = "model.bad_signature"
 
 
 @dataclass(frozen=True)
@@ -105,12 +119,12 @@ def check_signature(spec: ModelSpec, inputs: list[TensorSpec], outputs: list[Ten
                     path: Path) -> Signature:
     """Matches the file's tensors to the spec's roles by shape; ModelError naming the expected
     and the found shapes when they do not match."""
-    def refuse(why: str) -> ModelError:
+    def refuse(why: str) -> ModelFileMismatch:
         found = (f"inputs {', '.join(map(str, inputs)) or 'none'}; "
                  f"outputs {', '.join(map(str, outputs)) or 'none'}")
-        return ModelError("model.bad_signature", path,
-                          f"not a {spec.title}: {why}. Expected {spec.describe()}; "
-                          f"found {found}")
+        return ModelFileMismatch(path,
+                                 f"not a {spec.title}: {why}. Expected {spec.describe()}; "
+                                 f"found {found}")
 
     if len(inputs) != len(spec.inputs):
         raise refuse(f"{len(inputs)} inputs instead of {len(spec.inputs)}")
@@ -148,16 +162,7 @@ def require_model(settings: Settings, spec: ModelSpec, field: str) -> Path:
     a model the server lacks is refused up front ("needs models/GFPGANv1.4.onnx")."""
     path = model_path(settings, spec)
     if not path.is_file():
-        raise InputError("model.missing", field,
-                         f"needs models/{path.name} (the {spec.title}; not found in the "
-                         f"models folder, {ENV_PREFIX}MODELS_DIR)")
+        raise ModelMissing(field,
+                           f"needs models/{path.name} (the {spec.title}; not found in the "
+                           f"models folder, {ENV_PREFIX}MODELS_DIR)")
     return path
-
-
-def __getattr__(name: str):
-    """Old home of `model_statuses` / `ModelStatus` (now in dhserve.runtime.onnx, which this
-    module must not import: it loads ONNX Runtime). Kept until cli and doctor import them from
-    there; resolved on first use, so importing this module still loads no inference library."""
-    if name in ("model_statuses", "ModelStatus"):
-        return getattr(importlib.import_module("dhserve.runtime.onnx"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,6 +28,8 @@ from dhserve.runtime.models import (
     DTYPES,
     KNOWN_MODELS,
     ModelError,
+    ModelFileCorrupt,
+    ModelFileMissing,
     ModelSpec,
     TensorSpec,
     check_signature,
@@ -46,9 +48,10 @@ _PROVIDER = {"cuda": CUDA, "tensorrt": TENSORRT}
 class LoadedBeforeFork(DhserveError):
     """A session used in a child of the process that made it: the CUDA-after-fork trap."""
 
+    code = "runtime.loaded_before_fork"
+
     def __init__(self, what: str, parent: int):
         super().__init__(
-            "runtime.loaded_before_fork",
             f"{what} was loaded in process {parent} and used in its forked child "
             f"{os.getpid()}: CUDA state does not survive fork. Load models after the process "
             f"starts (Gunicorn: preload_app = False, models loaded in post_worker_init or in "
@@ -58,8 +61,7 @@ class LoadedBeforeFork(DhserveError):
 class GpuUnavailable(DhserveError):
     """A GPU was asked for and ONNX Runtime cannot use it."""
 
-    def __init__(self, message: str):
-        super().__init__("runtime.gpu_unavailable", message)
+    code = "runtime.gpu_unavailable"
 
 
 @dataclass(frozen=True)
@@ -197,11 +199,11 @@ def create_session(path: Path, config: SessionConfig, what: str = "model",
                    optimize: bool = True) -> ort.InferenceSession:
     """An InferenceSession for the model file at `path`, on the configured device, checked.
 
-    Raises ModelError (model.missing, model.corrupt) for the file, GpuUnavailable for the
+    Raises ModelFileMissing or ModelFileCorrupt (ModelErrors) for the file, GpuUnavailable for the
     device. `what` names the model in messages ("wav2lip model")."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError("model.missing", path, f"{what} file not found")
+        raise ModelFileMissing(path, f"{what} file not found")
     check_available(config)
     session = open_session(path, config, what, session_options(config, optimize))
     check_session(session, config, what)
@@ -225,8 +227,8 @@ def open_session(path: Path, config: SessionConfig, what: str,
         if config.wants_gpu and _GPU_FAILURE.search(str(exc)):
             raise GpuUnavailable(f"{what}: {config.gpu_provider_name} failed: "
                                  f"{first_line(exc)}; " + install_hint()) from None
-        raise ModelError("model.corrupt", path, f"cannot be loaded as an ONNX {what} "
-                         f"({first_line(exc)})") from None
+        raise ModelFileCorrupt(path, f"cannot be loaded as an ONNX {what} "
+                               f"({first_line(exc)})") from None
     return session
 
 
@@ -245,11 +247,9 @@ class OnnxModel:
         self.pid = os.getpid()       # the fork guard: run() refuses in any other process
         try:
             self.session = create_session(self.path, config, spec.title, optimize)
-        except ModelError as exc:
-            if exc.code == "model.corrupt":
-                raise ModelError(exc.code, exc.path,
-                                 f"{exc.reason}. Expected {spec.describe()}") from None
-            raise
+        except ModelFileCorrupt as exc:
+            raise ModelFileCorrupt(exc.path,
+                                   f"{exc.reason}. Expected {spec.describe()}") from None
         inputs = [TensorSpec(t.name, tuple(t.shape), t.type) for t in self.session.get_inputs()]
         outputs = [TensorSpec(t.name, tuple(t.shape), t.type)
                    for t in self.session.get_outputs()]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dhserve.engine.face.detect import MediaPipeFaceDetector
-from dhserve.errors import InputError
+from dhserve.errors import InputError, MultipleFaces, NoFace, NoVideoStream
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,12 @@ def analyse_frames(frames: Iterable[np.ndarray], field_name: str = "video",
         if own:
             detector.close()
     if not points:
-        raise InputError("video.no_video_stream", field_name, "video has no frames")
+        raise NoVideoStream(field_name, "video has no frames")
     landmarks = np.stack(points).astype(np.float32)
     face_counts = np.array(counts, dtype=np.int16)
     if np.isnan(landmarks[:, 0, 0]).all():
-        raise InputError("video.no_face", field_name,
-                         f"no face found in any of {len(points)} frames")
+        raise NoFace(field_name,
+                     f"no face found in any of {len(points)} frames")
     warnings = []
     several = int((face_counts > 1).sum())
     if several:
@@ -105,9 +105,9 @@ def analyse_frames(frames: Iterable[np.ndarray], field_name: str = "video",
 
 
 def multiple_faces_error(field_name: str, count: int, frame: int) -> InputError:
-    return InputError("video.multiple_faces", field_name,
-                      f"{count} faces in frame {frame}; the template must show one person "
-                      "(or allow the largest face to be used)")
+    return MultipleFaces(field_name,
+                         f"{count} faces in frame {frame}; the template must show one person "
+                         "(or allow the largest face to be used)")
 
 
 def smooth_landmarks(landmarks: np.ndarray, sigma: float = SMOOTHING_SIGMA) -> np.ndarray:

@@ -1,8 +1,8 @@
 """MediaPipe face detection (full-range) + Face Mesh on a crop around the chosen face.
 
-Face Mesh alone finds faces with the short-range detector, which misses a face that is small
-in a 720p frame; detecting with the full-range model and meshing a square crop (1.8x the box)
-finds it every time (reference/lipsync-facts.md).
+Face Mesh alone finds faces with the short-range detector (MediaPipe's model for faces within
+about 2 m of the camera), which misses a face that is small in a 720p frame; detecting with the
+full-range model (up to about 5 m) and meshing a square crop (1.8x the box) finds it.
 """
 
 from __future__ import annotations

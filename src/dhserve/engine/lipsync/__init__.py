@@ -13,7 +13,7 @@ from functools import cache
 
 from dhserve.config import Settings
 from dhserve.engine.lipsync.base import FrameBatch, LipSyncBackend
-from dhserve.errors import InputError
+from dhserve.errors import UnknownBackend
 from dhserve.runtime.models import ModelSpec, model_path
 
 # Adding a backend: one module, one line here. The order is "auto"'s preference: the first
@@ -46,9 +46,9 @@ def check_backend(name: str, settings: Settings | None = None) -> str:
     refuses a job for a backend that does not exist at submit time, not in the worker."""
     name = resolve_backend(name, settings)
     if name not in BACKENDS:
-        raise InputError("options.unknown_backend", "backend",
-                         f"unknown lip-sync backend {name!r}; available: "
-                         f"{', '.join(available_backends())}")
+        raise UnknownBackend("backend",
+                             f"unknown lip-sync backend {name!r}; available: "
+                             f"{', '.join(available_backends())}")
     return name
 
 

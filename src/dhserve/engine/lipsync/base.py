@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -69,11 +69,9 @@ class LipSyncBackend(ABC):
         """Releases models and sessions."""
 
 
-def __getattr__(name: str):
-    """Old home of the functions on the table of backends, now in dhserve.engine.lipsync
-    (which imports this module, so this one cannot import it back). Kept until the worker,
-    the CLI, the doctor and /health import them from there."""
-    if name in ("available_backends", "backend_class", "check_backend", "create_backend",
-                "resolve_backend"):
+def __getattr__(name: str) -> Any:
+    """Old home of `resolve_backend`, now in dhserve.engine.lipsync (which imports this
+    module, so this one cannot import it back). Kept until /health imports it from there."""
+    if name == "resolve_backend":
         return getattr(importlib.import_module("dhserve.engine.lipsync"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
