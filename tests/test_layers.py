@@ -39,3 +39,14 @@ def test_the_app_answers_a_submit_without_loading_model_code(tmp_path):
         "'video_url': 'v.mp4', 'code': 'layers-1', 'chaofen': 1})\n"
         "assert answer.status_code == 200, answer.data\n")
     assert loaded_after(statement) == []
+
+
+def test_admission_reads_media_headers_without_the_frame_code():
+    """Admission probes inputs (dhserve.engine.probe); the frame conversions and the MP4
+    writer stay with the render."""
+    statement = ("import sys\nfrom dhserve.jobs.admission import admit\n"
+                 "print(' '.join(m for m in ('dhserve.engine.media', 'dhserve.engine.rgb_frames', "
+                 "'dhserve.engine.mp4_writer') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", statement], capture_output=True, text=True,
+                          check=True, timeout=120)
+    assert done.stdout.split() == []

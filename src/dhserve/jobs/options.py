@@ -3,7 +3,6 @@ checks them before the job is queued; the worker reads them again when it render
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import typing
@@ -81,11 +80,3 @@ def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOpt
         if problem:
             raise OptionsInvalid(name, problem)
     return RenderOptions.from_settings(settings, **options)
-
-
-def __getattr__(name: str):
-    """Old home of check_free_space and check_job, now dhserve.jobs.admission's (which
-    imports this module). Kept until `dhserve jobs submit` calls admit()."""
-    if name in ("check_free_space", "check_job"):
-        return getattr(importlib.import_module("dhserve.jobs.admission"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
