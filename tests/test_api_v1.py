@@ -205,7 +205,7 @@ def test_openapi_document_is_valid_and_served(service):
 
 def test_uploads_go_with_their_job_when_retention_prunes_it(service, tiny_template,
                                                              tiny_speech):
-    from dhserve.jobs.worker import prune_finished
+    from dhserve.jobs.retention import prune_finished
 
     svc = service(retention_days=0.0)
     form = {"video": (io.BytesIO(tiny_template.read_bytes()), "avatar.mp4"),

@@ -32,6 +32,7 @@ from dhserve.doctor.onnxruntime import (
     tiny_model,
 )
 from dhserve.doctor.pytorch import pytorch_verdict
+from dhserve.runtime.gpu import GpuSummary
 
 # What NVML reports on a machine with one 24 GB GPU: the config files below are built for it,
 # the way dhserve's gunicorn.conf.py builds its settings on such a machine.
@@ -287,9 +288,10 @@ def gunicorn_conf(tmp_path: Path, gpu: bool, extra: str = "", layout: str = "all
         "from dhserve.config import ServingSettings, Settings\n"
         "from dhserve.serving.plan import plan_serving\n"
         "from dhserve.serving.web import gunicorn_settings\n"
+        "from dhserve.runtime.gpu import GpuSummary\n"
         f"_settings = Settings(data_dir={str(tmp_path / 'data')!r})\n"
         f"_plan = plan_serving(_settings, ServingSettings.from_env({{}}), {layout!r}, "
-        f"gpu={A10 if gpu else NO_GPU!r})\n"
+        f"gpu=GpuSummary.from_json({A10 if gpu else NO_GPU!r}))\n"
         "globals().update(gunicorn_settings(_settings, _plan))\n" + extra + "\n")
     return path
 
@@ -580,7 +582,8 @@ TORCH_CU124 = {"version": "2.5.1+cu124", "cuda_build": "12.4", "cuda_available":
 def test_pytorch_verdicts(tmp_path):
     def verdict(torch, gpu, nvml_check=None, ort_major=None, wheel_major=12):
         facts = Facts(Settings(data_dir=tmp_path), None,
-                      {"PYTORCH_NVML_BASED_CUDA_CHECK": nvml_check}, gpu)
+                      {"PYTORCH_NVML_BASED_CUDA_CHECK": nvml_check},
+                      GpuSummary.from_json(gpu))
         return {c.name: c for c in pytorch_verdict(facts, torch, ort_major, wheel_major)}
 
     found = verdict(TORCH_CPU, A10, "1", wheel_major=13)
@@ -648,7 +651,7 @@ TWO_GPUS = {"available": True, "driver": "550.54", "devices": [
 ], ids=["device", "low-free-memory", "visible", "order-unset", "order-pci", "absent",
         "mig", "container-count", "container-all"])
 def test_gpu_checks_on_a_two_gpu_host(tmp_path, variables, name, status, said):
-    facts = Facts(Settings(data_dir=tmp_path), None, variables, TWO_GPUS)
+    facts = Facts(Settings(data_dir=tmp_path), None, variables, GpuSummary.from_json(TWO_GPUS))
     check = {c.name: c for c in gpu_checks(facts)}[name]
     assert check.status == status and said in check.detail, check
     assert status == OK or check.remedy
@@ -656,8 +659,9 @@ def test_gpu_checks_on_a_two_gpu_host(tmp_path, variables, name, status, said):
 
 def test_a_failing_nvml_is_an_error_line(tmp_path):
     facts = Facts(Settings(data_dir=tmp_path), None, {},
-                  {"available": False, "reason": "NVML failed (OSError: bad driver)",
-                   "error": "OSError: bad driver"})
+                  GpuSummary.from_json({"available": False,
+                                        "reason": "NVML failed (OSError: bad driver)",
+                                        "error": "OSError: bad driver"}))
     found = {c.name: c for c in gpu_checks(facts)}
     assert found["nvml"].status == ERROR and "OSError: bad driver" in found["nvml"].detail
     assert found["devices"].status == OK            # nothing asks for a GPU: CPU mode
@@ -701,7 +705,7 @@ def test_media_encoders_work_and_a_missing_one_is_an_error(checks):
 
     report = checks("media")
     assert report.exit_code == 0 and find(report, "media", "encode")["data"]["bytes"] > 0
-    facts = Facts(Settings(), None, {}, NO_GPU)
+    facts = Facts(Settings(), None, {}, GpuSummary.from_json(NO_GPU))
     found = {c.name: c for c in media_checks(facts, encoders=("libx264", "aac", "libfdk_aac"))}
     assert found["libfdk_aac"].status == ERROR        # not in PyAV's FFmpeg (non-free)
     assert found["libx264"].status == OK and "encode" not in found

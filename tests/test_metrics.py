@@ -25,8 +25,8 @@ from dhserve import metrics
 from dhserve.config import Settings
 from dhserve.jobs import JobSpec, JobState, JobStore, migrate
 from dhserve.jobs.schema import workers
-from dhserve.monitor import run_top
 from dhserve.runtime.gpu import gpu_summary
+from dhserve.top import run_top
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

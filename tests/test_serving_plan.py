@@ -14,6 +14,7 @@ from conftest import ROOT
 
 from dhserve.config import ServingSettings, Settings
 from dhserve.logs import configure_logging, job_context
+from dhserve.runtime.gpu import GpuSummary
 from dhserve.serving.plan import ServingConfigError, plan_serving
 from dhserve.serving.profiles import profile_for_memory
 from dhserve.serving.watchdog import MemoryWatchdog
@@ -30,7 +31,8 @@ def gpus(*memory_mib: float) -> dict:
 
 def plan(env: dict[str, str] | None = None, layout: str = "split", gpu: dict = NO_GPU,
          **settings):
-    return plan_serving(Settings(**settings), ServingSettings.from_env(env or {}), layout, gpu)
+    return plan_serving(Settings(**settings), ServingSettings.from_env(env or {}), layout,
+                        GpuSummary.from_json(gpu))
 
 
 @pytest.mark.parametrize(("card", "mib", "profile"), [

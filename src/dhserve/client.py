@@ -45,7 +45,8 @@ class ClientError(DhserveError):
 
     def __init__(self, code: str, detail: str, field: str | None = None,
                  status: int | None = None):
-        super().__init__(code, f"{field}: {detail}" if field else detail)
+        super().__init__(f"{field}: {detail}" if field else detail)
+        vars(self)["code"] = code       # the server's code (data it sent), over the class's
         self.detail, self.field, self.status = detail, field, status
 
     @property

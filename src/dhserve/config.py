@@ -1,4 +1,9 @@
-"""Every setting dhserve has, read in one place: DHSERVE_* environment variables + overrides."""
+"""Every setting dhserve has, read in one place: DHSERVE_* environment variables + overrides.
+
+The only module that reads the process environment; other modules ask it (Settings,
+ServingSettings, the accessors below). Variables set for child processes (a renderer's
+CUDA_VISIBLE_DEVICES, the metrics folder, the plan) are written where those processes are
+started: serving/roles.py, serving/hooks.py, serving/supervisor.py, metrics.init."""
 
 from __future__ import annotations
 
@@ -22,7 +27,10 @@ CHOICES = {"loop": LOOP_MODES, "multiple_faces": MULTIPLE_FACE_POLICIES,
            "cudnn_conv_algo_search": CUDNN_CONV_ALGO_SEARCHES}
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 DATABASE_URL_PATTERN = re.compile(r"(sqlite|postgresql(\+psycopg)?)://.*", re.DOTALL)
-METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"    # prometheus_client reads it when imported
+# prometheus_client's multiprocess folder (its own variable's name): metrics.init sets it in a
+# process that joins the folder, so its children (Gunicorn workers) inherit it
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SUPERVISOR_PID_ENV = "DHSERVE_SUPERVISOR_PID"   # set by `dhserve serve` in the processes it starts
 POSITIVE = ("batch_size", "lease_seconds", "heartbeat_seconds", "max_attempts", "max_queued",
             "poll_seconds", "download_timeout_seconds", "log_max_mb")
 
@@ -243,9 +251,10 @@ class ClientSettings:
 
 
 def active_metrics_dir(environ: Mapping[str, str] | None = None) -> Path | None:
-    """The folder this process's metrics go to, as prometheus_client sees it (it reads the
-    variable itself on import, so this is process-wide, whatever Settings a caller holds);
-    None: a single process, prometheus_client's default registry."""
+    """The multiprocess metrics folder this process was started to join (PROMETHEUS_MULTIPROC_DIR,
+    set by `dhserve serve` or the Gunicorn master for their children): process-wide, whatever
+    Settings a caller holds, and what each role passes to metrics.init, which decides where
+    the metrics go; None: a single process, prometheus_client's default registry."""
     environ = os.environ if environ is None else environ
     value = environ.get(METRICS_DIR_ENV) or environ.get(METRICS_DIR_ENV.lower())
     return Path(value) if value else None
@@ -323,6 +332,19 @@ def diagnostic_environment(environ: Mapping[str, str] | None = None) -> dict[str
     every GPU)."""
     environ = os.environ if environ is None else environ
     return {name: environ.get(name) for name in DIAGNOSTIC_VARIABLES}
+
+
+def process_environment() -> dict[str, str]:
+    """A copy of this process's environment as it is now: what a child process is given
+    (serving/supervisor.py) and what the doctor's probes run with."""
+    return dict(os.environ)
+
+
+def supervisor_pid(environ: Mapping[str, str] | None = None) -> int | None:
+    """The pid of the `dhserve serve` that started this process; None when none did."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(SUPERVISOR_PID_ENV, "")
+    return int(value) if value.isdigit() else None
 
 
 def _env_name(f: Any) -> str:

@@ -36,7 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from dhserve.config import METRICS_DIR_ENV
 from dhserve.jobs.model import JobState
-from dhserve.runtime.gpu import gpu_summary
+from dhserve.runtime.gpu import read_gpus
 
 if TYPE_CHECKING:
     from dhserve.jobs.store import JobStore
@@ -214,8 +214,8 @@ class ServiceCollector:
 
 def gpu_metrics(max_age_s: float) -> Iterator[Metric]:
     """Per GPU: utilisation and memory, from NVML; nothing at all where there is no GPU."""
-    summary = gpu_summary(max_age=max_age_s)
-    if not summary.get("available"):
+    summary = read_gpus(max_age=max_age_s)
+    if not summary.available:
         return
     labels = ["gpu", "name"]
     utilization = GaugeMetricFamily("dhserve_gpu_utilization_ratio", "Share of the last "
@@ -225,12 +225,12 @@ def gpu_metrics(max_age_s: float) -> Iterator[Metric]:
                              "processes.", labels=labels)
     total = GaugeMetricFamily("dhserve_gpu_memory_total_bytes", "GPU memory (NVML).",
                               labels=labels)
-    for device in summary["devices"]:
-        key = [str(device["index"]), device["name"]]
-        if device["utilization_percent"] is not None:
-            utilization.add_metric(key, device["utilization_percent"] / 100.0)
-        used.add_metric(key, device["memory_used_mb"] * MIB)
-        total.add_metric(key, device["memory_total_mb"] * MIB)
+    for device in summary.devices:
+        key = [str(device.index), device.name]
+        if device.utilization_percent is not None:
+            utilization.add_metric(key, device.utilization_percent / 100.0)
+        used.add_metric(key, device.memory_used_mb * MIB)
+        total.add_metric(key, device.memory_total_mb * MIB)
     yield from (utilization, used, total)
 
 

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
@@ -23,11 +23,17 @@ from dhserve.config import Settings
 from dhserve.errors import DhserveError, first_line
 from dhserve.jobs.model import Job, JobState
 from dhserve.jobs.store import JobStore
-from dhserve.runtime.gpu import gpu_summary
+from dhserve.runtime.gpu import GpuDevice, read_gpus
 
-MIB_PER_GIB = 1024.0        # gpu_summary gives MiB
+MIB_PER_GIB = 1024.0        # NVML's figures are MiB
 CLEAR = "\x1b[H\x1b[2J"
 ALT_SCREEN_ON, ALT_SCREEN_OFF = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"
+
+
+class NoTerminal(DhserveError):
+    """The live view asked for where there is no terminal to draw on."""
+
+    code = "top.no_terminal"
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class Snapshot:
     counts: dict[str, int]
     workers: list[WorkerView]
     recent: list[Job]
-    gpus: list[dict[str, Any]] = field(default_factory=list)
+    gpus: tuple[GpuDevice, ...] = ()
     gpu_note: str = ""          # why there are no GPU figures
 
 
@@ -73,11 +79,10 @@ def take_snapshot(store: JobStore, settings: Settings, recent: int = 10) -> Snap
             "silent" if w.silent(now, settings.heartbeat_seconds) else w.state, w.job_id,
             job.progress if job else None, job.stage if job else None,
             w.fps if job else None, w.heartbeat_age(now)))
-    gpu = gpu_summary(max_age=0.5)
+    gpu = read_gpus(max_age=0.5)
     return Snapshot(now, store.engine.url.render_as_string(hide_password=True), counts,
                     workers, store.list(limit=recent) if recent else [],
-                    gpu.get("devices", []) if gpu.get("available") else [],
-                    "" if gpu.get("available") else gpu.get("reason", "no GPU"))
+                    gpu.usable_devices, "" if gpu.available else gpu.reason or "no GPU")
 
 
 def snapshot_json(snap: Snapshot) -> str:
@@ -87,7 +92,7 @@ def snapshot_json(snap: Snapshot) -> str:
         "taken_at": snap.taken_at, "store": snap.store, "queue": snap.counts,
         "workers": [dataclasses.asdict(w) for w in snap.workers],
         "jobs": [{**dataclasses.asdict(job), "state": job.state.value} for job in snap.recent],
-        "gpus": snap.gpus, "gpu_note": snap.gpu_note}, indent=2) + "\n"
+        "gpus": [d.to_json() for d in snap.gpus], "gpu_note": snap.gpu_note}, indent=2) + "\n"
 
 
 def render_snapshot(snap: Snapshot, width: int | None = 120) -> str:
@@ -114,10 +119,10 @@ def render_snapshot(snap: Snapshot, width: int | None = 120) -> str:
     lines += ["", "GPUS"]
     if snap.gpus:
         for g in snap.gpus:
-            util = f"{g['utilization_percent']:3d}%" if g["utilization_percent"] is not None \
+            util = f"{g.utilization_percent:3d}%" if g.utilization_percent is not None \
                 else "   -"
-            used, total = g["memory_used_mb"] / MIB_PER_GIB, g["memory_total_mb"] / MIB_PER_GIB
-            lines.append(f"  {g['index']}  {cut(g['name'], 28):<28} util {util}  memory "
+            used, total = g.memory_used_mb / MIB_PER_GIB, g.memory_total_mb / MIB_PER_GIB
+            lines.append(f"  {g.index}  {cut(g.name, 28):<28} util {util}  memory "
                          f"{used:6.1f} / {total:.1f} GiB")
     else:
         lines.append(f"  none ({snap.gpu_note})")
@@ -167,8 +172,8 @@ def run_top(store: JobStore, settings: Settings, once: bool = False, interval: f
         out.write(render_snapshot(take_snapshot(store, settings, recent), width))
         return 0
     if not out.isatty():
-        raise DhserveError("top.no_terminal", "the live view needs a terminal; for a pipe or "
-                           "a file use --once (text) or --json")
+        raise NoTerminal("the live view needs a terminal; for a pipe or a file use --once "
+                         "(text) or --json")
     import sqlalchemy as sa
 
     with _screen(out) as keys:

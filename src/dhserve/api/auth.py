@@ -13,9 +13,10 @@ import ipaddress
 from flask import Flask, Response, request
 
 from dhserve.api.heygem import refused_envelope
-from dhserve.api.problems import problem
+from dhserve.api.problems import problem_for
 from dhserve.api.ui import OPEN_ENDPOINTS as UI_ENDPOINTS
 from dhserve.config import Settings
+from dhserve.errors import AccessRefused
 
 OPEN_ENDPOINTS = frozenset({"health.livez", *UI_ENDPOINTS})
 # Headers a reverse proxy adds: the peer is then the proxy, not the client, and the client
@@ -42,12 +43,12 @@ def install(app: Flask, settings: Settings) -> None:
             if heygem_client_allowed(request.remote_addr, heygem_networks,
                                      any(h in request.headers for h in PROXY_HEADERS)):
                 return None
-            return refused_envelope(
-                "auth.required", f"this server needs an API key for /easy from "
+            return refused_envelope(AccessRefused(
+                f"this server needs an API key for /easy from "
                 f"{request.remote_addr or 'this client'}; HeyGem clients are served without "
-                "one only from the networks its operator allows (DHSERVE_HEYGEM_NETWORKS)")
-        return problem(401, "auth.required", "this server needs an API key: send "
-                       "'Authorization: Bearer <key>'")
+                "one only from the networks its operator allows (DHSERVE_HEYGEM_NETWORKS)"))
+        return problem_for(AccessRefused("this server needs an API key: send "
+                                         "'Authorization: Bearer <key>'"))
 
 
 def heygem_client_allowed(remote_addr: str | None, networks: tuple[Network, ...],

@@ -15,7 +15,7 @@ from typing import Any
 from flask import current_app, request
 
 from dhserve.config import ServingSettings, Settings
-from dhserve.errors import InputError
+from dhserve.errors import RequestInvalid
 from dhserve.jobs.admission import data_roots
 from dhserve.jobs.downloads import is_url
 from dhserve.jobs.model import WorkerInfo
@@ -81,14 +81,14 @@ def parse_json(text: str | bytes, field: str) -> Any:
         try:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise InputError("request.invalid", field,
+            raise RequestInvalid(field,
                              f"is not UTF-8 text (byte {exc.start})") from None
     try:
         return json.loads(text, parse_constant=_no_constant)
     except RecursionError:
-        raise InputError("request.invalid", field, "JSON is nested too deeply") from None
+        raise RequestInvalid(field, "JSON is nested too deeply") from None
     except ValueError as exc:
-        raise InputError("request.invalid", field, f"is not JSON: {exc}") from None
+        raise RequestInvalid(field, f"is not JSON: {exc}") from None
 
 
 def _no_constant(name: str) -> Any:
@@ -103,7 +103,7 @@ def json_body() -> Any:
 
 def check_job_id(value: str, field: str) -> str:
     if not JOB_ID.fullmatch(value):
-        raise InputError("request.invalid", field,
+        raise RequestInvalid(field,
                          "must be 1-128 letters, digits, '.', '_' or '-', starting with a "
                          f"letter or digit; got {value[:40]!r}")
     return value

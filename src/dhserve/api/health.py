@@ -9,10 +9,10 @@ from flask import Blueprint, Response, jsonify, request
 
 from dhserve import __version__
 from dhserve.api.context import context, iso_time
-from dhserve.engine.lipsync.base import resolve_backend
+from dhserve.engine.lipsync import resolve_backend
 from dhserve.fsutil import free_mb
 from dhserve.jobs.model import JobState
-from dhserve.runtime.gpu import gpu_summary
+from dhserve.runtime.gpu import read_gpus
 from dhserve.serving.plan import FLASK_SERVER
 
 blueprint = Blueprint("health", __name__)
@@ -63,7 +63,7 @@ def health() -> tuple[Response, int]:
                   "jobs": {state.value: n for state, n in counts.items()}},
         "workers": workers,
         "serving": serving_now(ctx.serving(), request.environ.get("SERVER_SOFTWARE", "")),
-        "gpu": gpu_summary(max_age=GPU_SUMMARY_MAX_AGE_S),
+        "gpu": read_gpus(max_age=GPU_SUMMARY_MAX_AGE_S).to_json(),
     }), 200
 
 

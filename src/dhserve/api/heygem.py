@@ -1,7 +1,8 @@
 """HeyGem's video API (/easy/submit, /easy/query), answered exactly as its clients expect.
 
 Every answer is HTTP 200 with an envelope {code, data, msg, success} whose `code` carries the
-outcome; see reference/heygem-api.md. Jobs are the queue's jobs: the HeyGem `code` is the job
+outcome: 10000 accepted, 10001 busy, 10002 a missing or malformed parameter, 10004 no such
+task, 10005 the task exists, 9999 a system failure (README.md, "HTTP API"). Jobs are the queue's jobs: the HeyGem `code` is the job
 id, the result is written to <data dir>/temp/<code>-r.mp4.
 """
 
@@ -20,7 +21,20 @@ from dhserve import metrics
 from dhserve.api.context import check_job_id, context, json_body, public_path
 from dhserve.api.inputs import input_text, resolve_input, spooled_form
 from dhserve.config import Settings
-from dhserve.errors import DhserveError, InputError, StorageFull, first_line
+from dhserve.errors import (
+    ACCEPTED,
+    BUSY,
+    EXISTS,
+    MISSING,
+    NOT_FOUND,
+    SYSTEM,
+    DhserveError,
+    InputError,
+    JobNotFound,
+    RequestInvalid,
+    StorageFull,
+    first_line,
+)
 from dhserve.jobs.admission import admit, public_text
 from dhserve.jobs.model import Job, JobSpec, JobState
 
@@ -28,11 +42,13 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("heygem", __name__, url_prefix="/easy")
 
-OK, BUSY, MISSING, NOT_FOUND, EXISTS, SYSTEM = 10000, 10001, 10002, 10004, 10005, 9999
+OK = ACCEPTED
 MSG_BUSY = "忙碌中"
 MSG_NOT_FOUND = "任务不存在"
 MSG_EXISTS = "任务已存在，正在执行中"
 MSG_SYSTEM = "系统异常"
+# The refusals HeyGem's contract has a code of its own for (errors.py declares which).
+MESSAGES = {BUSY: MSG_BUSY, EXISTS: MSG_EXISTS}
 REQUIRED = ("audio_url", "video_url", "code")       # checked in the vendor's order
 STATUS_RUNNING, STATUS_DONE, STATUS_FAILED = 1, 2, 3
 FLAGS = {"chaofen": "face_restore", "watermark_switch": "watermark", "digital_auth": "ai_label"}
@@ -46,10 +62,10 @@ def envelope(code: int, msg: Any = "", data: dict[str, Any] | None = None) -> Re
     return jsonify({"code": code, "data": data or {}, "msg": msg, "success": True})
 
 
-def refused_envelope(code: str, message: str) -> Response:
+def refused_envelope(exc: DhserveError) -> Response:
     """A refusal HeyGem's contract has no code for (no key; a full disk): 9999, the vendor's
     own failure code, which every client shows as failed, with dhserve's code in `msg`."""
-    return envelope(SYSTEM, f"{code}: {message}")
+    return envelope(SYSTEM, f"{exc.code}: {exc.message}")
 
 
 def heygem_message(message: str) -> str:
@@ -65,14 +81,14 @@ def submit() -> Response:
     except InputError as exc:
         return envelope(MISSING, heygem_message(exc.message))
     except StorageFull as exc:          # a multipart body spools to the data dir
-        return refused_envelope(exc.code, exc.message)
+        return refused_envelope(exc)
     for name in REQUIRED:
         if body.get(name) in (None, ""):
             return envelope(MISSING, f"{name}参数缺失")
     ctx = context()
     try:
         if isinstance(body["code"], bool) or not isinstance(body["code"], (str, int)):
-            raise InputError("request.invalid", "code", "must be a string")
+            raise RequestInvalid("code", "must be a string")
         code = check_job_id(str(body["code"]), "code")
         g.job_id = code
         spec, refused, named = _spec(code, body)
@@ -86,12 +102,10 @@ def submit() -> Response:
     except InputError as exc:
         return envelope(MISSING, heygem_message(public_text(exc.message, ctx.settings)))
     except DhserveError as exc:
-        if exc.code == "queue.full":
-            return envelope(BUSY, MSG_BUSY)
-        if exc.code == "job.conflict":
-            return envelope(EXISTS, MSG_EXISTS)
-        if exc.code == "storage.full":      # not even a failed job could be recorded
-            return refused_envelope(exc.code, exc.message)
+        if exc.heygem in MESSAGES:          # busy, or the id exists with another payload
+            return envelope(exc.heygem, MESSAGES[exc.heygem])
+        if isinstance(exc, StorageFull):    # not even a failed job could be recorded
+            return refused_envelope(exc)
         log.error("submit %s: %s %s", g.get("job_id"), exc.code, exc.message)
         return envelope(SYSTEM, MSG_SYSTEM)
     return envelope(OK, OK)
@@ -105,8 +119,8 @@ def _body() -> dict[str, Any]:
         return {}                           # as the vendor: "audio_url参数缺失"
     body = json_body()
     if not isinstance(body, dict):
-        raise InputError("request.invalid", "body", "must be a JSON object with audio_url, "
-                         "video_url and code")
+        raise RequestInvalid("body", "must be a JSON object with audio_url, "
+                             "video_url and code")
     return body
 
 
@@ -164,7 +178,7 @@ def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
         return True
     if str(value).strip().lower() in ("0", "false"):
         return False
-    raise InputError("request.invalid", name, f"must be 0 or 1; got {value!r}")
+    raise RequestInvalid(name, f"must be 0 or 1; got {value!r}")
 
 
 @blueprint.get("/query")
@@ -175,10 +189,8 @@ def query() -> Response:
     g.job_id = code
     try:
         job = context().store.get(code)
-    except DhserveError as exc:
-        if exc.code == "job.not_found":
-            return envelope(NOT_FOUND, MSG_NOT_FOUND)
-        raise
+    except JobNotFound:
+        return envelope(NOT_FOUND, MSG_NOT_FOUND)
     return envelope(OK, "", task_status(job, context().settings))
 
 

@@ -15,7 +15,15 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from dhserve.config import Settings
-from dhserve.errors import InputError, StorageFull
+from dhserve.errors import (
+    InputEmpty,
+    InputInvalidUrl,
+    InputPathNotAllowed,
+    InputSchemeNotAllowed,
+    InputTooLarge,
+    RequestInvalid,
+    StorageFull,
+)
 from dhserve.fsutil import remove_quietly
 
 CHUNK = 1 << 20
@@ -29,9 +37,9 @@ SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://|(data|javascript|mailto):", r
 def input_text(value: object, field: str) -> str:
     """The input as a request must give it: a non-empty string of sane length."""
     if not isinstance(value, str) or not value.strip():
-        raise InputError("request.invalid", field, "must be a non-empty string")
+        raise RequestInvalid(field, "must be a non-empty string")
     if len(value.strip()) > MAX_INPUT_CHARS:
-        raise InputError("request.invalid", field, f"is {len(value.strip())} characters "
+        raise RequestInvalid(field, f"is {len(value.strip())} characters "
                          f"long; the limit is {MAX_INPUT_CHARS}")
     return value.strip()
 
@@ -42,19 +50,19 @@ def resolve_input(value: object, field: str, settings: Settings) -> str:
     relative path is taken from the data dir."""
     value = input_text(value, field)
     if CONTROL.search(value):
-        raise InputError("input.path_not_allowed", field, "contains control characters")
+        raise InputPathNotAllowed(field, "contains control characters")
     match = SCHEME.match(value)
     scheme = (match.group(1) or match.group(2)).lower() if match else ""
     if scheme in ("http", "https"):
         if not urlsplit(value).hostname:
-            raise InputError("input.invalid_url", field, f"URL has no host: {value[:200]}")
+            raise InputInvalidUrl(field, f"URL has no host: {value[:200]}")
         return value
     if scheme:
-        raise InputError("input.scheme_not_allowed", field,
+        raise InputSchemeNotAllowed(field,
                          f"{scheme}: inputs are not accepted; give an http(s) URL or a file "
                          "inside the data dir")
     if ".." in PurePosixPath(value).parts:
-        raise InputError("input.path_not_allowed", field, "'..' is not allowed in a path")
+        raise InputPathNotAllowed(field, "'..' is not allowed in a path")
     path = Path(value)
     if not path.is_absolute():
         base = settings.temp_dir if len(path.parts) == 1 else settings.data_dir
@@ -62,7 +70,7 @@ def resolve_input(value: object, field: str, settings: Settings) -> str:
     real = Path(os.path.realpath(path))      # symlinks followed before the check
     roots = [Path(os.path.realpath(root)) for root in settings.input_root_paths]
     if not any(real.is_relative_to(root) for root in roots):
-        raise InputError("input.path_not_allowed", field,
+        raise InputPathNotAllowed(field,
                          f"{value} is outside the folders inputs may come from "
                          "(the data dir, or DHSERVE_INPUT_ROOTS)")
     return str(real)
@@ -106,12 +114,12 @@ def save_upload(stream: BinaryIO, filename: str, field: str, folder: Path,
             while chunk := stream.read(CHUNK):
                 size += len(chunk)
                 if size > limit:
-                    raise InputError("input.too_large", field,
+                    raise InputTooLarge(field,
                                      f"upload is over the limit of {max_mb:g} MB")
                 digest.update(chunk)
                 out.write(chunk)
         if size == 0:
-            raise InputError("input.empty_file", field, "uploaded file is empty")
+            raise InputEmpty(field, "uploaded file is empty")
         suffix = re.sub(r"[^A-Za-z0-9]", "", Path(filename or "").suffix)[:8].lower()
         path = folder / f"{field}-{digest.hexdigest()[:24]}{'.' + suffix if suffix else ''}"
         try:

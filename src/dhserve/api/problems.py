@@ -11,30 +11,25 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from dhserve.api.context import context
 from dhserve.api.heygem import http_error_envelope
-from dhserve.errors import DhserveError, InputError, first_line
+from dhserve.errors import (
+    DhserveError,
+    InputError,
+    QueueFull,
+    RequestTooLarge,
+    StoreUnreachable,
+    first_line,
+)
 from dhserve.jobs.admission import public_text
 
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "application/problem+json"
-# Status for a code, by exact code, then by its family (the part before the dot).
-STATUS_BY_CODE = {"job.not_found": 404, "job.conflict": 409, "job.finished": 409,
-                  "job.not_ready": 409, "result.gone": 410, "queue.full": 429,
-                  "input.too_large": 413, "request.too_large": 413,
-                  "auth.required": 401, "store.unreachable": 503,
-                  "storage.full": 507}
-STATUS_BY_FAMILY = {"request": 400, "input": 422, "options": 422, "video": 422, "audio": 422,
-                    "overlay": 422, "model": 422, "runtime": 503}
 TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
           409: "Conflict", 410: "Gone", 413: "Content too large", 416: "Range not satisfiable",
           422: "Unprocessable input",
           429: "Too many requests", 500: "Internal error", 503: "Service unavailable",
           507: "Insufficient storage"}
 RETRY_AFTER_S = 5
-
-
-def status_for(code: str) -> int:
-    return STATUS_BY_CODE.get(code) or STATUS_BY_FAMILY.get(code.split(".")[0], 500)
 
 
 def problem(status: int, code: str, detail: str, field: str | None = None) -> Response:
@@ -46,18 +41,25 @@ def problem(status: int, code: str, detail: str, field: str | None = None) -> Re
     response = jsonify(body)
     response.status_code = status
     response.mimetype = PROBLEM_TYPE
-    if code == "queue.full":
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="dhserve"'
     return response
 
 
-def error_response(exc: DhserveError) -> Response:
+def problem_for(exc: DhserveError, detail: str | None = None) -> Response:
+    """The error as a problem document with the status its class declares."""
     field = exc.field if isinstance(exc, InputError) else None
+    if detail is None:
+        detail = exc.reason if isinstance(exc, InputError) else exc.message
+    response = problem(exc.http_status, exc.code, detail, field)
+    if isinstance(exc, QueueFull):
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
+def error_response(exc: DhserveError) -> Response:
     detail = exc.reason if isinstance(exc, InputError) else exc.message
-    detail = public_text(detail, context().settings)    # no path of this server
-    return problem(status_for(exc.code), exc.code, detail, field)
+    return problem_for(exc, public_text(detail, context().settings))   # no path of this server
 
 
 def install(app: Flask) -> None:
@@ -73,8 +75,9 @@ def install(app: Flask) -> None:
             return http_error_envelope(exc)
         status = exc.code or 500
         if isinstance(exc, RequestEntityTooLarge):
-            response = problem(413, "request.too_large", "request body is over the limit of "
-                               f"{(request.max_content_length or 0) / 2**20:g} MB")
+            response = problem_for(RequestTooLarge(
+                "request body is over the limit of "
+                f"{(request.max_content_length or 0) / 2**20:g} MB"))
         else:
             response = problem(status, f"http.{status}", exc.description or exc.name)
         for name, value in exc.get_response().headers.items():   # Allow, Content-Range
@@ -86,7 +89,7 @@ def install(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         if isinstance(exc, DBAPIError):
             log.error("job store unreachable: %s", first_line(exc))
-            return problem(503, "store.unreachable", "the job store cannot be reached; "
-                           "retry later")
+            return problem_for(StoreUnreachable("the job store cannot be reached; "
+                                                "retry later"))
         log.exception("unexpected error")
         return problem(500, "internal", f"internal error: {type(exc).__name__}")

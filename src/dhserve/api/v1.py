@@ -21,7 +21,7 @@ from dhserve.api.context import (
     public_path,
 )
 from dhserve.api.inputs import resolve_input, save_upload, spooled_form
-from dhserve.errors import DhserveError, InputError
+from dhserve.errors import DhserveError, JobFinished, JobNotReady, RequestInvalid, ResultGone
 from dhserve.fsutil import remove_quietly
 from dhserve.jobs.admission import KINDS, admit, check_free_space, public_text
 from dhserve.jobs.model import Job, JobSpec, JobState
@@ -67,7 +67,7 @@ def _request_fields() -> dict[str, Any]:
         return fields
     fields = json_body()
     if not isinstance(fields, dict):
-        raise InputError("request.invalid", "body", "expected a JSON object or a "
+        raise RequestInvalid("body", "expected a JSON object or a "
                          "multipart/form-data upload")
     return fields
 
@@ -75,11 +75,11 @@ def _request_fields() -> dict[str, Any]:
 def _choices(fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
     options = fields.get("options") or {}
     if not isinstance(options, dict):
-        raise InputError("request.invalid", "options", "must be an object")
+        raise RequestInvalid("options", "must be an object")
     priority = fields.get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool) or \
             not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
-        raise InputError("request.invalid", "priority",
+        raise RequestInvalid("priority",
                          f"must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}")
     return options, priority
 
@@ -119,7 +119,7 @@ def _input(kind: str, fields: dict[str, Any], uploaded: list[Path],
         named[str(path.resolve())] = Path(upload.filename).name
         return str(path.resolve())
     if fields.get(kind) in (None, ""):
-        raise InputError("request.invalid", kind, "missing: give a URL, a path or a file")
+        raise RequestInvalid(kind, "missing: give a URL, a path or a file")
     local = resolve_input(fields[kind], kind, settings)
     named[local] = str(fields[kind]).strip()
     return local
@@ -129,14 +129,14 @@ def _input(kind: str, fields: dict[str, Any], uploaded: list[Path],
 def list_jobs() -> Response:
     state = request.args.get("state") or None
     if state is not None and state not in {s.value for s in JobState}:
-        raise InputError("request.invalid", "state",
+        raise RequestInvalid("state",
                          f"must be one of {', '.join(s.value for s in JobState)}")
     try:
         limit = int(request.args.get("limit", DEFAULT_LIMIT))
     except ValueError:
         limit = 0
     if not 1 <= limit <= MAX_LIMIT:
-        raise InputError("request.invalid", "limit", f"must be an integer 1..{MAX_LIMIT}")
+        raise RequestInvalid("limit", f"must be an integer 1..{MAX_LIMIT}")
     jobs = context().store.list(JobState(state) if state else None, limit)
     return jsonify({"jobs": [job_document(job) for job in jobs]})
 
@@ -163,13 +163,13 @@ def job_result(job_id: str) -> Response:
     job = context().store.get(job_id)
     if job.state is not JobState.SUCCEEDED:
         if job.state.finished:
-            raise DhserveError("job.finished", f"job {job_id!r} {job.state.value}: "
+            raise JobFinished(f"job {job_id!r} {job.state.value}: "
                                f"{job.error_message or 'no result'}")
-        raise DhserveError("job.not_ready", f"job {job_id!r} is {job.state.value} "
+        raise JobNotReady(f"job {job_id!r} is {job.state.value} "
                            f"({job.progress} %); the result is not ready")
     path = Path(job.result or "")
     if not path.is_file():
-        raise DhserveError("result.gone", f"the result of job {job_id!r} no longer exists")
+        raise ResultGone(f"the result of job {job_id!r} no longer exists")
     return send_file(path, mimetype="video/mp4", conditional=True, etag=True,
                      download_name=f"{job_id}.mp4", max_age=0)
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import click
 
 from dhserve.config import Settings
-from dhserve.errors import DhserveError, first_line
+from dhserve.errors import DhserveError, StoreUnreachable, first_line
 
 EXIT_INPUT_ERROR = 2
 
@@ -27,7 +27,7 @@ def reported(before_exit: Callable[[], None] | None = None) -> Iterator[None]:
         if before_exit:
             before_exit()
         code, message = ((exc.code, exc.message) if isinstance(exc, DhserveError)
-                         else ("store.unreachable", first_line(exc.orig)))
+                         else (StoreUnreachable.code, first_line(exc.orig)))
         click.echo(f"error {code}: {message}", err=True)
         sys.exit(EXIT_INPUT_ERROR)
 

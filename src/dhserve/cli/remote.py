@@ -12,7 +12,7 @@ import click
 from dhserve.cli.common import EXIT_INPUT_ERROR, ProgressBar, reported
 from dhserve.client import Client, ServerFile
 from dhserve.config import LOOP_MODES, ClientSettings
-from dhserve.errors import DhserveError, InputError
+from dhserve.errors import InputError, InputNotFound, OutputInvalid
 from dhserve.jobs.downloads import is_url
 
 _SERVER_HELP = "The service's URL [env DHSERVE_SERVER; default http://<DHSERVE_BIND>]."
@@ -65,7 +65,7 @@ def submit(ctx: click.Context, video: str, audio: str, server: str | None,
       dhserve submit --video server:avatar.mp4 --audio speech.wav --wait"""
     with reported():
         if out is not None and not (out.is_dir() or out.parent.is_dir()):
-            raise DhserveError("output.invalid", f"--out: no such folder: {out.parent}")
+            raise OutputInvalid("--out", f"no such folder: {out.parent}")
         inputs = [_submitted_input(value, flag)
                   for value, flag in ((video, "--video"), (audio, "--audio"))]
     client = _client(server, api_key)
@@ -106,17 +106,17 @@ def _submitted_input(value: str, flag: str):
     if value.startswith(SERVER_PREFIX):
         name = value[len(SERVER_PREFIX):].strip()
         if not name:
-            raise InputError("input.invalid", flag, "server: needs a name after it, "
+            raise InputError(flag, "server: needs a name after it, "
                              "e.g. server:avatar.mp4")
         return ServerFile(name)
     if is_url(value):
         return value
     path = Path(value).expanduser()
     if not path.exists():
-        raise InputError("input.not_found", flag, f"no such local file: {value}; to name a "
+        raise InputNotFound(flag, f"no such local file: {value}; to name a "
                          f"file on the server, write {SERVER_PREFIX}{value}")
     if not path.is_file():
-        raise InputError("input.not_found", flag, f"not a file: {value}")
+        raise InputNotFound(flag, f"not a file: {value}")
     return path
 
 

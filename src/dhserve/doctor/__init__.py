@@ -13,11 +13,15 @@ groups share (NVML's view, the Gunicorn config) is read when one of them first n
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from dhserve.config import ServingSettings, Settings, diagnostic_environment
+from dhserve.config import (
+    ServingSettings,
+    Settings,
+    diagnostic_environment,
+    process_environment,
+)
 from dhserve.doctor.base import ERROR, OK, Check, Facts, guarded, resolve
 from dhserve.doctor.report import Report
 
@@ -55,7 +59,7 @@ def run_checks(config: Path | None = None, data_dir: Path | None = None,
     if unknown:
         raise ValueError(f"unknown check group(s) {', '.join(sorted(unknown))}; "
                          f"known: {', '.join(GROUPS)}")
-    environ = dict(os.environ)         # before loading a config file can change it
+    environ = process_environment()    # before loading a config file can change it
     settings_checks, settings, serving = _settings(environ, data_dir)
     facts = Facts(settings, serving, diagnostic_environment(environ), environ=environ,
                   load_config=lambda facts: resolve(CONFIG_LOADER)(config, facts))

@@ -29,9 +29,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dhserve.config import ServingSettings, Settings
+from dhserve.config import ServingSettings, Settings, process_environment
 from dhserve.errors import first_line
-from dhserve.runtime.gpu import gpu_summary
+from dhserve.runtime.gpu import GpuSummary, read_gpus
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 SEVERITY = {OK: 0, WARNING: 1, ERROR: 2}      # also the exit status of a report that bad
@@ -64,26 +64,26 @@ class Facts:
     the environment itself (given to the probes the doctor runs as child processes), NVML's
     view of the GPUs, and the Gunicorn configuration with dhserve's serving plan in it.
 
-    `gpu` may be given as data (an NVML summary, as tests and pure decisions do); `load_config`
+    `gpu` may be given (an NVML summary, as tests and pure decisions do); `load_config`
     returns a doctor.gunicorn.LoadedConfig (none: no configuration, no plan)."""
 
     def __init__(self, settings: Settings, serving: ServingSettings | None,
-                 variables: dict[str, str | None], gpu: dict[str, Any] | None = None,
+                 variables: dict[str, str | None], gpu: GpuSummary | None = None,
                  environ: Mapping[str, str] | None = None,
                  load_config: Callable[[Facts], Any] | None = None):
         self.settings = settings
         self.serving = serving
         self.variables = variables
-        self.environ = dict(os.environ if environ is None else environ)
+        self.environ = process_environment() if environ is None else dict(environ)
         self._gpu = gpu
         self._load_config = load_config
         self._config: Any = None
         self._config_loaded = load_config is None
 
     @property
-    def gpu(self) -> dict[str, Any]:
+    def gpu(self) -> GpuSummary:
         if self._gpu is None:
-            self._gpu = read_gpus()
+            self._gpu = read_nvml()
         return self._gpu
 
     @property
@@ -170,13 +170,13 @@ def failed(group: str, name: str, exc: BaseException) -> Check:
                  data={"exception": type(exc).__name__, "message": str(exc)[:2000]})
 
 
-def read_gpus() -> dict[str, Any]:
+def read_nvml() -> GpuSummary:
     """NVML's summary (runtime.gpu); a failure beyond NVML's own errors (which it reports as
     `reason`) is kept as `error` for the gpu group to report, never raised."""
     try:
-        return gpu_summary()
+        return read_gpus()
     except Exception as exc:  # noqa: BLE001 - a broken driver or pynvml must not end the run
-        return {"available": False, "reason": f"NVML failed ({said(exc)})", "error": said(exc)}
+        return GpuSummary.unusable(f"NVML failed ({said(exc)})", error=said(exc))
 
 
 # -- probes in child processes ------------------------------------------------------------------

@@ -3,9 +3,8 @@ for one and the variables that choose what CUDA and a container can see."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from dhserve.doctor.base import ERROR, OK, WARNING, Check, Facts
+from dhserve.runtime.gpu import GpuDevice
 from dhserve.serving.plan import ServingConfigError, visible_indices
 
 GPU_FREE_WARN_MB = 2048            # CUDA context (~0.5 GB) + models + cuDNN workspace
@@ -19,16 +18,17 @@ def _index_list(value: str) -> list[str]:
 def gpu_checks(facts: Facts) -> list[Check]:
     gpu, variables = facts.gpu, facts.variables
     asks = facts.gpu_requests()
-    devices = gpu.get("devices", []) if gpu.get("available") else []
+    devices = gpu.usable_devices
+    nvml = gpu.to_json()
     checks = []
-    if "error" in gpu:
-        checks.append(Check("gpu", "nvml", ERROR, f"reading the GPUs failed: {gpu['error']}",
+    if gpu.error is not None:
+        checks.append(Check("gpu", "nvml", ERROR, f"reading the GPUs failed: {gpu.error}",
                             "NVML (the driver's management library) or nvidia-ml-py is broken "
                             "here: `nvidia-smi` shows whether the driver answers; reinstall "
                             "the driver, or nvidia-ml-py from requirements.lock",
-                            "nvidia-smi", data={"nvml": gpu}))
+                            "nvidia-smi", data={"nvml": nvml}))
     if not devices:
-        reason = gpu.get("reason", "NVML sees no device")
+        reason = gpu.reason or "NVML sees no device"
         if asks:
             checks.append(Check(
                 "gpu", "devices", ERROR,
@@ -38,26 +38,26 @@ def gpu_checks(facts: Facts) -> list[Check]:
                 "serve on the CPU: DHSERVE_DEVICE=cpu, DHSERVE_GPUS=auto or none, "
                 "DHSERVE_PROFILE=auto",
                 "nvidia-smi\ndocker run --gpus all ...\nexport DHSERVE_DEVICE=cpu "
-                "DHSERVE_GPUS=none DHSERVE_PROFILE=auto", data={"nvml": gpu, "asked_by": asks}))
+                "DHSERVE_GPUS=none DHSERVE_PROFILE=auto", data={"nvml": nvml, "asked_by": asks}))
         else:
             checks.append(Check("gpu", "devices", OK,
                                 f"no GPU ({reason}): CPU mode, renders run on the CPU",
-                                data={"nvml": gpu}))
+                                data={"nvml": nvml}))
     for device in devices:
-        free = device["memory_total_mb"] - device["memory_used_mb"]
-        text = (f"GPU {device['index']}: {device['name']}, "
-                f"{device['memory_total_mb'] / MIB_PER_GIB:.1f} GiB, "
-                f"{device['memory_used_mb'] / MIB_PER_GIB:.1f} GiB used (driver {gpu['driver']})")
-        data = {**device, "driver": gpu["driver"]}
+        free = device.memory_free_mb
+        text = (f"GPU {device.index}: {device.name}, "
+                f"{device.memory_total_mb / MIB_PER_GIB:.1f} GiB, "
+                f"{device.memory_used_mb / MIB_PER_GIB:.1f} GiB used (driver {gpu.driver})")
+        data = {**device.to_json(), "driver": gpu.driver}
         if free < GPU_FREE_WARN_MB:
             checks.append(Check(
-                "gpu", f"device {device['index']}", WARNING, f"{text}: {free:.0f} MiB free",
+                "gpu", f"device {device.index}", WARNING, f"{text}: {free:.0f} MiB free",
                 "another process holds this GPU's memory (see `nvidia-smi`); a renderer needs "
                 "~2 GiB (CUDA context, models, cuDNN workspace): stop it, or choose another GPU "
                 "with DHSERVE_GPUS", "nvidia-smi --query-compute-apps=pid,used_memory "
                 "--format=csv", data=data))
         else:
-            checks.append(Check("gpu", f"device {device['index']}", OK, text, data=data))
+            checks.append(Check("gpu", f"device {device.index}", OK, text, data=data))
     checks.append(_visibility(variables, devices, asks))
     alloc = variables.get("PYTORCH_CUDA_ALLOC_CONF")
     checks.append(Check(
@@ -68,7 +68,7 @@ def gpu_checks(facts: Facts) -> list[Check]:
     return checks
 
 
-def _visibility(variables: dict[str, str | None], devices: list[dict[str, Any]],
+def _visibility(variables: dict[str, str | None], devices: tuple[GpuDevice, ...],
                 asks: list[str]) -> Check:
     """CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES against the GPUs NVML sees (NVML
     ignores CUDA_VISIBLE_DEVICES; CUDA honours it; the container runtime decides what NVML
@@ -77,7 +77,7 @@ def _visibility(variables: dict[str, str | None], devices: list[dict[str, Any]],
     nvidia = variables.get("NVIDIA_VISIBLE_DEVICES")
     order = variables.get("CUDA_DEVICE_ORDER")
     data = {"CUDA_VISIBLE_DEVICES": cuda, "NVIDIA_VISIBLE_DEVICES": nvidia,
-            "CUDA_DEVICE_ORDER": order, "nvml_indices": [d["index"] for d in devices]}
+            "CUDA_DEVICE_ORDER": order, "nvml_indices": [d.index for d in devices]}
     shown = f"CUDA_VISIBLE_DEVICES={'unset' if cuda is None else repr(cuda)}, " \
             f"NVIDIA_VISIBLE_DEVICES={'unset' if nvidia is None else repr(nvidia)}"
     if cuda is not None:

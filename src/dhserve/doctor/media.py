@@ -74,7 +74,7 @@ def _nvenc(facts: Facts) -> Check:
         nvenc = "compiled into this FFmpeg"
     except Exception:  # noqa: BLE001 - UnknownCodecError and kin
         nvenc = "not in this FFmpeg"
-    gpus = facts.gpu.get("available")
+    gpus = facts.gpu.available
     return Check("media", "h264_nvenc", OK,
                  f"h264_nvenc {nvenc}" + ("" if gpus else "; no GPU, so not usable") +
                  " (dhserve encodes with libx264 either way)", data={"nvenc": nvenc})

@@ -9,6 +9,7 @@ from dataclasses import fields as dataclass_fields
 from dhserve.config import Settings
 from dhserve.doctor.base import BYTES_PER_MIB, ERROR, OK, Check, Facts
 from dhserve.engine.lipsync import resolve_backend
+from dhserve.errors import ModelBadSignature
 from dhserve.runtime.onnx import model_statuses
 
 
@@ -48,7 +49,7 @@ def model_checks(facts: Facts) -> list[Check]:
             checks.append(Check("models", name, OK,
                                 f"{status.path}: loads, {status.tensors} ({status.dtype}, "
                                 f"{batch}), {size}", data=data))
-        elif status.code == "model.bad_signature":
+        elif status.code == ModelBadSignature.code:     # status.code: what the check met
             checks.append(Check(
                 "models", name, ERROR, f"{status.problem} ({size})",
                 f"this file is not the {status.kind} model dhserve expects; use a file with "

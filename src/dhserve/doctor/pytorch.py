@@ -66,7 +66,7 @@ def pytorch_verdict(facts: Facts, torch: dict[str, Any], onnxruntime_cuda_major:
                                                  else "CPU-only build")
             + f", CUDA available: {available}, {count} device(s)")
     checks = []
-    gpus = facts.gpu.get("devices", []) if facts.gpu.get("available") else []
+    gpus = facts.gpu.usable_devices
     index = TORCH_INDEX.get(wheel_cuda_major, f"cu{wheel_cuda_major}0")
     if cuda_build is None and gpus:
         checks.append(Check("pytorch", "torch", WARNING, text,

@@ -13,8 +13,8 @@ from dhserve.doctor.base import ERROR, OK, WARNING, Check, Facts, guarded
 from dhserve.errors import first_line
 from dhserve.fsutil import unwritable_reason
 from dhserve.jobs import JobStore, migrate
+from dhserve.jobs.database import create_engine
 from dhserve.jobs.model import HEARTBEAT_STALE_FACTOR, JobState
-from dhserve.jobs.store import create_engine
 
 
 def storage_checks(facts: Facts) -> list[Check]:

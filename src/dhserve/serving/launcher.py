@@ -12,7 +12,7 @@ from typing import Any
 
 from dhserve.config import METRICS_DIR_ENV, ServingSettings, Settings
 from dhserve.fsutil import unwritable_reason
-from dhserve.runtime.gpu import gpu_summary
+from dhserve.runtime.gpu import read_gpus
 from dhserve.serving.address import answers_livez, base_url, bindable
 from dhserve.serving.cuda_guard import cuda_initialised_here
 from dhserve.serving.hooks import effective_settings
@@ -166,19 +166,19 @@ def _announce(settings: Settings, plan: ServingPlan, server: str) -> None:
 
 def diagnose(settings: Settings, serving: ServingSettings) -> int:
     """Prints what `serve` would do and whether it can; exit status 0, or 2 if it cannot."""
-    gpu = gpu_summary()
+    gpu = read_gpus()
     try:
         plan = plan_serving(settings, serving, default_layout="split", gpu=gpu)
     except ServingConfigError as exc:
         print(f"error {exc.code}: {exc.message}")
         return 2
     lines = plan.describe()
-    if gpu.get("available"):
-        lines += [f"GPU {d['index']}: {d['name']}, {d['memory_total_mb'] / 1024:.1f} GiB, "
-                  f"{d['memory_used_mb'] / 1024:.1f} GiB used (driver {gpu['driver']})"
-                  for d in gpu["devices"]]
+    if gpu.available:
+        lines += [f"GPU {d.index}: {d.name}, {d.memory_total_mb / 1024:.1f} GiB, "
+                  f"{d.memory_used_mb / 1024:.1f} GiB used (driver {gpu.driver})"
+                  for d in gpu.devices]
     else:
-        lines.append(f"GPU: none usable ({gpu.get('reason', 'no devices')}): renders on the CPU")
+        lines.append(f"GPU: none usable ({gpu.reason or 'no devices'}): renders on the CPU")
     problem = gunicorn_problem()
     lines.append("gunicorn: " + (f"{_version('gunicorn')} (--mode auto uses it)" if problem is None
                                  else f"{problem}: --mode auto falls back to Flask"))

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dhserve.config import ServingSettings, Settings
 from dhserve.errors import DhserveError
-from dhserve.runtime.gpu import gpu_summary
+from dhserve.runtime.gpu import GpuDevice, GpuSummary, read_gpus
 from dhserve.serving.profiles import Profile, choose_profile
 
 DEFAULT_WEB_WORKERS = {"all-in-one": 1, "split": 2}
@@ -24,8 +24,7 @@ GPU_LIST = re.compile(r"(\d+(,\d+)*)?")          # CUDA_VISIBLE_DEVICES by index
 class ServingConfigError(DhserveError):
     """A serving configuration that cannot work; the message says what to change."""
 
-    def __init__(self, message: str):
-        super().__init__("serving.config", message)
+    code = "serving.config"
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class ServingPlan:
     batch_size: int
     keepalive: int                 # s an idle kept-alive connection stays open
     devices: tuple[RenderDevice, ...]
-    gpus: list[dict[str, Any]] = field(default_factory=list)
+    gpus: tuple[GpuDevice, ...] = ()
     warnings: tuple[str, ...] = ()
 
     @property
@@ -150,29 +149,29 @@ class ServingPlan:
 
 
 def plan_serving(settings: Settings, serving: ServingSettings, default_layout: str,
-                 gpu: dict[str, Any] | None = None) -> ServingPlan:
+                 gpu: GpuSummary | None = None) -> ServingPlan:
     """Decides how to serve. `gpu` is an NVML summary (read here when None: NVML never makes
     a CUDA context, so the master may ask). Refuses what cannot work, saying what to change."""
-    gpu = gpu_summary() if gpu is None else gpu
+    gpu = read_gpus() if gpu is None else gpu
     layout = serving.layout or default_layout
     gpus = _selected_gpus(serving.gpus, serving.cuda_visible_devices, gpu)
     warnings: list[str] = []
     workers = serving.workers or DEFAULT_WEB_WORKERS[layout]
     if layout == "all-in-one":
         if len(gpus) > 1:
-            warnings.append(f"all-in-one renders on one GPU (cuda:{gpus[0]['index']}); "
+            warnings.append(f"all-in-one renders on one GPU (cuda:{gpus[0].index}); "
                             f"{len(gpus)} are selected: use --layout split to use them all")
             gpus = gpus[:1]
         if workers > 1 and gpus:
             raise ServingConfigError(
                 f"GUNICORN_WORKERS={workers} with the all-in-one layout would load {workers} "
-                f"copies of the models on cuda:{gpus[0]['index']} (one CUDA context and one "
+                f"copies of the models on cuda:{gpus[0].index} (one CUDA context and one "
                 "set of weights per worker: out of GPU memory, and no faster). Use 1 worker, "
                 "or --layout split (any number of web workers, one renderer per GPU).")
         if workers > 1:
             warnings.append(f"{workers} web workers each render on the CPU (all-in-one)")
-    profile, reason = choose_profile(serving.profile, gpus, gpu.get("reason", "no GPU"))
-    devices = tuple(RenderDevice(g["index"]) for g in gpus) or (RenderDevice(),)
+    profile, reason = choose_profile(serving.profile, gpus, gpu.reason or "no GPU")
+    devices = tuple(RenderDevice(g.index) for g in gpus) or (RenderDevice(),)
     threads = serving.threads or profile.threads
     if serving.worker_class == "sync":       # Gunicorn runs gthread instead when threads > 1
         if serving.threads and serving.threads > 1:
@@ -229,20 +228,20 @@ def visible_indices(visible: str) -> list[int]:
 
 
 def _selected_gpus(selection: str, visible: str | None,
-                   gpu: dict[str, Any]) -> list[dict[str, Any]]:
+                   gpu: GpuSummary) -> tuple[GpuDevice, ...]:
     """DHSERVE_GPUS; when auto, CUDA_VISIBLE_DEVICES set for the whole service narrows it."""
-    devices = gpu.get("devices", []) if gpu.get("available") else []
+    devices = gpu.usable_devices
     if selection == "auto" and visible is not None:
         selection = ",".join(str(i) for i in visible_indices(visible)) or "none"
     if selection == "none":
-        return []
+        return ()
     if selection == "auto":
-        return list(devices)
-    by_index = {d["index"]: d for d in devices}
+        return devices
+    by_index = {d.index: d for d in devices}
     wanted = [int(i) for i in selection.split(",")]
     missing = [i for i in wanted if i not in by_index]
     if missing:
         seen = ", ".join(str(i) for i in by_index) or "none"
         raise ServingConfigError(f"DHSERVE_GPUS={selection}: no GPU {missing[0]} (NVML sees: "
-                                 f"{seen}{'; ' + gpu['reason'] if 'reason' in gpu else ''})")
-    return [by_index[i] for i in dict.fromkeys(wanted)]
+                                 f"{seen}{'; ' + gpu.reason if gpu.reason is not None else ''})")
+    return tuple(by_index[i] for i in dict.fromkeys(wanted))

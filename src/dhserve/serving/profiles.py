@@ -3,8 +3,10 @@ process may hold, chosen from the GPU's memory (NVML) so one setting fits the ma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from dhserve.runtime.gpu import GpuDevice
 
 GIB_MB = 1024
 
@@ -33,7 +35,7 @@ def profile_for_memory(total_mb: float) -> Profile:
     return next(PROFILES[name] for gib, name in THRESHOLDS_GIB if total_mb >= gib * GIB_MB)
 
 
-def choose_profile(requested: str, gpus: list[dict[str, Any]],
+def choose_profile(requested: str, gpus: Sequence[GpuDevice],
                    no_gpu_reason: str = "no GPU") -> tuple[Profile, str]:
     """The profile to use and why: `requested` unless "auto"; auto sizes for the smallest of
     the GPUs the service renders on (`gpus`: NVML summaries), or the CPU profile without one."""
@@ -41,7 +43,7 @@ def choose_profile(requested: str, gpus: list[dict[str, Any]],
         return PROFILES[requested], "asked for (--profile / DHSERVE_PROFILE)"
     if not gpus:
         return PROFILES["cpu"], f"auto: {no_gpu_reason}"
-    smallest = min(gpus, key=lambda gpu: gpu["memory_total_mb"])
-    return (profile_for_memory(smallest["memory_total_mb"]),
-            (f"auto: GPU {smallest['index']} ({smallest['name']}) has "
-            f"{smallest['memory_total_mb'] / GIB_MB:.1f} GiB"))
+    smallest = min(gpus, key=lambda gpu: gpu.memory_total_mb)
+    return (profile_for_memory(smallest.memory_total_mb),
+            (f"auto: GPU {smallest.index} ({smallest.name}) has "
+            f"{smallest.memory_total_mb / GIB_MB:.1f} GiB"))

@@ -106,9 +106,9 @@ def become_web_worker(plan: ServingPlan) -> str:
         if device.gpu is None:
             where = "renders on the CPU (no GPU selected)"
         else:
-            gpu = next(g for g in plan.gpus if g["index"] == device.gpu)
-            where = (f"GPU ok: GPU {device.gpu} ({gpu['name']}, "
-                     f"{gpu['memory_total_mb'] / 1024:.1f} GiB) as cuda:0")
+            gpu = next(g for g in plan.gpus if g.index == device.gpu)
+            where = (f"GPU ok: GPU {device.gpu} ({gpu.name}, "
+                     f"{gpu.memory_total_mb / 1024:.1f} GiB) as cuda:0")
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""    # web only: it can never make a context
         where = "web only, GPUs hidden (renderers are separate processes)"

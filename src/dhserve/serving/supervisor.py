@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dhserve
+from dhserve.config import SUPERVISOR_PID_ENV, process_environment, supervisor_pid
 
 log = logging.getLogger("dhserve.serving")
 
@@ -185,19 +186,16 @@ class Supervisor:
         return 0
 
 
-SUPERVISOR_PID = "DHSERVE_SUPERVISOR_PID"
-
-
 def watch_supervisor(on_gone: Callable[[], None], every: float = 1.0) -> None:
     """In a child of `dhserve serve`: calls `on_gone` (a graceful stop) if the supervisor
     disappears (killed with SIGKILL, say), so no render worker or Gunicorn master outlives it
     in its own session. Does nothing in a process the supervisor did not start."""
-    expected = os.environ.get(SUPERVISOR_PID)
-    if not expected or not expected.isdigit():
+    expected = supervisor_pid()
+    if expected is None:
         return
 
     def watch() -> None:
-        while os.getppid() == int(expected):
+        while os.getppid() == expected:
             time.sleep(every)
         log.warning("supervisor (pid %s) is gone: stopping", expected)
         on_gone()
@@ -210,7 +208,7 @@ def child_environment(extra: dict[str, str]) -> dict[str, str]:
     this process found it (installed, or a script that put src/ on sys.path): no
     ModuleNotFoundError from a child started in another directory."""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(dhserve.__file__)))
-    env = {**os.environ, **extra, SUPERVISOR_PID: str(os.getpid())}
+    env = {**process_environment(), **extra, SUPERVISOR_PID_ENV: str(os.getpid())}
     if os.path.basename(package_root) not in ("site-packages", "dist-packages"):
         paths = [package_root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
