@@ -49,7 +49,7 @@ def decode_speech(path: Path, field: str = "audio", max_mb: float | None = None,
                 for piece in resampler.resample(frame):
                     chunks.append(piece.to_ndarray().reshape(-1))
                     decoded += chunks[-1].size
-                if limit is not None and decoded > limit:
+                if max_seconds is not None and limit is not None and decoded > limit:
                     raise too_long(field, decoded / SAMPLE_RATE, max_seconds)
             chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
         except av.error.FFmpegError as exc:   # the resampler's (decode_audio answers its own)

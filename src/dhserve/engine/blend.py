@@ -64,8 +64,9 @@ def lower_face_mask(points: np.ndarray, box: tuple[int, int, int, int], extend_d
     `face`: the face's axes when the caller has them already."""
     x0, y0, x1, y1 = box
     polygon = lower_face_polygon(points, extend_down, face) - (x0, y0)
-    mask = np.zeros((y1 - y0, x1 - x0), np.float32)
-    cv2.fillConvexPoly(mask, np.round(polygon * 4).astype(np.int32), 1.0, cv2.LINE_AA, shift=2)
+    mask: np.ndarray = np.zeros((y1 - y0, x1 - x0), np.float32)
+    cv2.fillConvexPoly(mask, np.round(polygon * 4).astype(np.int32), (1.0,), cv2.LINE_AA,
+                       shift=2)
     if feather > 0:
         mask = cv2.GaussianBlur(mask, (0, 0), feather)
     return mask

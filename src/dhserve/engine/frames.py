@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class _FrameStore:
     def __init__(self, capacity: int, budget_bytes: int, spill_dir: Path | None):
         self.capacity, self.budget, self.spill_dir = capacity, budget_bytes, spill_dir
         self.array: np.ndarray | None = None
-        self.file = None
+        self.file: IO[bytes] | None = None
         self.shape: tuple[int, ...] | None = None
         self.count = 0
 
@@ -53,16 +54,17 @@ class _FrameStore:
             return
         if self.array is not None:
             self.array[self.count] = frame
-        else:
-            self.file.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+        elif self.file is not None:
+            self.file.write(np.ascontiguousarray(frame).data.cast("B"))
         self.count += 1
 
     def get(self, index: int) -> np.ndarray:
         if self.array is not None:
             return self.array[index]
+        assert self.file is not None and self.shape is not None   # add() made the spill file
         self.file.flush()
         frame = np.empty(self.shape, np.uint8)
-        os.preadv(self.file.fileno(), [frame], index * frame.nbytes)
+        os.preadv(self.file.fileno(), [frame.data], index * frame.nbytes)
         return frame
 
     def close(self) -> None:
@@ -73,7 +75,8 @@ class _FrameStore:
 
 def looped_frames(video: Path, rotation: int, template_frames: int, total: int, loop: str,
                   cache_bytes: int = 512 << 20, spill_dir: Path | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple[int, np.ndarray]]:
+                  max_pixels: int = DEFAULT_MAX_PIXELS
+                  ) -> Generator[tuple[int, np.ndarray], None, None]:
     """Yields (template index, RGB frame) for output frames 0..total-1.
 
     A template at least as long as the speech is simply streamed. A shorter one is decoded
@@ -91,10 +94,10 @@ def looped_frames(video: Path, rotation: int, template_frames: int, total: int, 
         for i in range(total):
             index = template_index(i, template_frames, loop)
             while store.count <= index:
-                frame = next(decoded, None)
-                if frame is None:  # fewer frames than analysed: hold the last one
-                    frame = store.get(store.count - 1).copy()
-                store.add(frame)
+                got = next(decoded, None)
+                if got is None:  # fewer frames than analysed: hold the last one
+                    got = store.get(store.count - 1).copy()
+                store.add(got)
             yield index, store.get(index)
         decoded.close()
     finally:

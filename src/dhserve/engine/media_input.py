@@ -154,7 +154,7 @@ class SteadyResampler:
     one starts a new resampler at each change, after flushing the last."""
 
     def __init__(self, format: str, layout: str, rate: int):
-        self.target = {"format": format, "layout": layout, "rate": rate}
+        self.format, self.layout, self.rate = format, layout, rate
         self._resampler: av.AudioResampler | None = None
         self._source: tuple | None = None
 
@@ -167,5 +167,8 @@ class SteadyResampler:
         if source != self._source:
             if self._resampler is not None:
                 out = self._resampler.resample(None)
-            self._resampler, self._source = av.AudioResampler(**self.target), source
+            self._resampler = av.AudioResampler(format=self.format, layout=self.layout,
+                                                rate=self.rate)
+            self._source = source
+        assert self._resampler is not None      # made above for this frame's source
         return out + self._resampler.resample(frame)

@@ -73,7 +73,7 @@ class Mp4Writer:
         self._aborting = False
         self._thread = threading.Thread(target=self._encode_loop, name="dhserve-encoder",
                                         daemon=True)
-        self._audio_in = None
+        self._audio_in: av.container.InputContainer | None = None
         if audio is not None:
             try:
                 self._open_audio(audio, audio_field)
@@ -85,11 +85,11 @@ class Mp4Writer:
     def _open_audio(self, audio: Path, field: str) -> None:
         """Opens the speech and decodes its first frame: the AAC stream takes its rate and
         layout (the container's figures may be missing before decoding)."""
-        self._audio_in = open_input(audio, field)
-        if not self._audio_in.streams.audio:
+        self._audio_in = container = open_input(audio, field)
+        if not container.streams.audio:
             raise NoAudioStream(field, "file has no audio stream")
-        source = self._audio_in.streams.audio[0]
-        self._audio_frames = decode_audio(self._audio_in, source, field)
+        source = container.streams.audio[0]
+        self._audio_frames = decode_audio(container, source, field)
         first = next(self._audio_frames, None)
         if first is None:
             raise AudioEmpty(field, "audio stream is empty (no samples to speak)")
@@ -99,7 +99,7 @@ class Mp4Writer:
         self._audio.bit_rate = AAC_BIT_RATE[layout]
         self._resampler = SteadyResampler(format="fltp", layout=layout, rate=rate)
         self._fifo = av.AudioFifo()
-        self._pending = first
+        self._pending: av.AudioFrame | None = first
         self._audio_samples = 0
         self._audio_rate = rate
 
@@ -149,7 +149,9 @@ class Mp4Writer:
                 self._fifo.write(out)
             ending = frame is None
             while self._fifo.samples >= AAC_FRAME_SIZE or (ending and self._fifo.samples):
-                self._encode_audio(self._fifo.read(min(AAC_FRAME_SIZE, self._fifo.samples)))
+                chunk = self._fifo.read(min(AAC_FRAME_SIZE, self._fifo.samples))
+                assert chunk is not None        # never asks for more than the FIFO holds
+                self._encode_audio(chunk)
             if ending:
                 self._container.mux(self._audio.encode(None))
                 self._audio_in.close()

@@ -96,8 +96,8 @@ def _problem(path: str, mtime_ns: int, size: int) -> str | None:
 
 def check_overlay_file(path: Path, field: str) -> None:
     """The file can be used as an overlay (exists, is readable, decodes); InputError
-    overlay.invalid naming the file, its setting and the reason otherwise. Cheap enough for every submit:
-    the verdict is cached per file version."""
+    overlay.invalid naming the file, its setting and the reason otherwise. Cheap enough for
+    every submit: the verdict is cached per file version."""
     path = Path(path)
     try:
         st = os.stat(path)

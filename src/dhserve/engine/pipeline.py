@@ -31,6 +31,7 @@ from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, create_backend
 from dhserve.engine.media import (
     MediaInfo,
     Mp4Writer,
+    VideoInfo,
     disk_full,
     even_size,
     is_disk_full,
@@ -87,14 +88,20 @@ def _span(span: tuple[float, float], fraction: float) -> float:
     return span[0] + (span[1] - span[0]) * fraction
 
 
+def template_video(template: MediaInfo) -> VideoInfo:
+    """The template's video stream; NoVideoStream for a file without one (probe_inputs
+    refuses such a template before the render starts)."""
+    if template.video is None:
+        raise NoVideoStream("video", "file has no video stream")
+    return template.video
+
+
 def probe_inputs(video: Path, audio: Path, options: RenderOptions) -> tuple[MediaInfo, MediaInfo]:
     """Checks both inputs against the limits before any heavy work (the template's size from
     its header, before a picture is decoded)."""
     template = probe(video, "video", options.max_input_mb, kind="video",
                      max_pixels=options.max_video_pixels)
-    if template.video is None:
-        raise NoVideoStream("video", "file has no video stream")
-    v = template.video
+    v = template_video(template)
     if not v.is_image and v.duration > options.max_video_seconds:
         raise _video_too_long(v.duration, options)
     speech = probe(audio, "audio", options.max_input_mb, kind="audio")
@@ -145,7 +152,7 @@ def analyse_template(template: MediaInfo, options: RenderOptions, cache: Analysi
     analysis = cache.get(digest) if cache else None
     cached = analysis is not None
     if analysis is None:
-        v = template.video
+        v = template_video(template)
         fps = float(v.fps)
         expected = max(v.frame_count or round(template.duration * fps), 1)
         progress.update(SPAN_ANALYSE[0], Stage.ANALYSING_FACE)
@@ -161,7 +168,7 @@ def analyse_template(template: MediaInfo, options: RenderOptions, cache: Analysi
         with closing(read_frames(template.path, v.rotation, "video",
                                  options.max_video_pixels)) as frames:
             analysis = analyse_frames(frames, "video", options.multiple_faces, on_frame)
-        declared = template.video.frame_count
+        declared = v.frame_count
         if declared and analysis.frame_count < 0.9 * declared - 1:
             raise CorruptInput("video", f"video is truncated: only "
                                f"{analysis.frame_count} of its {declared} frames can be decoded")
@@ -221,7 +228,7 @@ def _render(video: Path, audio: Path, out: Path, options: RenderOptions,
                                          options.max_audio_seconds)
         progress.check_canceled()
         analysis, cached = analyse_template(template, options, cache, progress)
-        fps = template.video.fps
+        fps = template_video(template).fps
         total = speech_audio.frame_count(wav.size, float(fps))
         openness = speech_audio.mouth_openness(wav, float(fps), total)
         mel = speech_audio.mel_spectrogram(wav) if backend.needs_mel else None
@@ -255,7 +262,8 @@ def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBa
              progress: Progress) -> int:
     """Streams template frames through the backend (then the restorer and the overlays) into
     the MP4; returns frames written."""
-    fps, total = template.video.fps, openness.size
+    video = template_video(template)
+    fps, total = video.fps, openness.size
     # Unique per attempt: two deliveries of one job (same pid in two containers, say) never
     # share a temporary file; the rename makes whichever finishes the result.
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.part")
@@ -263,7 +271,7 @@ def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBa
     try:
         with Mp4Writer(tmp, analysis.width, analysis.height, fps, audio, options.x264_preset,
                        options.crf) as writer, closing(looped_frames(
-                template.path, template.video.rotation, analysis.frame_count, total,
+                template.path, video.rotation, analysis.frame_count, total,
                 options.loop, int(options.frame_cache_mb * 2**20), out.parent,
                 options.max_video_pixels)) as frames:
             while done < total:

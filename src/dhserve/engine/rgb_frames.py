@@ -9,7 +9,7 @@ probes inputs (the web tier's admission) imports dhserve.engine.probe without th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import av
@@ -24,7 +24,7 @@ FULL_RANGE = 2  # AVCOL_RANGE_JPEG
 
 
 def read_frames(path: Path, rotation: int = 0, field: str = "video",
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[np.ndarray]:
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Generator[np.ndarray, None, None]:
     """Decodes the first video stream as RGB uint8 arrays (H, W, 3), upright. Every frame has
     the first frame's size: a stream that changes resolution midway is scaled back to it (a
     picture over DECODER_GUARD times `max_pixels` is refused by the decoder)."""
@@ -67,7 +67,8 @@ def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
 
 def rgb_to_frame(rgb: np.ndarray) -> av.VideoFrame:
     """A yuv420p frame for the encoder (sides must be even), converted by OpenCV."""
-    return av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+    yuv: np.ndarray = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+    return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:

@@ -357,9 +357,10 @@ def download(url: str, field: str, folder: Path, max_bytes: int, timeout_s: floa
                     connection.request("GET", target.path, headers=headers)
                     response = connection.getresponse()
                     answered = True
-                    if response.status in REDIRECTS and response.getheader("Location"):
+                    location = response.getheader("Location")
+                    if response.status in REDIRECTS and location:
                         hops += 1
-                        url = _redirect(url, response.getheader("Location"), field, hops)
+                        url = _redirect(url, location, field, hops)
                         answered = False
                         continue
                     if not 200 <= response.status < 300:

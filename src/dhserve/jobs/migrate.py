@@ -16,14 +16,15 @@ VERSION_TABLE = "dhserve_alembic_version"
 ADVISORY_LOCK = 0x64687365
 
 
-def _config(conn: sa.Connection) -> Config:
+def _config(conn: sa.Connection | None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = conn
     return config
 
 
-def head() -> str:
+def head() -> str | None:
+    """The newest schema revision (None only for a tree without migrations)."""
     return ScriptDirectory.from_config(_config(None)).get_current_head()
 
 

@@ -62,8 +62,9 @@ def sweep_partials(store: JobStore, settings: Settings) -> int:
     """Removes the partial results that killed renders left in results/ and temp/ (only
     names of dhserve's pattern, .<name>.<hex>.part): those no running job writes to once
     PART_GRACE_S old, any once STALE_PART_S old. Returns how many went."""
-    found = [path for folder in (settings.results_dir, settings.temp_dir) if folder.is_dir()
-             for path in folder.iterdir() if PARTIAL_RESULT.fullmatch(path.name)]
+    found = [(path, match) for folder in (settings.results_dir, settings.temp_dir)
+             if folder.is_dir() for path in folder.iterdir()
+             if (match := PARTIAL_RESULT.fullmatch(path.name))]
     if not found:
         return 0
     # listed after the files: a part that exists now belongs to a job running by now, or
@@ -71,8 +72,8 @@ def sweep_partials(store: JobStore, settings: Settings) -> int:
     held = {result_path(settings, job).resolve()
             for job in store.list(JobState.RUNNING, limit=100_000)}
     now, removed = time.time(), 0
-    for path in found:
-        result = path.with_name(PARTIAL_RESULT.fullmatch(path.name)["name"]).resolve()
+    for path, match in found:
+        result = path.with_name(match["name"]).resolve()
         limit = STALE_PART_S if result in held else PART_GRACE_S
         if _older_than(path, now - limit):
             remove_quietly(path)

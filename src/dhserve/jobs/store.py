@@ -7,6 +7,7 @@ writes can otherwise fail with "database is locked" without waiting for the busy
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -406,7 +407,7 @@ class JobStore:
             log.warning("lease expired: %d job(s) requeued, %d finished", requeued, changed)
         return changed + requeued
 
-    def prune(self, retention_seconds: float) -> list[Job]:
+    def prune(self, retention_seconds: float) -> builtins.list[Job]:
         """Deletes finished jobs older than the retention; returns them so the caller can
         remove their files. Also forgets workers silent for as long."""
         old = sa.and_(jobs.c.state.in_([s.value for s in FINISHED]),
@@ -447,12 +448,12 @@ class JobStore:
         with self._write() as conn:
             conn.execute(workers.delete().where(workers.c.id == worker_id))
 
-    def workers(self) -> list[WorkerInfo]:
+    def workers(self) -> builtins.list[WorkerInfo]:
         with self._read() as conn:
             return self._workers(conn)
 
     @staticmethod
-    def _workers(conn: Connection) -> list[WorkerInfo]:
+    def _workers(conn: Connection) -> builtins.list[WorkerInfo]:
         rows = conn.execute(sa.select(workers).order_by(workers.c.started_at))
         return [WorkerInfo(**row._mapping) for row in rows]
 

@@ -11,9 +11,13 @@ import logging
 import sqlite3
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from dhserve.errors import first_line
 from dhserve.jobs.store import NOTIFY_CHANNEL, JobStore
+
+if TYPE_CHECKING:
+    import psycopg
 
 SQLITE_CHECK_S = 0.005
 log = logging.getLogger(__name__)
@@ -29,12 +33,12 @@ class Wakeup:
         self._interrupted = threading.Event()
         self._url = store.engine.url
         self._dialect = store.dialect
-        self._pg = None
+        self._pg: psycopg.Connection | None = None
         self._listen_lost = False       # said once; quiet until LISTEN works again
-        self._sqlite = None
+        self._sqlite: sqlite3.Connection | None = None
         if self._dialect == "sqlite" and self._url.database not in (None, "", ":memory:"):
             self._sqlite = sqlite3.connect(self._url.database, check_same_thread=False)
-            self._version = self._data_version()
+            self._version = _data_version(self._sqlite)
         self._listen()
 
     def _listen(self) -> None:
@@ -62,9 +66,6 @@ class Wakeup:
             self._pg.close()
             self._pg = None
 
-    def _data_version(self) -> int:
-        return self._sqlite.execute("PRAGMA data_version").fetchone()[0]
-
     def wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         self._listen()
@@ -83,7 +84,7 @@ class Wakeup:
                 self._close_pg()
         elif self._sqlite is not None:
             while not self._interrupted.is_set() and time.monotonic() < deadline:
-                version = self._data_version()
+                version = _data_version(self._sqlite)
                 if version != self._version:
                     self._version = version
                     return
@@ -98,3 +99,8 @@ class Wakeup:
         self._close_pg()
         if self._sqlite is not None:
             self._sqlite.close()
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    """SQLite's counter of commits by other connections to the database file."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])

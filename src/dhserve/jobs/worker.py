@@ -306,7 +306,8 @@ class RenderWorker:
         self._store_call(self.store.worker_heartbeat, self.id,
                          "stopping" if self._stopping.is_set() else "idle")
 
-    def _render(self, job: Job, running: _Running, downloads: Path) -> Callable[[], bool]:
+    def _render(self, job: Job, running: _Running,
+                downloads: Path) -> Callable[[], bool | None]:
         """Renders the job; returns how to record its outcome in the store."""
         progress = _JobProgress(self, running)
         try:

@@ -20,7 +20,7 @@ import numpy as np
 from dhserve.config import ENV_PREFIX, Settings
 from dhserve.errors import DhserveError, ModelMissing
 
-DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
+DTYPES: dict[str, np.dtype] = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
 Dim = int | str | None     # a fixed size, or a symbolic / unknown one
 
 

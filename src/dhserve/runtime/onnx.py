@@ -11,6 +11,7 @@ shared by its threads (`InferenceSession.run` is thread-safe).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -327,23 +328,22 @@ def model_statuses(settings: Settings, checksum: bool = True) -> list[ModelStatu
     statuses = []
     for spec in KNOWN_MODELS:
         path = model_path(settings, spec)
-        base = {"kind": spec.kind, "setting": spec.setting, "name": path.name, "path": path}
+        status = functools.partial(ModelStatus, spec.kind, spec.setting, path.name, path)
         if not path.is_file():
-            statuses.append(ModelStatus(**base, present=False))
+            statuses.append(status(present=False))
             continue
         size = path.stat().st_size
         digest = file_digest(path) if checksum else None
         try:
             model = OnnxModel(spec, path, SessionConfig(), optimize=False)
         except ModelError as exc:
-            statuses.append(ModelStatus(**base, present=True, size=size, sha256=digest,
-                                        valid=False, problem=exc.message, code=exc.code))
+            statuses.append(status(present=True, size=size, sha256=digest, valid=False,
+                                   problem=exc.message, code=exc.code))
             continue
         dtype = model.signature.dtypes[spec.inputs[0].role].name
         tensors = (", ".join(str(_tensor(t)) for t in model.session.get_inputs()) + " → "
                    + ", ".join(str(_tensor(t)) for t in model.session.get_outputs()))
-        statuses.append(ModelStatus(**base, present=True, size=size, sha256=digest,
-                                    valid=True, batch=model.signature.batch, dtype=dtype,
-                                    tensors=tensors))
+        statuses.append(status(present=True, size=size, sha256=digest, valid=True,
+                               batch=model.signature.batch, dtype=dtype, tensors=tensors))
         del model
     return statuses

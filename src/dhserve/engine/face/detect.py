@@ -50,11 +50,13 @@ class MediaPipeFaceDetector:
 
     def detect(self, rgb: np.ndarray) -> FrameFaces:
         """Faces in one frame of a sequence (frames of one video, in order)."""
-        if self._tracked is not None and self._since_detection < DETECT_EVERY - 1:
-            landmarks = self._mesh_in_crop(rgb, self._tracked.box)
+        tracked = self._tracked
+        if (tracked is not None and tracked.box is not None
+                and self._since_detection < DETECT_EVERY - 1):
+            landmarks = self._mesh_in_crop(rgb, tracked.box)
             if landmarks is not None:
                 self._since_detection += 1
-                self._tracked = FrameFaces(self._tracked.count, _box_of(landmarks), landmarks)
+                self._tracked = FrameFaces(tracked.count, _box_of(landmarks), landmarks)
                 return self._tracked
         found = self._detect_faces(rgb)
         self._since_detection = 0

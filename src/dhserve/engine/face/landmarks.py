@@ -18,6 +18,6 @@ FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365
 
 def mouth_opening(points: np.ndarray) -> float:
     """Inner-lip gap divided by mouth width: 0 for shut lips, ~0.5 for a wide-open mouth."""
-    gap = np.linalg.norm(points[LOWER_LIP_INNER_MID] - points[UPPER_LIP_INNER_MID])
-    width = np.linalg.norm(points[MOUTH_RIGHT] - points[MOUTH_LEFT])
-    return float(gap / max(width, 1e-6))
+    gap = float(np.linalg.norm(points[LOWER_LIP_INNER_MID] - points[UPPER_LIP_INNER_MID]))
+    width = float(np.linalg.norm(points[MOUTH_RIGHT] - points[MOUTH_LEFT]))
+    return gap / max(width, 1e-6)

@@ -49,7 +49,7 @@ def alignment(points: np.ndarray, size: int) -> np.ndarray | None:
 def crop_mask(size: int) -> np.ndarray:
     """1 over the middle of the crop, fading softly to 0 before its border."""
     inset = round(MASK_INSET * size)
-    mask = np.zeros((size, size), np.float32)
+    mask: np.ndarray = np.zeros((size, size), np.float32)
     mask[inset:size - inset, inset:size - inset] = 1.0
     mask = cv2.GaussianBlur(mask, (0, 0), MASK_SOFTNESS * size)
     mask[mask < 1e-3] = 0.0
@@ -70,7 +70,7 @@ def from_model(out: np.ndarray) -> np.ndarray:
 def paste_back(frame: np.ndarray, restored: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """`frame` with the restored crop warped back and blended in over the crop's footprint."""
     size = restored.shape[0]
-    inverse = cv2.invertAffineTransform(matrix)
+    inverse: np.ndarray = cv2.invertAffineTransform(matrix)
     corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
     mapped = corners @ inverse[:, :2].T + inverse[:, 2]
     height, width = frame.shape[:2]
@@ -84,7 +84,7 @@ def paste_back(frame: np.ndarray, restored: np.ndarray, matrix: np.ndarray) -> n
     face = cv2.warpAffine(restored, shifted, roi, flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
     mask = cv2.warpAffine(crop_mask(size), shifted, roi, flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0.0,))
     out = frame.copy()
     out[y0:y1, x0:x1] = paste(frame[y0:y1, x0:x1], face, mask)
     return out
@@ -96,7 +96,7 @@ class FaceRestorer:
     model_spec: ClassVar[ModelSpec] = RESTORE     # the model file it needs
 
     def __init__(self, model: OnnxModel):
-        self.model = model
+        self.model: OnnxModel | None = model
         self.size = self.model_spec.inputs[0].shape[-1]
 
     @classmethod
@@ -124,6 +124,8 @@ class FaceRestorer:
         crops = np.stack([cv2.warpAffine(frames[i], m, (self.size, self.size),
                                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                           for i, m in jobs])
+        if self.model is None:
+            raise RuntimeError("face restorer used after close()")
         restored = from_model(self.model.run({"face": to_model(crops)}))
         for (i, matrix), face in zip(jobs, restored):
             out[i] = paste_back(frames[i], face, matrix)

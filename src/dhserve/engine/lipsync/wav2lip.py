@@ -103,7 +103,7 @@ class Wav2LipBackend(LipSyncBackend):
     context_frames = SMOOTH_FRAMES // 2
 
     def __init__(self, model: OnnxModel):
-        self.model = model
+        self.model: OnnxModel | None = model
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Wav2LipBackend:
@@ -131,6 +131,8 @@ class Wav2LipBackend(LipSyncBackend):
         index = [i for i, _ in jobs]
         mel = (batch.mel[index] if batch.mel is not None
                else np.zeros((len(jobs), 80, 16), np.float32))[:, None]
+        if self.model is None:
+            raise RuntimeError("wav2lip backend used after close()")
         faces = face_output(self.model.run({"mel": mel, "face": face_input(crops)}))
         for j, (i, (x0, y0, x1, y1)) in enumerate(jobs):
             generated = cv2.resize(faces[j], (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
