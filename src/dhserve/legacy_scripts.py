@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import sys
 
+_missing: ModuleNotFoundError | None = None
 try:
     from dhserve.cli import main
 except ModuleNotFoundError as exc:      # a script run by a python without dhserve's packages
-    main, _missing = None, exc          # says so when it runs, not with a traceback
+    _missing = exc                      # says so when it runs, not with a traceback
 
 
 def run(script: str, serve_args: list[str], argv: list[str],
@@ -25,7 +26,7 @@ def run(script: str, serve_args: list[str], argv: list[str],
         print(f"usage: python {script}{usage} [dhserve {serve_args[0]} options]\n"
               f"runs: dhserve {' '.join(serve_args)}\n")
         argv = ["--help"]
-    if main is None:
+    if _missing is not None:
         print(f"{script}: dhserve's dependencies are missing for {sys.executable} "
               f"({_missing}); run ./dev setup and use .venv/bin/python", file=sys.stderr)
         return 1

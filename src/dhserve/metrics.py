@@ -33,6 +33,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from dhserve.config import METRICS_DIR_ENV
 from dhserve.jobs.model import JobState
@@ -186,8 +187,8 @@ class ServiceCollector:
         yield depth
         jobs = GaugeMetricFamily("dhserve_jobs", "Jobs in the store by state (finished ones "
                                  "until their retention ends).", labels=["state"])
-        for state, n in counts.items():
-            jobs.add_metric([state.value], n)
+        for job_state, n in counts.items():
+            jobs.add_metric([job_state.value], n)
         yield jobs
         labels = ["worker", "host", "device"]
         age = GaugeMetricFamily("dhserve_worker_heartbeat_age_seconds",
@@ -241,7 +242,7 @@ class _ThisProcess:
         return REGISTRY.collect()
 
 
-def exposition(*collectors: object) -> bytes:
+def exposition(*collectors: Collector) -> bytes:
     """The text a scrape gets: every process's metrics (merged from the multiprocess folder,
     or this process's own) and the given collectors' figures."""
     registry = CollectorRegistry()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from flask import Flask, Request, Response, g, request
+from flask.json.provider import DefaultJSONProvider
 
 from dhserve import __version__
 from dhserve.api import auth, health, heygem, metrics, openapi, problems, ui, v1
@@ -36,7 +37,8 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     app.request_class = _upload_request_class(settings.uploads_dir)
     app.config["MAX_CONTENT_LENGTH"] = int(2 * settings.max_input_mb * 2**20) + \
         UPLOAD_SLACK_BYTES
-    app.json.sort_keys = True           # HeyGem's envelopes have sorted keys
+    if isinstance(app.json, DefaultJSONProvider):     # Flask's own, always, here
+        app.json.sort_keys = True       # HeyGem's envelopes have sorted keys
     store = store or JobStore.from_settings(settings)
     settings.temp_dir.mkdir(parents=True, exist_ok=True)
     app.extensions[EXTENSION] = ApiContext(settings, store)

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO
 from urllib.parse import urlsplit
 
 from dhserve.config import Settings
@@ -101,7 +101,7 @@ def spooled_form() -> dict[str, str]:
         return request.form.to_dict()
 
 
-def save_upload(stream: BinaryIO, filename: str, field: str, folder: Path,
+def save_upload(stream: IO[bytes], filename: str, field: str, folder: Path,
                 max_mb: float) -> tuple[Path, bool]:
     """Stores an upload in the job's own folder, named by its content hash, so a retried
     request names the same file (an idempotent resubmit is the same job). Over `max_mb` it is

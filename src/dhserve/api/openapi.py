@@ -31,7 +31,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
 
 
 NULLABLE_STR = {"type": ["string", "null"]}
-PROBLEM_HEADERS = {429: {"Retry-After": {"schema": {"type": "string"}}},
+PROBLEM_HEADERS: dict[int, dict[str, Any]] = {429: {"Retry-After": {"schema": {"type": "string"}}},
                    416: {"Content-Range": {"schema": {"type": "string"},
                                            "description": "bytes */<size>"}}}
 JOB_ID = {"name": "job_id", "in": "path", "required": True,

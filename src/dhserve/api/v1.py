@@ -176,7 +176,7 @@ def job_result(job_id: str) -> Response:
 
 def job_document(job: Job) -> dict[str, Any]:
     """A job as /v1 shows it."""
-    result = None
+    result: dict[str, Any] | None = None
     if job.state is JobState.SUCCEEDED:
         info = job.result_info
         result = {"url": url_for("v1.job_result", job_id=job.id),

@@ -6,11 +6,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
 from dhserve.config import Settings
 from dhserve.errors import DhserveError, StoreUnreachable, first_line
+from dhserve.stages import Stage
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar as ProgressBarDisplay  # what progressbar gives
 
 EXIT_INPUT_ERROR = 2
 
@@ -45,13 +50,14 @@ class ProgressBar:
     """A terminal bar fed with (fraction, stage) updates; silent when quiet or not a TTY."""
     def __init__(self, quiet: bool):
         self.enabled = not quiet and sys.stderr.isatty()
-        self._bar = None
+        self._bar: ProgressBarDisplay[int] | None = None
         self._shown = 0
 
     def __enter__(self):
         if self.enabled:
-            self._bar = click.progressbar(length=1000, label="starting", file=sys.stderr,
-                                          show_percent=True, width=30).__enter__()
+            self._bar = click.progressbar(length=1000, label=str(Stage.STARTING),
+                                          file=sys.stderr, show_percent=True,
+                                          width=30).__enter__()
         return self
 
     def update(self, fraction: float, stage: str) -> None:

@@ -56,7 +56,7 @@ def models(ctx: click.Context, no_checksum: bool) -> None:
             line = "absent"
         elif status.valid:
             batch = "dynamic batch" if status.batch is None else f"batch {status.batch}"
-            line = (f"ok ({status.size / 2**20:.1f} MiB, {status.dtype}, {batch}"
+            line = (f"ok ({(status.size or 0) / 2**20:.1f} MiB, {status.dtype}, {batch}"
                     f"{', sha256 ' + status.sha256[:16] if status.sha256 else ''})")
         else:
             line = f"INVALID: {status.problem}"

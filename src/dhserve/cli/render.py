@@ -90,10 +90,11 @@ def _one_input(argument: Path | None, option: Path | None, metavar: str,
     if argument is not None and option is not None and argument != option:
         raise click.UsageError(f"{metavar} and {flag} name different files ({argument}, "
                                f"{option}): give one")
-    if argument is None and option is None:
+    given = argument if argument is not None else option
+    if given is None:
         raise click.UsageError(f"missing {metavar}: dhserve render VIDEO AUDIO "
                                "(or --video and --audio)")
-    return argument if argument is not None else option
+    return given
 
 
 EXIT_INTERNAL = 1

@@ -14,6 +14,7 @@ groups share (NVML's view, the Gunicorn config) is read when one of them first n
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 from dhserve.config import (
@@ -69,9 +70,13 @@ def run_checks(config: Path | None = None, data_dir: Path | None = None,
             # resolved inside the guard: a group whose module cannot be imported (a broken
             # PyAV, say) is an error line of its own, and the other groups still run
             found.setdefault(group, []).extend(
-                guarded(group, lambda target=CHECK_GROUPS[group]: resolve(target)(facts)))
+                guarded(group, partial(_run_group, CHECK_GROUPS[group], facts)))
     return Report(tuple(check for group in GROUPS if group in wanted
                         for check in found.get(group, [])))
+
+
+def _run_group(target: str, facts: Facts) -> list[Check]:
+    return resolve(target)(facts)
 
 
 def _settings(environ: dict[str, str], data_dir: Path | None

@@ -91,7 +91,8 @@ class Facts:
         """The Gunicorn configuration, loaded the first time a check asks."""
         if not self._config_loaded:
             self._config_loaded = True
-            self._config = self._load_config(self)
+            if self._load_config is not None:
+                self._config = self._load_config(self)
         return self._config
 
     @property

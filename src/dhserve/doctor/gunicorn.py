@@ -126,12 +126,12 @@ def load(path: Path | None, facts: Facts) -> LoadedConfig:
         return LoadedConfig(source, None, problem=missing)
     before = set(sys.modules)
     had_cuda = cuda_initialised_here()
-    said = io.StringIO()
+    printed = io.StringIO()
     try:
-        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+        with contextlib.redirect_stderr(printed), contextlib.redirect_stdout(printed):
             cfg = _read(path)
     except SystemExit as exc:
-        text = " … ".join(line.strip() for line in said.getvalue().splitlines()
+        text = " … ".join(line.strip() for line in printed.getvalue().splitlines()
                           if line.strip() and not line.startswith("  File "))[-600:]
         return LoadedConfig(source, None, problem=f"Gunicorn cannot load it (exit status "
                                                   f"{exc.code}): {text or 'no message'}")

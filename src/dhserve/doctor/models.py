@@ -43,7 +43,7 @@ def model_checks(facts: Facts) -> list[Check]:
                 checks.append(Check("models", name, OK,
                                     f"{status.path.name}: absent (optional: {use})", data=data))
             continue
-        size = f"{status.size / BYTES_PER_MIB:.1f} MiB, sha256 {status.sha256}"
+        size = f"{(status.size or 0) / BYTES_PER_MIB:.1f} MiB, sha256 {status.sha256}"
         if status.valid:
             batch = "dynamic batch" if status.batch is None else f"batch {status.batch}"
             checks.append(Check("models", name, OK,

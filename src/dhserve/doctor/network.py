@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from functools import partial
 from typing import Any
 
 import psutil
@@ -19,7 +20,7 @@ def network_checks(facts: Facts) -> list[Check]:
     checks = []
     for bind in binds:
         suffix = f" {bind}" if len(binds) > 1 else ""
-        checks.extend(guarded("network", lambda b=bind, n="port" + suffix: [_port(b, n)],
+        checks.extend(guarded("network", partial(_port_lines, bind, "port" + suffix),
                               "port" + suffix))
         if exposed_without_key(facts.settings, bind):
             checks.append(Check("network", "exposure" + suffix, WARNING,
@@ -35,6 +36,10 @@ def network_checks(facts: Facts) -> list[Check]:
             checks.append(Check("network", "exposure" + suffix, OK, f"{bind}: {why}",
                                 data={"bind": bind, "api_key": bool(facts.settings.api_key)}))
     return checks
+
+
+def _port_lines(bind: str, name: str) -> list[Check]:
+    return [_port(bind, name)]
 
 
 def _port(bind: str, name: str) -> Check:

@@ -14,6 +14,7 @@ import re
 import struct
 import tempfile
 import time
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -180,9 +181,9 @@ def onnxruntime_checks(facts: Facts) -> list[Check]:
         elif isinstance(probe, Check):        # it could not even be started
             checks.append(probe)
         else:
-            checks.extend(guarded("onnxruntime", lambda p=provider, r=requested, pr=probe: [
-                provider_check(p, finish_probe(pr), r, compiled, major, ort.__version__,
-                               facts.variables.get("LD_LIBRARY_PATH"))], provider))
+            checks.extend(guarded("onnxruntime", partial(
+                _provider_lines, provider, probe, requested, compiled, major, ort.__version__,
+                facts.variables.get("LD_LIBRARY_PATH")), provider))
     if TENSORRT in compiled and TENSORRT not in tried:
         checks.append(Check("onnxruntime", TENSORRT, OK, "compiled in, not tried "
                             "(DHSERVE_GPU_PROVIDER=tensorrt with a cuda device uses it; its "
@@ -209,6 +210,13 @@ def _not_compiled(provider: str, requested: list[str], compiled: list[str], majo
                  "from PyPI", data={"requested": bool(requested), "asked_by": requested,
                                     "compiled": False, "session_providers": [],
                                     "cuda_major": major})
+
+
+def _provider_lines(provider: str, probe: RunningProbe, requested: list[str],
+                    compiled: list[str], major: int, version: str,
+                    ld_library_path: str | None) -> list[Check]:
+    return [provider_check(provider, finish_probe(probe), requested, compiled, major, version,
+                           ld_library_path)]
 
 
 def provider_check(provider: str, result: ProbeResult, requested: list[str],

@@ -14,7 +14,7 @@ from dhserve.errors import first_line
 from dhserve.fsutil import unwritable_reason
 from dhserve.jobs import JobStore, migrate
 from dhserve.jobs.database import create_engine
-from dhserve.jobs.model import HEARTBEAT_STALE_FACTOR, JobState
+from dhserve.jobs.model import HEARTBEAT_STALE_FACTOR, JobState, WorkerInfo
 
 
 def storage_checks(facts: Facts) -> list[Check]:
@@ -118,7 +118,8 @@ def _queue(settings: Settings, url: str) -> list[Check]:
     else:
         queue = Check("storage", "queue", OK, f"{depth} queued, {running} running", data=data)
     # Silent as /health, /metrics and `dhserve top` say it (WorkerInfo.silent)
-    alive, silent = [], []
+    alive: list[WorkerInfo] = []
+    silent: list[WorkerInfo] = []
     for w in registered:
         (silent if w.silent(now, settings.heartbeat_seconds) else alive).append(w)
     silent_after = settings.heartbeat_seconds * HEARTBEAT_STALE_FACTOR

@@ -126,7 +126,7 @@ def _wait_until_serving(supervisor: Supervisor, child: Child, bind: str) -> str 
             return "start-up interrupted"
         if not child.running:
             time.sleep(0.1)               # let the stderr pump catch the last lines
-            return (f"failed to boot (exit status {child.process.returncode})"
+            return (f"failed to boot (exit status {child.returncode})"
                     f"{': ' + _gist(list(child.tail))}")
         if answers_livez(bind):
             return None

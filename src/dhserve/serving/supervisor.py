@@ -57,6 +57,8 @@ class Child:
         log.info("%s started (pid %d)", self.spec.name, self.process.pid)
 
     def _pump(self, process: subprocess.Popen) -> None:
+        if process.stderr is None:          # started without capture_stderr
+            return
         for line in process.stderr:
             sys.stderr.write(line)
             self.tail.append(line.rstrip())
@@ -71,6 +73,15 @@ class Child:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once it exited; None while it runs or before it started."""
+        return None if self.process is None else self.process.returncode
 
 
 class Supervisor:
@@ -97,11 +108,12 @@ class Supervisor:
     def remove(self, child: Child) -> None:
         """Stops `child` (SIGTERM, then SIGKILL) and forgets it."""
         child.send(signal.SIGTERM)
-        try:
-            child.process.wait(timeout=STOP_CHILD_S)
-        except subprocess.TimeoutExpired:
-            child.send(signal.SIGKILL)
-            child.process.wait()
+        if child.process is not None:
+            try:
+                child.process.wait(timeout=STOP_CHILD_S)
+            except subprocess.TimeoutExpired:
+                child.send(signal.SIGKILL)
+                child.process.wait()
         self._exited(child)
         del self.children[child.spec.name]
 
@@ -155,9 +167,9 @@ class Supervisor:
             child.start()
 
     def _exited(self, child: Child) -> None:
-        if self.on_exit is not None:
+        if self.on_exit is not None and child.pid is not None:
             try:
-                self.on_exit(child.process.pid)
+                self.on_exit(child.pid)
             except Exception:
                 log.warning("after %s exited", child.spec.name, exc_info=True)
 
@@ -174,7 +186,7 @@ class Supervisor:
                 for child in self.children.values():
                     if child.running:
                         log.error("%s (pid %d) did not stop in %g s: killing it",
-                                  child.spec.name, child.process.pid, self.stop_timeout)
+                                  child.spec.name, child.pid, self.stop_timeout)
                         child.send(signal.SIGKILL)
                 break
             self.handle_signals(timeout=0.2)
