@@ -10,10 +10,9 @@ frames (for temporal smoothing) it declares in `context_frames` and the pipeline
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -67,11 +66,3 @@ class LipSyncBackend(ABC):
 
     def close(self) -> None:
         """Releases models and sessions."""
-
-
-def __getattr__(name: str) -> Any:
-    """Old home of `resolve_backend`, now in dhserve.engine.lipsync (which imports this
-    module, so this one cannot import it back). Kept until /health imports it from there."""
-    if name == "resolve_backend":
-        return getattr(importlib.import_module("dhserve.engine.lipsync"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
