@@ -251,11 +251,15 @@ class RenderInternal(DhserveError):
 
 
 def error_classes() -> list[type[DhserveError]]:
-    """Every error class with a code of its own, for the status table and the docs."""
-    found: list[type[DhserveError]] = []
+    """Every error class that declares a code of its own, one per code (errors.py's when
+    another module's class shares its code), for the status table and the docs."""
+    found: dict[str, type[DhserveError]] = {}
     pending: list[type[DhserveError]] = [DhserveError]
     while pending:
         cls = pending.pop()
-        found.append(cls)
         pending.extend(cls.__subclasses__())
-    return sorted({c.code: c for c in found}.values(), key=lambda c: c.code)
+        if "code" not in cls.__dict__:
+            continue
+        if cls.code not in found or cls.__module__ == __name__:
+            found[cls.code] = cls
+    return sorted(found.values(), key=lambda c: c.code)

@@ -13,6 +13,7 @@ class Stage(str, Enum):
     STARTING = "starting"
     DOWNLOADING = "downloading"
     CANCELING = "canceling"
+    CANCELED = "canceled"
     REQUEUED_STOPPED = "requeued: worker stopped"
     REQUEUED_LOST = "requeued: worker lost"
     FAILED = "failed"
