@@ -52,7 +52,18 @@ class ClientError(DhserveError):
     @property
     def temporary(self) -> bool:
         """Likely to pass: the service is restarting, or a proxy lost sight of it."""
-        return self.code == "client.unreachable" or self.status in TEMPORARY
+        return self.status in TEMPORARY
+
+
+class ClientUnreachable(ClientError):
+    """The service could not be reached, or its answer broke off: temporary, retried."""
+
+    def __init__(self, detail: str):
+        super().__init__("client.unreachable", detail)
+
+    @property
+    def temporary(self) -> bool:
+        return True
 
 
 @dataclass(frozen=True)
@@ -268,8 +279,7 @@ class Client:
                 raise _problem(exc) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
-            raise ClientError("client.unreachable",
-                              f"cannot reach {self.base_url}: {reason}") from None
+            raise ClientUnreachable(f"cannot reach {self.base_url}: {reason}") from None
         except http.client.HTTPException as exc:     # BadStatusLine, LineTooLong …
             raise self._bad_response(f"not an HTTP answer ({exc!r})") from None
 
@@ -324,15 +334,15 @@ def _received(response: Any, base_url: str) -> Iterator[bytes]:
         try:
             chunk = response.read(CHUNK)
         except (OSError, http.client.HTTPException) as exc:
-            raise ClientError("client.unreachable", f"the answer from {base_url} broke off "
-                              f"after {received} bytes: {exc!r}") from None
+            raise ClientUnreachable(f"the answer from {base_url} broke off "
+                                    f"after {received} bytes: {exc!r}") from None
         if not chunk:
             break
         received += len(chunk)
         yield chunk
     if expected is not None and expected.strip().isdigit() and received != int(expected):
-        raise ClientError("client.unreachable", f"the answer from {base_url} broke off after "
-                          f"{received} of {int(expected)} bytes")
+        raise ClientUnreachable(f"the answer from {base_url} broke off after "
+                                f"{received} of {int(expected)} bytes")
 
 
 def _job_id(job: JobStatus | str) -> str:

@@ -82,7 +82,7 @@ def parse_json(text: str | bytes, field: str) -> Any:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise RequestInvalid(field,
-                             f"is not UTF-8 text (byte {exc.start})") from None
+                                 f"is not UTF-8 text (byte {exc.start})") from None
     try:
         return json.loads(text, parse_constant=_no_constant)
     except RecursionError:
@@ -104,8 +104,8 @@ def json_body() -> Any:
 def check_job_id(value: str, field: str) -> str:
     if not JOB_ID.fullmatch(value):
         raise RequestInvalid(field,
-                         "must be 1-128 letters, digits, '.', '_' or '-', starting with a "
-                         f"letter or digit; got {value[:40]!r}")
+                             "must be 1-128 letters, digits, '.', '_' or '-', starting with a "
+                             f"letter or digit; got {value[:40]!r}")
     return value
 
 

@@ -40,7 +40,7 @@ def input_text(value: object, field: str) -> str:
         raise RequestInvalid(field, "must be a non-empty string")
     if len(value.strip()) > MAX_INPUT_CHARS:
         raise RequestInvalid(field, f"is {len(value.strip())} characters "
-                         f"long; the limit is {MAX_INPUT_CHARS}")
+                             f"long; the limit is {MAX_INPUT_CHARS}")
     return value.strip()
 
 
@@ -58,9 +58,8 @@ def resolve_input(value: object, field: str, settings: Settings) -> str:
             raise InputInvalidUrl(field, f"URL has no host: {value[:200]}")
         return value
     if scheme:
-        raise InputSchemeNotAllowed(field,
-                         f"{scheme}: inputs are not accepted; give an http(s) URL or a file "
-                         "inside the data dir")
+        raise InputSchemeNotAllowed(field, f"{scheme}: inputs are not accepted; give an "
+                                    "http(s) URL or a file inside the data dir")
     if ".." in PurePosixPath(value).parts:
         raise InputPathNotAllowed(field, "'..' is not allowed in a path")
     path = Path(value)
@@ -71,8 +70,8 @@ def resolve_input(value: object, field: str, settings: Settings) -> str:
     roots = [Path(os.path.realpath(root)) for root in settings.input_root_paths]
     if not any(real.is_relative_to(root) for root in roots):
         raise InputPathNotAllowed(field,
-                         f"{value} is outside the folders inputs may come from "
-                         "(the data dir, or DHSERVE_INPUT_ROOTS)")
+                                  f"{value} is outside the folders inputs may come from "
+                                  "(the data dir, or DHSERVE_INPUT_ROOTS)")
     return str(real)
 
 
@@ -115,7 +114,7 @@ def save_upload(stream: IO[bytes], filename: str, field: str, folder: Path,
                 size += len(chunk)
                 if size > limit:
                     raise InputTooLarge(field,
-                                     f"upload is over the limit of {max_mb:g} MB")
+                                        f"upload is over the limit of {max_mb:g} MB")
                 digest.update(chunk)
                 out.write(chunk)
         if size == 0:

@@ -92,4 +92,4 @@ def install(app: Flask) -> None:
             return problem_for(StoreUnreachable("the job store cannot be reached; "
                                                 "retry later"))
         log.exception("unexpected error")
-        return problem(500, "internal", f"internal error: {type(exc).__name__}")
+        return problem_for(DhserveError(f"internal error: {type(exc).__name__}"))

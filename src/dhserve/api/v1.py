@@ -68,7 +68,7 @@ def _request_fields() -> dict[str, Any]:
     fields = json_body()
     if not isinstance(fields, dict):
         raise RequestInvalid("body", "expected a JSON object or a "
-                         "multipart/form-data upload")
+                             "multipart/form-data upload")
     return fields
 
 
@@ -80,7 +80,7 @@ def _choices(fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
     if not isinstance(priority, int) or isinstance(priority, bool) or \
             not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
         raise RequestInvalid("priority",
-                         f"must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}")
+                             f"must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}")
     return options, priority
 
 
@@ -130,7 +130,7 @@ def list_jobs() -> Response:
     state = request.args.get("state") or None
     if state is not None and state not in {s.value for s in JobState}:
         raise RequestInvalid("state",
-                         f"must be one of {', '.join(s.value for s in JobState)}")
+                             f"must be one of {', '.join(s.value for s in JobState)}")
     try:
         limit = int(request.args.get("limit", DEFAULT_LIMIT))
     except ValueError:
@@ -164,9 +164,9 @@ def job_result(job_id: str) -> Response:
     if job.state is not JobState.SUCCEEDED:
         if job.state.finished:
             raise JobFinished(f"job {job_id!r} {job.state.value}: "
-                               f"{job.error_message or 'no result'}")
+                              f"{job.error_message or 'no result'}")
         raise JobNotReady(f"job {job_id!r} is {job.state.value} "
-                           f"({job.progress} %); the result is not ready")
+                          f"({job.progress} %); the result is not ready")
     path = Path(job.result or "")
     if not path.is_file():
         raise ResultGone(f"the result of job {job_id!r} no longer exists")

@@ -114,7 +114,7 @@ def _submitted_input(value: str, flag: str):
     path = Path(value).expanduser()
     if not path.exists():
         raise InputNotFound(flag, f"no such local file: {value}; to name a "
-                         f"file on the server, write {SERVER_PREFIX}{value}")
+                            f"file on the server, write {SERVER_PREFIX}{value}")
     if not path.is_file():
         raise InputNotFound(flag, f"not a file: {value}")
     return path

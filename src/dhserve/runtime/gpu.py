@@ -84,7 +84,7 @@ def read_gpus(max_age: float = 0.0) -> GpuSummary:
     recent = _recent
     if max_age and recent is not None and time.monotonic() - recent[0] <= max_age:
         return recent[1]
-    summary = _read_gpu_summary()
+    summary = _read_nvml()
     _recent = (time.monotonic(), summary)
     return summary
 
@@ -95,7 +95,7 @@ def gpu_summary(max_age: float = 0.0) -> dict[str, Any]:
     return read_gpus(max_age).to_json()
 
 
-def _read_gpu_summary() -> GpuSummary:
+def _read_nvml() -> GpuSummary:
     try:
         import pynvml
     except ImportError:
