@@ -75,7 +75,8 @@ def storage_state(data_dir: Path, min_free_mb: float) -> dict[str, Any]:
     except OSError as exc:
         return {"ok": False, "free_mb": None, "min_free_mb": min_free_mb,
                 "reason": f"cannot read the data dir's free space ({exc.strerror or exc})"}
-    state: dict[str, Any] = {"ok": free >= min_free_mb, "free_mb": round(free, 1), "min_free_mb": min_free_mb}
+    state: dict[str, Any] = {"ok": free >= min_free_mb, "free_mb": round(free, 1),
+                             "min_free_mb": min_free_mb}
     if not state["ok"]:
         state["reason"] = (f"{free:.1f} MB free in the data dir, below DHSERVE_MIN_FREE_MB "
                            f"({min_free_mb:g}): new jobs are refused (storage.full)")

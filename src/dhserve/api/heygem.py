@@ -2,8 +2,9 @@
 
 Every answer is HTTP 200 with an envelope {code, data, msg, success} whose `code` carries the
 outcome: 10000 accepted, 10001 busy, 10002 a missing or malformed parameter, 10004 no such
-task, 10005 the task exists, 9999 a system failure (README.md, "HTTP API"). Jobs are the queue's jobs: the HeyGem `code` is the job
-id, the result is written to <data dir>/temp/<code>-r.mp4.
+task, 10005 the task exists, 9999 a system failure (README.md, "HTTP API"; errors.py declares
+which error answers which). Jobs are the queue's jobs: the HeyGem `code` is the job id, the
+result is written to <data dir>/temp/<code>-r.mp4.
 """
 
 from __future__ import annotations
