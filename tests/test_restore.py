@@ -12,8 +12,8 @@ from dhserve.engine.face.restore import FaceRestorer, alignment, from_model, to_
 from dhserve.engine.media import read_frames
 from dhserve.engine.pipeline import RenderOptions, render
 from dhserve.engine.preflight import check_models
-from dhserve.errors import InputError
-from dhserve.runtime.models import RESTORE, ModelError
+from dhserve.errors import InputError, ModelError
+from dhserve.runtime.models import RESTORE
 from dhserve.runtime.onnx import OnnxModel, SessionConfig
 
 EYES = (33, 263)

@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 
 from dhserve.config import Settings
-from dhserve.runtime.models import RESTORE, WAV2LIP, ModelError
+from dhserve.errors import ModelError
+from dhserve.runtime.models import RESTORE, WAV2LIP
 from dhserve.runtime.onnx import (
     CPU,
     CUDA,

@@ -5,9 +5,11 @@ comparing code strings."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import ClassVar
 
-# What /easy/submit answers (reference/heygem-api.md): an envelope code, or RECORDED: the job
+# What /easy/submit answers (HeyGem's envelope codes): an envelope code, or RECORDED: the job
 # is stored as failed at once and /easy/query tells it (status 3), for clients that only
 # learn outcomes by polling.
 ACCEPTED, BUSY, MISSING, NOT_FOUND, EXISTS, SYSTEM = 10000, 10001, 10002, 10004, 10005, 9999
@@ -21,11 +23,7 @@ class DhserveError(Exception):
     http_status: ClassVar[int] = 500
     heygem: ClassVar[int] = SYSTEM
 
-    def __init__(self, *args: str):
-        # (message), or, until every raise names its class, the older (code, message)
-        if len(args) == 2:
-            self.code = args[0]      # type: ignore[misc]
-        message = args[-1]
+    def __init__(self, message: str):
         super().__init__(message)
         self.message = message
 
@@ -49,11 +47,7 @@ class InputError(DhserveError):
     http_status = 422
     heygem = RECORDED
 
-    def __init__(self, *args: str):
-        # (field, reason), or, until every raise names its class, the older (code, field, reason)
-        if len(args) == 3:
-            self.code = args[0]      # type: ignore[misc]
-        field, reason = args[-2], args[-1]
+    def __init__(self, field: str, reason: str):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
@@ -67,6 +61,7 @@ class RequestInvalid(InputError):
 
 
 class RequestTooLarge(DhserveError):
+    """A body over the limit: an upload over 2 x DHSERVE_MAX_INPUT_MB, any other over 1 MiB."""
     code, http_status = "request.too_large", 413
 
 
@@ -81,6 +76,7 @@ class OptionsInvalid(InputError):
 
 
 class UnknownBackend(InputError):
+    """A backend name the service does not have."""
     code, heygem = "options.unknown_backend", MISSING
 
 
@@ -92,18 +88,22 @@ class OutputInvalid(InputError):
 # -- inputs: where they come from ---------------------------------------------------------
 
 class InputNotFound(InputError):
+    """No such file (named as the client named it)."""
     code = "input.not_found"
 
 
 class InputPathNotAllowed(InputError):
+    """A path outside the data dir and DHSERVE_INPUT_ROOTS, '..', or control characters."""
     code = "input.path_not_allowed"
 
 
 class InputSchemeNotAllowed(InputError):
+    """A scheme other than http(s) (file://, ftp://, data:)."""
     code = "input.scheme_not_allowed"
 
 
 class InputInvalidUrl(InputError):
+    """An http(s) URL without a host."""
     code = "input.invalid_url"
 
 
@@ -113,36 +113,44 @@ class InputUrlNotAllowed(InputError):
 
 
 class DownloadFailed(InputError):
+    """A URL input that could not be downloaded, or broke off."""
     code = "input.download_failed"
 
 
 class InputTooLarge(InputError):
+    """An input file over DHSERVE_MAX_INPUT_MB."""
     code, http_status = "input.too_large", 413
 
 
 class InputEmpty(InputError):
+    """An empty input file."""
     code = "input.empty_file"
 
 
 # -- inputs: what they hold ---------------------------------------------------------------
 
 class NotMedia(InputError):
+    """A file that is not media FFmpeg may open (a playlist, a text file)."""
     code = "input.not_media"
 
 
 class CorruptInput(InputError):
+    """Media that cannot be decoded."""
     code = "input.corrupt"
 
 
 class NoVideoStream(InputError):
+    """The avatar input has no picture."""
     code = "video.no_video_stream"
 
 
 class NoAudioStream(InputError):
+    """The speech input has no sound."""
     code = "audio.no_audio_stream"
 
 
 class VideoTooLong(InputError):
+    """A template longer than DHSERVE_MAX_VIDEO_SECONDS."""
     code = "video.too_long"
 
 
@@ -152,18 +160,22 @@ class VideoTooLarge(InputError):
 
 
 class NoFace(InputError):
+    """No face in any frame of the template."""
     code = "video.no_face"
 
 
 class MultipleFaces(InputError):
+    """Several faces, with DHSERVE_MULTIPLE_FACES=error."""
     code = "video.multiple_faces"
 
 
 class AudioEmpty(InputError):
+    """Speech without a single sample."""
     code = "audio.empty"
 
 
 class AudioTooLong(InputError):
+    """Speech longer than DHSERVE_MAX_AUDIO_SECONDS."""
     code = "audio.too_long"
 
 
@@ -173,22 +185,37 @@ NO_STREAM = {"video": NoVideoStream, "audio": NoAudioStream}
 # -- overlays and models ------------------------------------------------------------------
 
 class OverlayNotConfigured(InputError):
+    """watermark_switch / digital_auth asked for, but no image is configured."""
     code = "overlay.not_configured"
 
 
 class OverlayInvalid(InputError):
+    """The configured overlay image cannot be read as an image."""
     code = "overlay.invalid"
 
 
-class ModelMissing(InputError):
+class ModelError(InputError):
+    """A model file is missing, unreadable, or not the model its setting names; or a job asks
+    for a model the server lacks. `field` names the file (its path for the operator's tools;
+    answers strip the data dir) or the option that needs it."""
+
+    def __init__(self, where: str | os.PathLike[str], reason: str):
+        super().__init__(str(where), reason)
+        self.path = Path(where)
+
+
+class ModelMissing(ModelError):
+    """A model file that is not in the models folder (a job's option needs it)."""
     code = "model.missing"
 
 
-class ModelCorrupt(InputError):
+class ModelCorrupt(ModelError):
+    """Not loadable as ONNX at all."""
     code = "model.corrupt"
 
 
-class ModelBadSignature(InputError):
+class ModelBadSignature(ModelError):
+    """An ONNX file, but not the model its setting names (other tensors)."""
     code = "model.bad_signature"
 
 
@@ -200,6 +227,7 @@ class QueueFull(DhserveError):
 
 
 class JobNotFound(DhserveError):
+    """No job with this id."""
     code, http_status, heygem = "job.not_found", 404, NOT_FOUND
 
 
@@ -209,25 +237,29 @@ class JobConflict(DhserveError):
 
 
 class JobFinished(DhserveError):
+    """Cancel of a job that already finished."""
     code, http_status = "job.finished", 409
 
 
 class JobNotReady(DhserveError):
+    """The result of a job that has not succeeded (yet)."""
     code, http_status = "job.not_ready", 409
 
 
 class ResultGone(DhserveError):
+    """The job succeeded, but its result file is gone (retention, removed by hand)."""
     code, http_status = "result.gone", 410
 
 
 class StoreUnreachable(DhserveError):
+    """The job store (SQLite file, PostgreSQL) does not answer."""
     code, http_status = "store.unreachable", 503
 
 
 class StorageFull(DhserveError):
     """The data dir has less free space than DHSERVE_MIN_FREE_MB, or ran out while writing:
     new work is refused until space returns (nothing needs a restart)."""
-    code, http_status, heygem = "storage.full", 507, SYSTEM
+    code, http_status, heygem = "storage.full", 507, RECORDED
 
 
 class WorkerLost(DhserveError):

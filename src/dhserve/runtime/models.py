@@ -18,37 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from dhserve.config import ENV_PREFIX, Settings
-from dhserve.errors import DhserveError, ModelMissing
+from dhserve.errors import ModelBadSignature, ModelMissing
 
 DTYPES: dict[str, np.dtype] = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
 Dim = int | str | None     # a fixed size, or a symbolic / unknown one
 
-
-class ModelError(DhserveError):
-    """A model file is missing, unreadable, or not the model it is configured as.
-
-    A server configuration problem, not the user's input (unlike errors.ModelMissing, a job
-    asking for a model the server lacks): `path` names the file and the message names what
-    was expected of it. Raised as one of the subclasses below, each with its code."""
-
-    def __init__(self, path: Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = reason
-
-
-class ModelFileMissing(ModelError):
-    code = "model.missing"
-
-
-class ModelFileCorrupt(ModelError):
-    """Not loadable as ONNX at all."""
-    code = "model.corrupt"
-
-
-class ModelFileMismatch(ModelError):
-    """An ONNX file, but not the model its setting names (other tensors)."""
-    code = "model.bad_signature"
 
 
 @dataclass(frozen=True)
@@ -119,10 +93,10 @@ def check_signature(spec: ModelSpec, inputs: list[TensorSpec], outputs: list[Ten
                     path: Path) -> Signature:
     """Matches the file's tensors to the spec's roles by shape; ModelError naming the expected
     and the found shapes when they do not match."""
-    def refuse(why: str) -> ModelFileMismatch:
+    def refuse(why: str) -> ModelBadSignature:
         found = (f"inputs {', '.join(map(str, inputs)) or 'none'}; "
                  f"outputs {', '.join(map(str, outputs)) or 'none'}")
-        return ModelFileMismatch(path,
+        return ModelBadSignature(path,
                                  f"not a {spec.title}: {why}. Expected {spec.describe()}; "
                                  f"found {found}")
 

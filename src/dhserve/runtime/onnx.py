@@ -23,14 +23,11 @@ import numpy as np
 import onnxruntime as ort
 
 from dhserve.config import Settings
-from dhserve.errors import DhserveError, first_line
+from dhserve.errors import DhserveError, ModelCorrupt, ModelError, ModelMissing, first_line
 from dhserve.fsutil import file_digest
 from dhserve.runtime.models import (
     DTYPES,
     KNOWN_MODELS,
-    ModelError,
-    ModelFileCorrupt,
-    ModelFileMissing,
     ModelSpec,
     TensorSpec,
     check_signature,
@@ -49,7 +46,7 @@ _PROVIDER = {"cuda": CUDA, "tensorrt": TENSORRT}
 class LoadedBeforeFork(DhserveError):
     """A session used in a child of the process that made it: the CUDA-after-fork trap."""
 
-    code = "runtime.loaded_before_fork"
+    code, http_status = "runtime.loaded_before_fork", 503
 
     def __init__(self, what: str, parent: int):
         super().__init__(
@@ -62,7 +59,7 @@ class LoadedBeforeFork(DhserveError):
 class GpuUnavailable(DhserveError):
     """A GPU was asked for and ONNX Runtime cannot use it."""
 
-    code = "runtime.gpu_unavailable"
+    code, http_status = "runtime.gpu_unavailable", 503
 
 
 @dataclass(frozen=True)
@@ -200,11 +197,11 @@ def create_session(path: Path, config: SessionConfig, what: str = "model",
                    optimize: bool = True) -> ort.InferenceSession:
     """An InferenceSession for the model file at `path`, on the configured device, checked.
 
-    Raises ModelFileMissing or ModelFileCorrupt (ModelErrors) for the file, GpuUnavailable for the
+    Raises ModelMissing or ModelCorrupt (ModelErrors) for the file, GpuUnavailable for the
     device. `what` names the model in messages ("wav2lip model")."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileMissing(path, f"{what} file not found")
+        raise ModelMissing(path, f"{what} file not found")
     check_available(config)
     session = open_session(path, config, what, session_options(config, optimize))
     check_session(session, config, what)
@@ -228,7 +225,7 @@ def open_session(path: Path, config: SessionConfig, what: str,
         if config.wants_gpu and _GPU_FAILURE.search(str(exc)):
             raise GpuUnavailable(f"{what}: {config.gpu_provider_name} failed: "
                                  f"{first_line(exc)}; " + install_hint()) from None
-        raise ModelFileCorrupt(path, f"cannot be loaded as an ONNX {what} "
+        raise ModelCorrupt(path, f"cannot be loaded as an ONNX {what} "
                                f"({first_line(exc)})") from None
     return session
 
@@ -248,8 +245,8 @@ class OnnxModel:
         self.pid = os.getpid()       # the fork guard: run() refuses in any other process
         try:
             self.session = create_session(self.path, config, spec.title, optimize)
-        except ModelFileCorrupt as exc:
-            raise ModelFileCorrupt(exc.path,
+        except ModelCorrupt as exc:
+            raise ModelCorrupt(exc.path,
                                    f"{exc.reason}. Expected {spec.describe()}") from None
         inputs = [TensorSpec(t.name, tuple(t.shape), t.type) for t in self.session.get_inputs()]
         outputs = [TensorSpec(t.name, tuple(t.shape), t.type)
