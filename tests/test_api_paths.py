@@ -8,7 +8,7 @@ import shutil
 
 from conftest import wait_for
 
-from dhserve.errors import InputError
+from dhserve.errors import NoFace
 from dhserve.jobs import JobSpec
 
 
@@ -35,7 +35,7 @@ def test_missing_inputs_are_named_as_the_client_named_them(service):
 def test_errors_recorded_with_server_paths_are_shown_without_them(service):
     svc = service()
     local = svc.settings.temp_dir.resolve() / "avatar.mp4"
-    failure = InputError("video.no_face", "video", f"no face found in {local}")
+    failure = NoFace("video", f"no face found in {local}")
     svc.store.submit("recorded", JobSpec(str(local), str(local)), failed=failure)
     doc = no_server_path(svc, svc.client.get("/v1/jobs/recorded"))
     assert doc["error"]["message"] == "video: no face found in temp/avatar.mp4"
