@@ -76,3 +76,24 @@ def test_the_two_readmes_show_the_same_commands_and_settings():
     assert english[1] == chinese[1], english[1] ^ chinese[1]
     assert "README.zh-CN.md" in (ROOT / "README.md").read_text()
     assert "README.md" in (ROOT / "README.zh-CN.md").read_text()
+
+
+def test_the_deployment_guides_name_real_doctor_checks_and_agree():
+    from dhserve.doctor import CHECK_GROUPS
+
+    def named(name: str) -> tuple[set[str], set[str]]:
+        text = (ROOT / name).read_text()
+        checks = {c for c in re.findall(r"`([a-z]+/[A-Za-z_]+)`", text)
+                  if c.split("/")[0] in CHECK_GROUPS}
+        settings = set(re.findall(r"\b(?:DHSERVE|GUNICORN)_[A-Z0-9_]+\b", text))
+        return checks, settings
+    english, chinese = named("AI_MODEL_DEPLOYMENT.md"), named("AI_MODEL_DEPLOYMENT.zh-CN.md")
+    assert english == chinese, (english[0] ^ chinese[0], english[1] ^ chinese[1])
+    for check in english[0]:
+        group, name = check.split("/")
+        module = CHECK_GROUPS[group].split(":")[0]
+        source = (ROOT / "src" / (module.replace(".", "/") + ".py")).read_text()
+        # the models group names its checks by model kind; the settings' lines are the runner's
+        shared = "".join((PACKAGE / f).read_text() for f in ("runtime/models.py",
+                                                            "doctor/__init__.py"))
+        assert f'"{name}"' in source + shared, f"{check} is not a check of the {group} group"
