@@ -195,3 +195,42 @@ def test_gpu_fix_script_has_nothing_to_verify_without_an_nvidia_gpu():
     assert run.stdout.startswith("no NVIDIA GPU: nothing to verify"), run.stdout
     assert time.monotonic() - start < 30
 
+
+
+SERVICE_UNIT = ROOT / "deploy" / "systemd" / "dhserve.service"
+ENV_FILE = ROOT / "deploy" / "systemd" / "dhserve.env"
+
+
+def test_systemd_unit_waits_for_a_render_to_finish_and_its_env_file_is_read(tmp_path):
+    """dhserve.service: systemd's SIGKILL comes after dhserve's own longest stop (a render's
+    grace + Gunicorn's graceful timeout, as the example env file sets them), SIGTERM reaches
+    `dhserve serve` alone; every variable the env file sets or shows is one dhserve reads;
+    and `systemd-analyze verify` accepts the unit (pointed at this checkout)."""
+    import re
+    from dataclasses import fields
+
+    from dhserve.config import ServingSettings, Settings, _env_name
+
+    unit = dict(re.findall(r"^(\w+)=(.*)$", SERVICE_UNIT.read_text(), re.MULTILINE))
+    assert unit["KillSignal"] == "SIGTERM" and unit["KillMode"] == "mixed"
+    assert unit["Restart"] == "on-failure" and unit["EnvironmentFile"] == "/etc/dhserve/dhserve.env"
+    assert unit["ExecStart"].endswith("/.venv/bin/dhserve serve")
+    shown = dict(re.findall(r"^#? ?((?:DHSERVE|GUNICORN)_\w+)=(.*)$", ENV_FILE.read_text(),
+                            re.MULTILINE))
+    settings = Settings.from_env(shown)
+    serving = ServingSettings.from_env(shown)
+    assert int(unit["TimeoutStopSec"]) >= settings.stop_grace_seconds + \
+        serving.graceful_timeout + 15
+    known = {_env_name(f) for cls in (Settings, ServingSettings) for f in fields(cls)}
+    assert set(shown) <= known, set(shown) - known
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("SYSTEMD-ANALYZE NOT RUN: systemd-analyze is not installed")
+    local = tmp_path / "dhserve.service"
+    dhserve = Path(PYTHON).parent / "dhserve"          # this virtualenv's, wherever it is
+    local.write_text(SERVICE_UNIT.read_text().replace("/opt/dhserve/.venv/bin/dhserve",
+                                                      str(dhserve))
+                     .replace("/opt/dhserve", str(ROOT)))
+    verified = subprocess.run([analyze, "verify", str(local)], check=False,
+                              capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
