@@ -96,6 +96,13 @@ def mel_basis() -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
+def mel_frequencies() -> np.ndarray:
+    """(80,) centre frequency (Hz) of each mel band, float32."""
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(FMIN), _hz_to_mel(FMAX), N_MELS + 2))
+    return edges[1:-1].astype(np.float32)
+
+
+@lru_cache(maxsize=1)
 def _window() -> np.ndarray:
     n = np.arange(WIN)
     return (0.5 - 0.5 * np.cos(2 * np.pi * n / WIN)).astype(np.float32)  # periodic Hann

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 
 from dhserve.engine.blend import FaceFrame, lower_face_mask, paste
-from dhserve.engine.face.landmarks import CHIN, LOWER_INNER_LIP, UPPER_INNER_LIP
+from dhserve.engine.face.landmarks import CHIN, LOWER_INNER_LIP, NOSE_TIP, UPPER_INNER_LIP
 from dhserve.engine.lipsync.base import FrameBatch, LipSyncBackend
+from dhserve.engine.visemes import MouthShapes, shapes_from_chunks
 
 MAX_OPENING = 0.30        # widest gap between the lips, as a fraction of mouth width
 GAP_HALF_WIDTH = 0.38     # the opening spans ±0.38 mouth widths: it closes before the corners
@@ -24,6 +25,10 @@ NECK_FADE = 0.8           # mouth widths below the chin over which the motion fa
 JAW_HALF_WIDTH = (0.55, 1.15)  # mouth widths from the centre: full motion → none
 MOUTH_DARK = np.array([52, 20, 22], np.float32)     # deep inside the mouth, RGB
 MOUTH_EDGE = np.array([128, 60, 58], np.float32)   # near the lips
+WIDTH_GAIN = 0.24        # corners move out (spread) / in (rounded) by this fraction of the width
+ROUND_HEIGHT = 0.25      # a rounded opening is this much taller, a spread one this much flatter
+WIDTH_REACH = (0.5, 1.25)  # mouth widths from the centre: corner motion full → none (cheeks)
+LIP_BAND = (0.45, 0.9)   # mouth widths above / below the seam where the corner motion fades
 SOLVER_STEPS = 3
 COARSE_STEP = 4           # pixels between the samples of the smooth motion field
 
@@ -36,17 +41,25 @@ def _smoothstep(edge0, edge1, x):
 class MouthWarp:
     """The displacement field of one frame, in the face's own (u, v) coordinates (pixels)."""
 
-    def __init__(self, points: np.ndarray, openness: float, max_opening: float = MAX_OPENING):
+    def __init__(self, points: np.ndarray, openness: float, max_opening: float = MAX_OPENING,
+                 width: float = 0.0, closure: float = 0.0):
         self.face = FaceFrame.from_landmarks(points)
         w = self.face.mouth_width
         self.w = w
-        self.amount = float(openness) * max_opening * w
+        self.width = float(np.clip(width, -1.0, 1.0))
+        self.half_gap = GAP_HALF_WIDTH * (1 + WIDTH_GAIN * self.width)
+        self.amount = (float(openness) * max_opening * w * (1 - float(np.clip(closure, 0, 1)))
+                       * (1 - ROUND_HEIGHT * self.width))
         uu, vu = self.face.to_face(points[list(UPPER_INNER_LIP)])
         ul, vl = self.face.to_face(points[list(LOWER_INNER_LIP)])
         grid = np.linspace(-w / 2, w / 2, 17)
         seam = (np.interp(grid, *_sorted(uu, vu)) + np.interp(grid, *_sorted(ul, vl))) / 2
         self.seam_u, self.seam_v = grid, seam
         _, self.chin_v = self.face.to_face(points[CHIN])
+        _, nose_v = self.face.to_face(points[NOSE_TIP])
+        # The corner motion fades out above the lips, well below the nostrils.
+        lip_to_nose = max(float(seam.min()) - float(nose_v), 1.0)
+        self.reach_up = min(LIP_BAND[0] * w, 0.6 * lip_to_nose)
 
     def seam(self, u: np.ndarray) -> np.ndarray:
         """The line where the lips meet (v of the seam at each u); flat beyond the corners."""
@@ -54,7 +67,7 @@ class MouthWarp:
 
     def gap(self, u: np.ndarray) -> np.ndarray:
         """Height of the opening at u: an ellipse across the mouth, zero at the corners."""
-        r = u / (GAP_HALF_WIDTH * self.w)
+        r = u / (self.half_gap * self.w)
         return self.amount * np.sqrt(np.clip(1 - r * r, 0, 1))
 
     def columns(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,7 +75,7 @@ class MouthWarp:
         far under the seam the chin lies. The solver evaluates the motion many times per
         frame on the same grid, so these are computed once."""
         w = self.w
-        lip = np.sqrt(np.clip(1 - (u / (GAP_HALF_WIDTH * w)) ** 2, 0, 1))
+        lip = np.sqrt(np.clip(1 - (u / (self.half_gap * w)) ** 2, 0, 1))
         jaw = 1 - _smoothstep(JAW_HALF_WIDTH[0] * w, JAW_HALF_WIDTH[1] * w, np.abs(u))
         return lip, jaw, self.chin_v - self.seam(u)
 
@@ -73,6 +86,19 @@ class MouthWarp:
         t = _smoothstep(0.0, JAW_TRANSITION * self.w, below)
         fade = 1 - _smoothstep(chin_below, chin_below + NECK_FADE * self.w, below)
         return np.where(below > 0, self.amount * ((1 - t) * lip + t * jaw) * fade, 0.0)
+
+    def sideways(self, u: np.ndarray, below: np.ndarray) -> np.ndarray:
+        """How far the point at (u, `below` the seam) moves along the mouth (pixels): the
+        corners out for a spread mouth, in for a rounded one; the lips stretch evenly and the
+        cheeks take up the rest smoothly, so nothing tears."""
+        w = self.w
+        if abs(self.width) < 1e-3:
+            return np.zeros_like(u)
+        reach = 1 - _smoothstep(WIDTH_REACH[0] * w, WIDTH_REACH[1] * w, np.abs(u))
+        along = np.clip(u / (WIDTH_REACH[0] * w), -1.0, 1.0) * reach
+        up = _smoothstep(-self.reach_up, -0.1 * w, below)
+        down = 1 - _smoothstep(0.3 * w, LIP_BAND[1] * w, below)
+        return WIDTH_GAIN * self.width * 0.5 * w * along * up * down
 
     def source_below(self, u: np.ndarray, below_out: np.ndarray,
                      gap: np.ndarray) -> np.ndarray:
@@ -95,7 +121,7 @@ class MouthWarp:
         """Pixel box (x0, y0, x1, y1) outside which the field is exactly zero."""
         w = self.w
         u = np.array([-1.25, 1.25, -1.25, 1.25]) * w
-        top = float(self.seam_v.min()) - 2
+        top = float(self.seam_v.min()) - (self.reach_up if abs(self.width) >= 1e-3 else 0) - 2
         bottom = float(self.chin_v) + (NECK_FADE + 0.2) * w
         v = np.array([top, top, bottom, bottom])
         corners = self.face.to_image(u, v)
@@ -111,10 +137,12 @@ def _sorted(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
-                  max_opening: float = MAX_OPENING) -> np.ndarray:
-    """The frame with the mouth opened by `openness` (0..1); the input is not modified."""
-    warp = MouthWarp(points, openness, max_opening)
-    if warp.amount < 0.25:
+                  max_opening: float = MAX_OPENING, width: float = 0.0,
+                  closure: float = 0.0) -> np.ndarray:
+    """The frame with the mouth opened by `openness` (0..1), spread (`width` > 0) or rounded
+    (< 0) and pressed shut by `closure` (0..1); the input is not modified."""
+    warp = MouthWarp(points, openness, max_opening, width, closure)
+    if warp.amount < 0.25 and abs(warp.width * WIDTH_GAIN * warp.w) < 0.5:
         return frame
     x0, y0, x1, y1 = warp.box(frame.shape)
     if x1 - x0 < 4 or y1 - y0 < 4:
@@ -128,10 +156,14 @@ def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
     step = COARSE_STEP
     cu, cb, cg = u[::step, ::step], below_out[::step, ::step], gap[::step, ::step]
     coarse_shift = (cb - warp.source_below(cu, cb, cg)).astype(np.float32)
-    shift = cv2.resize(coarse_shift, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    size = (x1 - x0, y1 - y0)
+    shift = cv2.resize(coarse_shift, size, interpolation=cv2.INTER_LINEAR)
     shift = np.where(below_out > 0, np.maximum(shift, 0), 0).astype(np.float32)
-    map_x = xs - shift * np.float32(warp.face.ey[0])
-    map_y = ys - shift * np.float32(warp.face.ey[1])
+    # Sideways: the inverse of u -> u + s(u) by one fixed-point step (s is small and smooth).
+    coarse_side = warp.sideways(cu - warp.sideways(cu, cb), cb).astype(np.float32)
+    side = cv2.resize(coarse_side, size, interpolation=cv2.INTER_LINEAR)
+    map_x = xs - shift * np.float32(warp.face.ey[0]) - side * np.float32(warp.face.ex[0])
+    map_y = ys - shift * np.float32(warp.face.ey[1]) - side * np.float32(warp.face.ex[1])
     warped = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     warped = _shade_inner_mouth(warped, frame[y0:y1, x0:x1], below_out, gap)
     mask = lower_face_mask(points, (x0, y0, x1, y1), extend_down=(NECK_FADE + 0.1) * warp.w,
@@ -162,15 +194,21 @@ def _shade_inner_mouth(warped: np.ndarray, original: np.ndarray, below: np.ndarr
 
 class ClassicLipSync(LipSyncBackend):
     name = "classic"
-    needs_mel = False
+    needs_mel = True     # the mouth's shape (spread, rounded, shut) comes from the spectrum
 
     def __init__(self, max_opening: float = MAX_OPENING):
         self.max_opening = max_opening
 
     def animate(self, batch: FrameBatch) -> list[np.ndarray]:
+        count = len(batch)
+        if batch.mel is None:        # called without the spectrum: loudness alone
+            shapes = MouthShapes(np.zeros(count, np.float32), np.zeros(count, np.float32))
+        else:
+            shapes = shapes_from_chunks(batch.mel, batch.openness)
         out = []
-        for frame, points, openness, face in zip(batch.frames, batch.landmarks,
-                                                 batch.openness, batch.has_face):
-            out.append(animate_mouth(frame, points, float(openness), self.max_opening)
+        for k, (frame, points, face) in enumerate(zip(batch.frames, batch.landmarks,
+                                                      batch.has_face)):
+            out.append(animate_mouth(frame, points, float(batch.openness[k]), self.max_opening,
+                                     float(shapes.width[k]), float(shapes.closure[k]))
                        if face else frame)
         return out
