@@ -234,3 +234,22 @@ def test_systemd_unit_waits_for_a_render_to_finish_and_its_env_file_is_read(tmp_
     verified = subprocess.run([analyze, "verify", str(local)], check=False,
                               capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+
+
+def test_app_server_is_the_guides_other_name_for_the_service(tmp_path):
+    """app_server.py, as app_production.py: `python app_server.py` is `dhserve serve`, and
+    `gunicorn app_server:app` finds the app (made in the worker, after the fork)."""
+    usage = subprocess.run([PYTHON, str(ROOT / "app_server.py"), "--help"], cwd=tmp_path,
+                           check=False, capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0, usage.stderr
+    assert "usage: python app_server.py" in usage.stdout
+    assert "runs: dhserve serve" in usage.stdout and "--layout" in usage.stdout
+    port = free_port()
+    service = ServiceProcess(tmp_path, [PYTHON, "-m", "gunicorn", "--chdir", str(ROOT),
+                                        "-b", f"127.0.0.1:{port}", "app_server:app"],
+                             port=port)
+    try:
+        service.wait_serving("/livez")
+        assert requests.get(service.url + "/livez", timeout=10).headers["Server"] == "gunicorn"
+    finally:
+        assert service.stop() == 0
