@@ -146,7 +146,7 @@ class Client:
         the server's temp/, a path inside its data dir), is passed for the server to
         resolve. `options`
         are render options: backend, loop, x264_preset, crf, multiple_faces, face_restore,
-        watermark, ai_label. `job_id` makes the submit idempotent (Idempotency-Key)."""
+        watermark, ai_label, background (keep or a #rrggbb colour). `job_id` makes the submit idempotent (Idempotency-Key)."""
         inputs = {"video": video, "audio": audio}
         headers = {"Idempotency-Key": job_id} if job_id else {}
         uploads = {kind: _local_file(value, kind) for kind, value in inputs.items()}

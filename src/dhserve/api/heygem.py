@@ -168,6 +168,11 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     for name, option in FLAGS.items():
         if _flag(body, name, False):
             options[option] = True
+    background = body.get("background")      # dhserve's own field: HeyGem never sends it
+    if background not in (None, ""):
+        if not isinstance(background, str):
+            raise RequestInvalid("background", f"must be a string; got {background!r}")
+        options["background"] = background.strip()
     return options
 
 

@@ -81,7 +81,7 @@ SCHEMAS: dict[str, Any] = {
                        "audio": {"type": "string"},
                        "options": {"type": "object", "description": "backend, loop, "
                                    "x264_preset, crf, multiple_faces, face_restore, "
-                                   "watermark, ai_label"},
+                                   "watermark, ai_label, background (keep or #rrggbb)"},
                        "priority": {"type": "integer"}}},
     "JobUpload": {
         "type": "object",

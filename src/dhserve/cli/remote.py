@@ -46,6 +46,8 @@ SERVER_PREFIX = "server:"
 @click.option("--backend", default=None, help="Lip-sync backend [the server's default].")
 @click.option("--loop", type=click.Choice(LOOP_MODES), default=None,
               help="How the template repeats when the speech is longer [the server's default].")
+@click.option("--background", default=None,
+              help="keep [default] or a #rrggbb colour behind the person (e.g. '#00b140').")
 @click.option("--id", "job_id", default=None,
               help="Job id (Idempotency-Key): the same id and inputs again is the same job.")
 @click.option("--wait", is_flag=True, help="Follow the job to its end with a progress bar.")
@@ -54,7 +56,8 @@ SERVER_PREFIX = "server:"
 @click.option("--quiet", is_flag=True, help="No progress bar, no stage lines: only the result.")
 @click.pass_context
 def submit(ctx: click.Context, video: str, audio: str, server: str | None,
-           api_key: str | None, backend: str | None, loop: str | None, job_id: str | None,
+           api_key: str | None, backend: str | None, loop: str | None,
+           background: str | None, job_id: str | None,
            wait: bool, out: Path | None, quiet: bool) -> None:
     """Send a render job to a running service; prints its id, or with --wait follows it
     (exit status 0 when it succeeded, 2 when it failed or was refused).
@@ -69,7 +72,8 @@ def submit(ctx: click.Context, video: str, audio: str, server: str | None,
         inputs = [_submitted_input(value, flag)
                   for value, flag in ((video, "--video"), (audio, "--audio"))]
     client = _client(server, api_key)
-    options = {name: value for name, value in (("backend", backend), ("loop", loop)) if value}
+    options = {name: value for name, value in (("backend", backend), ("loop", loop),
+                                               ("background", background)) if value}
     with reported():
         job = client.submit(*inputs, job_id=job_id, **options)
     if not (wait or out):

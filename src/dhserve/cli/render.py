@@ -44,6 +44,9 @@ from dhserve.errors import DhserveError, first_line
               default=None, help="Draw this image (PNG, alpha kept) bottom-right.")
 @click.option("--ai-label", "ai_label_image", type=click.Path(path_type=Path), default=None,
               help="Draw this \"AI-generated\" label image top-left.")
+@click.option("--background", default=None,
+              help="keep (default), transparent (--out .webm: VP9 with alpha, or .mov: "
+                   "ProRes 4444), a #rrggbb colour or an image file (scaled to cover).")
 @click.option("--device", default=None,
               help="cpu, cuda or cuda:N for the neural backends [env DHSERVE_DEVICE].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -51,11 +54,14 @@ from dhserve.errors import DhserveError, first_line
 def render(ctx: click.Context, video_arg: Path | None, audio_arg: Path | None,
            video: Path | None, audio: Path | None, out: Path | None, quiet: bool,
            **choices) -> None:
-    """Render VIDEO lip-synced to AUDIO into an MP4.
+    """Render VIDEO lip-synced to AUDIO into an MP4 (or WebM/MOV with a transparent
+    background).
 
     \b
       dhserve render avatar.mp4 speech.wav --out talking.mp4
       dhserve render --video avatar.mp4 --audio speech.wav
+      dhserve render avatar.mp4 speech.wav --background transparent --out talking.webm
+      dhserve render avatar.mp4 speech.wav --background '#00b140' --out green.mp4
 
     Every failure ends as `error CODE: message` (exit status 2 for an input the render
     refused, 1 for an internal error, whose traceback goes to <data dir>/log/dh.log and,
@@ -63,8 +69,10 @@ def render(ctx: click.Context, video_arg: Path | None, audio_arg: Path | None,
     video = _one_input(video_arg, video, "VIDEO", "--video")
     audio = _one_input(audio_arg, audio, "AUDIO", "--audio")
     face_restore = choices.pop("face_restore")
+    background = choices.pop("background")
     settings = settings_of(ctx, **choices)
-    out = out or settings.results_dir / f"{video.stem}-{audio.stem}.mp4"
+    suffix = ".webm" if background == "transparent" else ".mp4"
+    out = out or settings.results_dir / f"{video.stem}-{audio.stem}{suffix}"
     with ProgressBar(quiet) as bar, reported(bar.finish), \
             _internal_errors(settings, ctx.obj.get("verbose"), bar.finish):
         # the render pipeline (MediaPipe, ONNX Runtime) loads only to render: `dhserve --help`
@@ -73,7 +81,7 @@ def render(ctx: click.Context, video_arg: Path | None, audio_arg: Path | None,
 
         options = RenderOptions.from_settings(
             settings, face_restore=face_restore, watermark=bool(settings.watermark_image),
-            ai_label=bool(settings.ai_label_image))
+            ai_label=bool(settings.ai_label_image), background=background)
         result = render_video(video, audio, out, options, AnalysisCache(settings.templates_dir),
                               CallbackProgress(bar.update), settings=settings)
     for warning in result.warnings:

@@ -55,19 +55,21 @@ class Mp4Writer:
 
     AUDIO_LEAD_SECONDS = 0.5
     QUEUE_FRAMES = 8
+    FORMAT, FORMAT_OPTIONS = "mp4", {"movflags": "+faststart"}
+    AUDIO_CODEC = "aac"
+    AUDIO_RATES: tuple[int, ...] = AAC_RATES   # others are resampled to AAC_FALLBACK_RATE
+    AUDIO_FORMAT = "fltp"
 
     def __init__(self, path: Path, width: int, height: int, fps: Fraction, audio: Path | None,
                  preset: str = "superfast", crf: int = 18, audio_field: str = "audio"):
         self.path = Path(path)
         self.width, self.height = even_size(width, height)
         self.fps = Fraction(fps)
-        self._container = av.open(str(self.path), "w", format="mp4",
-                                  options={"movflags": "+faststart"})
-        self._video = self._container.add_stream("libx264", rate=self.fps)
+        self._container = av.open(str(self.path), "w", format=self.FORMAT,
+                                  options=dict(self.FORMAT_OPTIONS))
+        self._video = self._add_video(preset, crf)
         self._video.width, self._video.height = self.width, self.height
-        self._video.pix_fmt = "yuv420p"
         self._video.time_base = 1 / self.fps
-        self._video.options = {"crf": str(crf), "preset": preset}
         self._queue: queue.Queue = queue.Queue(maxsize=self.QUEUE_FRAMES)
         self._failure: Exception | None = None
         self._aborting = False
@@ -82,6 +84,16 @@ class Mp4Writer:
                 raise
         self._thread.start()
 
+    def _add_video(self, preset: str, crf: int) -> av.VideoStream:
+        """The video stream (subclasses: other codecs, with alpha)."""
+        video = self._container.add_stream("libx264", rate=self.fps)
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": str(crf), "preset": preset}
+        return video
+
+    def _to_frame(self, rgb: np.ndarray) -> av.VideoFrame:
+        return rgb_to_frame(rgb)
+
     def _open_audio(self, audio: Path, field: str) -> None:
         """Opens the speech and decodes its first frame: the AAC stream takes its rate and
         layout (the container's figures may be missing before decoding)."""
@@ -93,11 +105,15 @@ class Mp4Writer:
         first = next(self._audio_frames, None)
         if first is None:
             raise AudioEmpty(field, "audio stream is empty (no samples to speak)")
-        rate = first.sample_rate if first.sample_rate in AAC_RATES else AAC_FALLBACK_RATE
+        rate = (first.sample_rate if first.sample_rate in self.AUDIO_RATES
+                else AAC_FALLBACK_RATE)
         layout = "mono" if first.layout.nb_channels == 1 else "stereo"
-        self._audio = self._container.add_stream("aac", rate=rate, layout=layout)
+        stream = self._container.add_stream(self.AUDIO_CODEC, rate=rate, layout=layout)
+        assert isinstance(stream, av.AudioStream)      # an audio codec, by its class's name
+        self._audio = stream
         self._audio.bit_rate = AAC_BIT_RATE[layout]
-        self._resampler = SteadyResampler(format="fltp", layout=layout, rate=rate)
+        self._audio_frame_size = {"libopus": 960}.get(self.AUDIO_CODEC, AAC_FRAME_SIZE)
+        self._resampler = SteadyResampler(format=self.AUDIO_FORMAT, layout=layout, rate=rate)
         self._fifo = av.AudioFifo()
         self._pending: av.AudioFrame | None = first
         self._audio_samples = 0
@@ -116,7 +132,7 @@ class Mp4Writer:
                     continue
                 if rgb.shape[0] != self.height or rgb.shape[1] != self.width:
                     rgb = np.ascontiguousarray(rgb[: self.height, : self.width])
-                frame = rgb_to_frame(rgb)
+                frame = self._to_frame(rgb)
                 frame.pts = index
                 self._container.mux(self._video.encode(frame))
                 index += 1
@@ -148,8 +164,9 @@ class Mp4Writer:
                 out.pts, out.time_base = None, Fraction(1, self._audio_rate)  # as the FIFO's
                 self._fifo.write(out)
             ending = frame is None
-            while self._fifo.samples >= AAC_FRAME_SIZE or (ending and self._fifo.samples):
-                chunk = self._fifo.read(min(AAC_FRAME_SIZE, self._fifo.samples))
+            size = self._audio_frame_size
+            while self._fifo.samples >= size or (ending and self._fifo.samples):
+                chunk = self._fifo.read(min(size, self._fifo.samples))
                 assert chunk is not None        # never asks for more than the FIFO holds
                 self._encode_audio(chunk)
             if ending:

@@ -1,4 +1,5 @@
-"""One render, end to end: probe → speech → face analysis (cached) → lip-sync → MP4.
+"""One render, end to end: probe → speech → face analysis (cached) → lip-sync → face restore →
+background (person masks, cached) → overlays → MP4 (or WebM/MOV with alpha).
 What a render may vary and its file-only checks are in preflight.py (the web tier uses them).
 
 Streams throughout: template frames are decoded, animated and encoded batch by batch, so
@@ -23,14 +24,16 @@ import numpy as np
 
 from dhserve.config import Settings
 from dhserve.engine import audio as speech_audio
+from dhserve.engine.alpha_writer import check_container, writer_class
+from dhserve.engine.background import KEEP, Compositor, apply_over, check_background
 from dhserve.engine.face import AnalysisCache, TemplateAnalysis, analyse_frames
 from dhserve.engine.face.analysis import multiple_faces_error
 from dhserve.engine.face.restore import FaceRestorer
+from dhserve.engine.face.segmentation import person_masks
 from dhserve.engine.frames import looped_frames, template_index
 from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, create_backend
 from dhserve.engine.media import (
     MediaInfo,
-    Mp4Writer,
     VideoInfo,
     disk_full,
     even_size,
@@ -146,9 +149,11 @@ def check_output(out: Path) -> Path:
 
 
 def analyse_template(template: MediaInfo, options: RenderOptions, cache: AnalysisCache | None,
-                     progress: Progress) -> tuple[TemplateAnalysis, bool]:
-    """The template's face analysis, from the cache when this exact file was seen before."""
-    digest = file_digest(template.path) if cache else ""
+                     progress: Progress, digest: str | None = None
+                     ) -> tuple[TemplateAnalysis, bool]:
+    """The template's face analysis, from the cache when this exact file was seen before
+    (`digest`: its content hash, when the caller has it)."""
+    digest = digest or (file_digest(template.path) if cache else "")
     analysis = cache.get(digest) if cache else None
     cached = analysis is not None
     if analysis is None:
@@ -212,6 +217,8 @@ def _render(video: Path, audio: Path, out: Path, options: RenderOptions,
             cache: AnalysisCache | None, progress: Progress, backend: LipSyncBackend | None,
             restorer: FaceRestorer | None, settings: Settings, started: float) -> RenderResult:
     out = check_output(out)
+    check_container(options.background, out)
+    check_background(options.background)
     if not options.face_restore:
         restorer = None
     check_models(options, settings, backend is not None, restorer is not None)
@@ -227,7 +234,11 @@ def _render(video: Path, audio: Path, out: Path, options: RenderOptions,
         wav = speech_audio.decode_speech(Path(audio), "audio", options.max_input_mb,
                                          options.max_audio_seconds)
         progress.check_canceled()
-        analysis, cached = analyse_template(template, options, cache, progress)
+        digest = file_digest(template.path) if cache else ""
+        analysis, cached = analyse_template(template, options, cache, progress, digest)
+        masks = None
+        if options.background != KEEP:
+            masks, _ = segment_template(template, analysis, digest, cache, options, progress)
         fps = template_video(template).fps
         total = speech_audio.frame_count(wav.size, float(fps))
         openness = speech_audio.mouth_openness(wav, float(fps), total)
@@ -235,8 +246,8 @@ def _render(video: Path, audio: Path, out: Path, options: RenderOptions,
         del wav
         size = even_size(analysis.width, analysis.height)   # what the encoder keeps
         overlays = [image.place(*size, kind.corner) for kind, image in images]
-        done = _animate(template, analysis, backend, restorer, overlays, openness, mel,
-                        Path(audio), out, options, progress)
+        done = _animate(template, analysis, masks, backend, restorer, overlays, openness,
+                        mel, Path(audio), out, options, progress)
     finally:
         if own_backend:
             backend.close()
@@ -248,6 +259,32 @@ def _render(video: Path, audio: Path, out: Path, options: RenderOptions,
                         time.monotonic() - started, cached, list(analysis.warnings))
 
 
+def segment_template(template: MediaInfo, analysis: TemplateAnalysis, digest: str,
+                     cache: AnalysisCache | None, options: RenderOptions,
+                     progress: Progress) -> tuple[np.ndarray, bool]:
+    """The template's person masks, one per analysed frame: from the cache when this file was
+    segmented before (by content hash `digest`), else segmented now and stored there."""
+    video = template_video(template)
+    masks = cache.get_masks(digest) if cache else None
+    cached = masks is not None
+
+    def on_frame(done: int) -> None:
+        if done % 8 == 0:
+            progress.check_canceled()
+            progress.update(SPAN_ANALYSE[1], Stage.ANALYSING_FACE)
+
+    if masks is None:
+        with closing(read_frames(template.path, video.rotation, "video",
+                                 options.max_video_pixels)) as frames:
+            masks = person_masks(frames, on_frame)
+        if cache:
+            cache.put_masks(digest, masks)
+    if masks.shape[0] < analysis.frame_count:     # a damaged entry: pad with the last mask
+        masks = np.concatenate([masks, np.repeat(masks[-1:], analysis.frame_count
+                                                 - masks.shape[0], axis=0)])
+    return masks, cached
+
+
 def _context(analysis: TemplateAnalysis, options: RenderOptions, frames: range,
              total: int) -> np.ndarray:
     """Landmarks of output frames `frames` (those within 0..total-1), in output order."""
@@ -256,20 +293,23 @@ def _context(analysis: TemplateAnalysis, options: RenderOptions, frames: range,
     return analysis.landmarks[indices]
 
 
-def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBackend,
-             restorer: FaceRestorer | None, overlays: list[Overlay], openness: np.ndarray,
+def _animate(template: MediaInfo, analysis: TemplateAnalysis, masks: np.ndarray | None,
+             backend: LipSyncBackend, restorer: FaceRestorer | None, overlays: list[Overlay], openness: np.ndarray,
              mel: np.ndarray | None, audio: Path, out: Path, options: RenderOptions,
              progress: Progress) -> int:
     """Streams template frames through the backend (then the restorer and the overlays) into
-    the MP4; returns frames written."""
+    the MP4 (with `masks`, the background step before the overlays, into the output its
+    background needs); returns frames written."""
     video = template_video(template)
+    compositor = None if masks is None else Compositor.create(
+        options.background, analysis.width, analysis.height)
     fps, total = video.fps, openness.size
     # Unique per attempt: two deliveries of one job (same pid in two containers, say) never
     # share a temporary file; the rename makes whichever finishes the result.
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.part")
     done = 0
     try:
-        with Mp4Writer(tmp, analysis.width, analysis.height, fps, audio, options.x264_preset,
+        with writer_class(options.background, out)(tmp, analysis.width, analysis.height, fps, audio, options.x264_preset,
                        options.crf) as writer, closing(looped_frames(
                 template.path, video.rotation, analysis.frame_count, total,
                 options.loop, int(options.frame_cache_mb * 2**20), out.parent,
@@ -293,8 +333,11 @@ def _animate(template: MediaInfo, analysis: TemplateAnalysis, backend: LipSyncBa
                 animated = backend.animate(batch)
                 if restorer is not None:
                     animated = restorer.restore(animated, batch.landmarks)
+                if compositor is not None and masks is not None:
+                    animated = compositor.apply(animated, masks[[i for i, _ in chunk]],
+                                                batch.landmarks)
                 if overlays:
-                    animated = apply_overlays(overlays, animated)
+                    animated = apply_over(lambda f: apply_overlays(overlays, f), animated)
                 for frame in animated:
                     writer.write(frame)
                 done += count

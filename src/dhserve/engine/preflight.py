@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dhserve.config import Settings, option_problem
+from dhserve.engine.background import KEEP, background_problem
 from dhserve.engine.face.restore import FaceRestorer
 from dhserve.engine.lipsync import backend_model, check_backend
 from dhserve.engine.overlay import OVERLAY_KINDS, OverlayKind, check_overlay_file, overlay_path
@@ -36,6 +37,8 @@ class RenderOptions:
     face_restore: bool = False     # HeyGem's chaofen=1: restore the face after lip-sync
     watermark: bool = False        # HeyGem's watermark_switch=1: Settings.watermark_image
     ai_label: bool = False         # HeyGem's digital_auth=1: Settings.ai_label_image
+    # keep | transparent (.webm/.mov output) | #rrggbb | an image file (engine/background.py)
+    background: str = KEEP
 
     def __post_init__(self) -> None:
         """A job's choices are user input: a bad one is an InputError naming the option."""
@@ -47,6 +50,9 @@ class RenderOptions:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise OptionsInvalid(name, f"must be true or false; got {value!r}")
+        problem = background_problem(self.background)
+        if problem:
+            raise OptionsInvalid("background", problem)
 
     @classmethod
     def from_settings(cls, settings: Settings, **choices) -> RenderOptions:

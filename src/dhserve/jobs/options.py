@@ -76,7 +76,19 @@ def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOpt
         if name not in allowed:
             raise OptionsInvalid(str(name)[:64],
                                  f"unknown option; a job may set {', '.join(sorted(allowed))}")
-        problem = type_problem(name, value)
+        problem = type_problem(name, value) or (
+            _job_background_problem(value) if name == "background" else None)
         if problem:
             raise OptionsInvalid(name, problem)
     return RenderOptions.from_settings(settings, **options)
+
+
+def _job_background_problem(value: str) -> str | None:
+    """A job's background is keep or a #rrggbb colour: a job's result is an MP4 (no alpha)
+    and a file name would be a path on the server, which a client must not choose."""
+    if value == "keep" or value.startswith("#"):
+        return None                                  # RenderOptions judges the colour
+    if value == "transparent":
+        return ("transparent needs a .webm or .mov result, which jobs do not write yet; "
+                "use dhserve render --background transparent --out x.webm")
+    return f"must be keep or a #rrggbb colour (like #00b140); got {_shown(value)}"

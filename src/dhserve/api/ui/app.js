@@ -9,7 +9,7 @@ const POLL_JOB_MS = 700;
 const POLL_LIST_MS = 2000;
 const POLL_HEALTH_MS = 2000;
 const RETRY_MS = 2000;           // a poll that failed for a temporary reason is tried again
-const FIELDS = ["video", "audio", "backend", "loop"];
+const FIELDS = ["video", "audio", "backend", "loop", "background"];
 const TEMPORARY = [0, 502, 503, 504];   // unreachable, or a service restarting behind a proxy
 
 const $ = (id) => document.getElementById(id);
@@ -202,6 +202,9 @@ async function submitJob(event) {
   const options = {};
   if ($("backend").value) options.backend = $("backend").value;
   if ($("loop").value) options.loop = $("loop").value;
+  const background = $("background").value;
+  if (background === "colour") options.background = $("background-colour").value;
+  else if (background) options.background = background;
   form.append("options", JSON.stringify(options));
 
   $("submit").disabled = true;
@@ -509,4 +512,9 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   every(POLL_HEALTH_MS, refreshHealth);
   every(POLL_LIST_MS, refreshJobs);
+});
+
+// The colour picker shows only when "a colour…" is chosen.
+$("background").addEventListener("change", () => {
+  $("background-colour").hidden = $("background").value !== "colour";
 });

@@ -1,0 +1,238 @@
+"""Background removal: transparent WebM/MOV, colour and image backgrounds, cached masks.
+
+Every output is decoded by a path independent of the writer: alpha of VP9 through the
+libvpx-vp9 decoder (FFmpeg's native VP9 decoder drops it), ProRes through FFmpeg's decoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from dhserve.engine.background import Compositor, frame_alpha
+from dhserve.engine.face import AnalysisCache
+from dhserve.engine.face.landmarks import (
+    LOWER_LIP_INNER_MID,
+    MOUTH_LEFT,
+    MOUTH_RIGHT,
+    NOSE_TIP,
+    UPPER_LIP_INNER_MID,
+)
+from dhserve.engine.face.segmentation import PersonSegmenter, smooth_masks
+from dhserve.engine.pipeline import RenderOptions, render
+from dhserve.errors import OptionsInvalid
+
+GREEN = (0x00, 0xB1, 0x40)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("background")
+
+
+@pytest.fixture(scope="module")
+def cache(work) -> AnalysisCache:
+    return AnalysisCache(work / "templates")
+
+
+@pytest.fixture(scope="module")
+def transparent_webm(work, cache, tiny_template, tiny_speech):
+    """The first render with a background: segments the template (cold cache)."""
+    before = PersonSegmenter.calls
+    result = render(tiny_template, tiny_speech, work / "talk.webm",
+                    RenderOptions(background="transparent"), cache)
+    return result, PersonSegmenter.calls - before
+
+
+def _vp9_rgba(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        decoder = av.CodecContext.create("libvpx-vp9", "r")
+        # demux ends with an empty packet, which flushes the decoder
+        return [frame.to_ndarray(format="rgba")
+                for packet in container.demux(stream) for frame in decoder.decode(packet)]
+
+
+def _streams(path: Path) -> tuple[list[str], float]:
+    with av.open(str(path)) as container:
+        names = [s.codec_context.name for s in container.streams if s.type in ("video", "audio")]
+        return names, float(container.duration / av.time_base)
+
+
+def _face_points(cache: AnalysisCache, template: Path) -> np.ndarray:
+    from dhserve.fsutil import file_digest
+
+    analysis = cache.get(file_digest(template))
+    assert analysis is not None
+    return analysis.landmarks
+
+
+def _assert_person_alpha(frames: list[np.ndarray], landmarks: np.ndarray) -> None:
+    """Top corners (the studio backdrop) transparent, face and mouth opaque, every frame."""
+    for index, rgba in enumerate(frames):
+        alpha = rgba[..., 3]
+        w = alpha.shape[1]
+        assert alpha[:8, :8].max() <= 8 and alpha[:8, w - 8:].max() <= 8, index
+        points = landmarks[index]        # speech shorter than the template: frame i is i
+        mouth = (points[UPPER_LIP_INNER_MID] + points[LOWER_LIP_INNER_MID]) / 2
+        for name, (x, y) in {"nose": points[NOSE_TIP], "mouth": mouth,
+                             "left corner": points[MOUTH_LEFT],
+                             "right corner": points[MOUTH_RIGHT]}.items():
+            assert alpha[round(y), round(x)] >= 250, (index, name)
+
+
+def test_transparent_webm_has_alpha_audio_and_the_speech_length(transparent_webm, cache,
+                                                                  tiny_template):
+    result, segmented = transparent_webm
+    assert segmented == 25                     # once per template frame, not per output frame
+    names, duration = _streams(result.path)
+    assert names == ["vp9", "opus"]
+    assert abs(duration - 0.6) <= 0.06
+    frames = _vp9_rgba(result.path)
+    assert len(frames) == result.frames == 15
+    _assert_person_alpha(frames, _face_points(cache, tiny_template))
+
+
+def test_second_render_does_no_segmentation(transparent_webm, work, cache, tiny_template,
+                                            tiny_speech):
+    before = PersonSegmenter.calls
+    result = render(tiny_template, tiny_speech, work / "again.mov",
+                    RenderOptions(background="transparent"), cache)
+    assert PersonSegmenter.calls == before
+    assert result.analysis_cached
+    masks = list(cache.directory.glob("*.masks.*.npz"))
+    assert len(masks) == 1 and masks[0].stat().st_size < 25 * 128 * 128 / 4  # compressed
+    names, duration = _streams(result.path)
+    assert names == ["prores", "pcm_s16le"] and abs(duration - 0.6) <= 0.06
+    with av.open(str(result.path)) as container:
+        frames = [f.to_ndarray(format="rgba") for f in container.decode(video=0)]
+    assert len(frames) == 15
+    _assert_person_alpha(frames, _face_points(cache, tiny_template))
+
+
+def test_green_background_where_the_backdrop_was(transparent_webm, work, cache,
+                                                 tiny_template, tiny_speech):
+    before = PersonSegmenter.calls
+    result = render(tiny_template, tiny_speech, work / "green.mp4",
+                    RenderOptions(background="#00b140"), cache)
+    assert PersonSegmenter.calls == before
+    names, duration = _streams(result.path)
+    assert names == ["h264", "aac"] and abs(duration - 0.6) <= 0.06
+    landmarks = _face_points(cache, tiny_template)
+    with av.open(str(result.path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            rgb = frame.to_ndarray(format="rgb24").astype(int)
+            for corner in (rgb[:16, :16], rgb[:16, -16:]):
+                assert np.abs(corner - GREEN).max() <= 12, index
+            x, y = landmarks[index][NOSE_TIP]
+            assert np.abs(rgb[round(y), round(x)] - GREEN).sum() > 100   # the face stays
+
+
+def test_image_background_is_scaled_to_cover(transparent_webm, work, cache, tiny_template,
+                                             tiny_speech):
+    image = np.zeros((100, 300, 3), np.uint8)            # wide: its sides are cut off
+    image[:, :150] = (0, 0, 255)                          # BGR red left, blue right
+    image[:, 150:] = (255, 0, 0)
+    path = work / "studio.png"
+    cv2.imwrite(str(path), image)
+    result = render(tiny_template, tiny_speech, work / "studio.mp4",
+                    RenderOptions(background=str(path)), cache)
+    with av.open(str(result.path)) as container:
+        rgb = next(iter(container.decode(video=0))).to_ndarray(format="rgb24").astype(int)
+    assert np.abs(rgb[:16, :16] - (255, 0, 0)).max() <= 16
+    assert np.abs(rgb[:16, -16:] - (0, 0, 255)).max() <= 16
+
+
+@pytest.mark.parametrize("background, out, words", [
+    ("transparent", "x.mp4", "use .webm or .mov"),
+    ("#00b14", "x.mp4", "#rrggbb"),
+    ("#gg0000", "x.mp4", "#rrggbb"),
+    ("missing.jpg", "x.mp4", "no such image file"),
+    ("notes.txt", "x.mp4", "not an image"),
+])
+def test_bad_background_is_refused_before_any_work(tmp_path, tiny_template, tiny_speech,
+                                                   monkeypatch, background, out, words):
+    (tmp_path / "notes.txt").write_text("hello")
+    monkeypatch.chdir(tmp_path)
+    before = PersonSegmenter.calls
+    with pytest.raises(OptionsInvalid) as refused:
+        render(tiny_template, tiny_speech, tmp_path / out, RenderOptions(background=background),
+               AnalysisCache(tmp_path / "templates"))
+    assert refused.value.field == "background" and words in str(refused.value)
+    assert PersonSegmenter.calls == before
+    assert not (tmp_path / "templates").exists()          # no analysis either
+
+
+def test_masks_are_smoothed_over_time():
+    rng = np.random.default_rng(0)
+    steady = np.full((20, 8, 8), 128, np.uint8)
+    flicker = np.clip(steady + rng.normal(0, 40, steady.shape), 0, 255).astype(np.uint8)
+    smoothed = smooth_masks(flicker)
+    assert smoothed.dtype == np.uint8 and smoothed.shape == flicker.shape
+    assert np.abs(np.diff(smoothed.astype(int), axis=0)).mean() < \
+        0.5 * np.abs(np.diff(flicker.astype(int), axis=0)).mean()
+
+
+def test_edge_is_antialiased_and_narrow():
+    """A hard-edged low-resolution mask scaled up: no stair-steps (intermediate values along
+    the edge) and no wide halo (the ramp spans a few pixels)."""
+    mask = np.zeros((64, 64), np.uint8)
+    cv2.circle(mask, (32, 32), 20, (255,), -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), 1.0)              # as soft as the segmenter's
+    alpha = frame_alpha(mask, None, 256, 256)
+    row = alpha[128].astype(int)
+    ramp = np.flatnonzero((row > 8) & (row < 247))
+    assert 2 <= ramp.size <= 2 * 8                          # both sides, ≤ 8 px each
+    assert np.abs(np.diff(row)).max() < 255                 # no hard step
+
+
+def test_face_is_opaque_whatever_the_mask_says(tiny_template, cache, transparent_webm):
+    landmarks = _face_points(cache, tiny_template)
+    compositor = Compositor.create("transparent", 256, 256)
+    frame = np.zeros((256, 256, 3), np.uint8)
+    (rgba,) = compositor.apply([frame], [np.zeros((256, 256), np.uint8)], landmarks[:1])
+    x, y = landmarks[0][UPPER_LIP_INNER_MID]
+    assert rgba[round(y), round(x), 3] == 255 and rgba[0, 0, 3] == 0
+
+
+@pytest.mark.parametrize("background, words", [
+    ("transparent", "use dhserve render"),
+    ("/etc/hosts", "must be keep or a #rrggbb colour"),
+    ("#00b14", "#rrggbb"),
+    (7, "must be a string"),
+])
+def test_job_background_is_keep_or_a_colour(tmp_path, background, words):
+    from dhserve.config import Settings
+    from dhserve.jobs import JobSpec
+    from dhserve.jobs.admission import check_job
+
+    settings = Settings(data_dir=tmp_path)
+    spec = JobSpec("/media/avatar.mp4", "/media/speech.wav", options={"background": "#00B140"})
+    assert check_job(settings, spec).background == "#00B140"
+    with pytest.raises(OptionsInvalid) as refused:
+        check_job(settings, JobSpec("/media/avatar.mp4", "/media/speech.wav",
+                                    options={"background": background}))
+    assert refused.value.field == "background" and words in str(refused.value)
+
+
+def test_cli_render_background(tmp_path, tiny_template, tiny_speech):
+    from click.testing import CliRunner
+
+    from dhserve.cli import main
+
+    runner = CliRunner()
+    refused = runner.invoke(main, ["--data-dir", str(tmp_path), "render", str(tiny_template),
+                                   str(tiny_speech), "--background", "transparent",
+                                   "--out", str(tmp_path / "x.mp4"), "--quiet"])
+    assert refused.exit_code == 2
+    assert "error options.invalid: background: " in refused.output
+    assert "use .webm or .mov" in refused.output
+    done = runner.invoke(main, ["--data-dir", str(tmp_path), "render", str(tiny_template),
+                                str(tiny_speech), "--background", "transparent", "--quiet"])
+    assert done.exit_code == 0, done.output
+    (made,) = (tmp_path / "results").glob("*.webm")
+    assert _vp9_rgba(made)[0][0, 0, 3] <= 8
