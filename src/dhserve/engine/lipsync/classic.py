@@ -25,9 +25,10 @@ NECK_FADE = 0.8           # mouth widths below the chin over which the motion fa
 JAW_HALF_WIDTH = (0.55, 1.15)  # mouth widths from the centre: full motion → none
 MOUTH_DARK = np.array([52, 20, 22], np.float32)     # deep inside the mouth, RGB
 MOUTH_EDGE = np.array([128, 60, 58], np.float32)   # near the lips
-WIDTH_GAIN = 0.24        # corners move out (spread) / in (rounded) by this fraction of the width
+WIDTH_GAIN = 0.28        # corners move out (spread) by this fraction of the width, in total
+ROUND_GAIN = 0.36        # and in (rounded) by this one: lips pushed forward narrow more
 ROUND_HEIGHT = 0.25      # a rounded opening is this much taller, a spread one this much flatter
-WIDTH_REACH = (0.5, 1.25)  # mouth widths from the centre: corner motion full → none (cheeks)
+WIDTH_REACH = (0.45, 1.0)   # mouth widths from the centre: corner motion full → none (cheeks)
 LIP_BAND = (0.45, 0.9)   # mouth widths above / below the seam where the corner motion fades
 SOLVER_STEPS = 3
 COARSE_STEP = 4           # pixels between the samples of the smooth motion field
@@ -96,9 +97,10 @@ class MouthWarp:
             return np.zeros_like(u)
         reach = 1 - _smoothstep(WIDTH_REACH[0] * w, WIDTH_REACH[1] * w, np.abs(u))
         along = np.clip(u / (WIDTH_REACH[0] * w), -1.0, 1.0) * reach
-        up = _smoothstep(-self.reach_up, -0.1 * w, below)
+        up = _smoothstep(-self.reach_up, 0.0, below)
         down = 1 - _smoothstep(0.3 * w, LIP_BAND[1] * w, below)
-        return WIDTH_GAIN * self.width * 0.5 * w * along * up * down
+        gain = WIDTH_GAIN if self.width > 0 else ROUND_GAIN
+        return gain * self.width * 0.5 * w * along * up * down
 
     def source_below(self, u: np.ndarray, below_out: np.ndarray,
                      gap: np.ndarray) -> np.ndarray:
