@@ -236,3 +236,44 @@ def test_cli_render_background(tmp_path, tiny_template, tiny_speech):
     assert done.exit_code == 0, done.output
     (made,) = (tmp_path / "results").glob("*.webm")
     assert _vp9_rgba(made)[0][0, 0, 3] <= 8
+
+
+def test_easy_submit_renders_a_green_background(service, tiny_template, tiny_speech):
+    import shutil
+
+    from conftest import wait_for
+
+    svc = service()
+    svc.start_worker()
+    svc.temp.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_template, svc.temp / "avatar.mp4")
+    shutil.copy(tiny_speech, svc.temp / "speech.wav")
+    refused = svc.client.post("/easy/submit", json={
+        "audio_url": "speech.wav", "video_url": "avatar.mp4", "code": "see-through",
+        "background": "transparent"}).get_json()
+    assert refused["code"] == 10000                  # refusals are recorded: status 3
+    failed = svc.client.get("/easy/query?code=see-through").get_json()["data"]
+    assert failed["status"] == 3 and "background" in failed["msg"], failed
+    answer = svc.client.post("/easy/submit", json={
+        "audio_url": "speech.wav", "video_url": "avatar.mp4", "code": "green",
+        "background": "#00b140"}).get_json()
+    assert answer["code"] == 10000
+
+    def done():
+        data = svc.client.get("/easy/query?code=green").get_json()["data"]
+        return data if data["status"] != 1 else None
+
+    data = wait_for(done, 90, "the green render")
+    assert data["status"] == 2 and data["result"] == "/green-r.mp4"
+    with av.open(str(svc.temp / "green-r.mp4")) as container:
+        rgb = next(iter(container.decode(video=0))).to_ndarray(format="rgb24").astype(int)
+    assert np.abs(rgb[:16, :16] - GREEN).max() <= 12
+
+
+def test_v1_refuses_a_transparent_job_naming_background(service):
+    svc = service()
+    response = svc.client.post("/v1/jobs", json={"video": "a.mp4", "audio": "b.wav",
+                                                 "options": {"background": "transparent"}})
+    assert response.status_code == 422
+    problem = response.get_json()
+    assert problem["code"] == "options.invalid" and "background" in problem["detail"]
