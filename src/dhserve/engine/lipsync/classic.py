@@ -25,6 +25,8 @@ NECK_FADE = 0.8           # mouth widths below the chin over which the motion fa
 JAW_HALF_WIDTH = (0.55, 1.15)  # mouth widths from the centre: full motion → none
 MOUTH_DARK = np.array([52, 20, 22], np.float32)     # deep inside the mouth, RGB
 MOUTH_EDGE = np.array([128, 60, 58], np.float32)   # near the lips
+TONGUE = np.array([150, 72, 76], np.float32)
+LOWER_TEETH = np.array([196, 184, 170], np.float32)  # in shadow behind the lower lip
 WIDTH_GAIN = 0.28        # corners move out (spread) by this fraction of the width, in total
 ROUND_GAIN = 0.36        # and in (rounded) by this one: lips pushed forward narrow more
 ROUND_HEIGHT = 0.25      # a rounded opening is this much taller, a spread one this much flatter
@@ -167,7 +169,7 @@ def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
     map_x = xs - shift * np.float32(warp.face.ey[0]) - side * np.float32(warp.face.ex[0])
     map_y = ys - shift * np.float32(warp.face.ey[1]) - side * np.float32(warp.face.ex[1])
     warped = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    warped = _shade_inner_mouth(warped, frame[y0:y1, x0:x1], below_out, gap)
+    warped = _shade_inner_mouth(warped, frame[y0:y1, x0:x1], below_out, gap, u, warp)
     mask = lower_face_mask(points, (x0, y0, x1, y1), extend_down=(NECK_FADE + 0.1) * warp.w,
                            feather=max(1.0, 0.04 * warp.w), face=warp.face)
     out = frame.copy()
@@ -176,21 +178,35 @@ def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
 
 
 def _shade_inner_mouth(warped: np.ndarray, original: np.ndarray, below: np.ndarray,
-                       gap: np.ndarray) -> np.ndarray:
-    """Fills the opening between the lips: dark at its centre, lip-tinted at its edges,
-    scaled to the lighting of the face so a dim video gets a dim mouth."""
-    inside = np.clip(np.minimum(below, gap - below) + 0.5, 0.0, 1.0)
+                       gap: np.ndarray, u: np.ndarray, warp: MouthWarp) -> np.ndarray:
+    """Fills the opening between the lips as the inside of a mouth, in the lighting of the
+    face (a dim video gets a dim mouth): lip-tinted at the lips and darker towards the back
+    of the throat; the template's own upper teeth stay above the seam (the upper lip never
+    moves); a wide-open mouth shows a hint of the lower teeth behind the lower lip and the
+    tongue below them. The edges against the lips are anti-aliased over ~1.5 px."""
+    inside = np.clip((np.minimum(below, gap - below) + 0.75) / 1.5, 0.0, 1.0)
     inside[gap < 0.5] = 0.0
     rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
     if rows.size == 0:
         return warped
     box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     below, gap, alpha = below[box], gap[box], inside[box][..., None]
+    across = np.abs(u[box]) / (warp.half_gap * warp.w)          # 0 centre .. 1 corner
+    down = np.clip(below / np.maximum(gap, 1e-3), 0, 1)        # 0 upper lip .. 1 lower lip
     depth = np.clip(np.minimum(below, gap - below) / np.maximum(gap / 2, 1e-3), 0, 1)
+    # Deeper (darker) towards the centre and just under the upper teeth, whose shadow falls in.
+    back = np.clip(depth ** 0.7 * (1 - 0.35 * across ** 2) + 0.25 * (1 - down) * depth, 0, 1)
     light = np.clip(float(original[::4, ::4].mean()) / 160.0, 0.4, 1.3)
-    colour = (MOUTH_EDGE + (MOUTH_DARK - MOUTH_EDGE) * depth[..., None] ** 0.7) * light
+    colour = MOUTH_EDGE + (MOUTH_DARK - MOUTH_EDGE) * back[..., None]
+    wide = float(np.clip((warp.amount / warp.w - 0.10) / 0.12, 0.0, 1.0))
+    if wide > 0:
+        centre = 1 - _smoothstep(0.45, 0.8, across)
+        tongue = wide * centre * _smoothstep(0.55, 0.85, down) * 0.75
+        colour += (TONGUE - colour) * tongue[..., None]
+        teeth = wide * centre * _smoothstep(0.72, 0.86, down) * (1 - _smoothstep(0.9, 1.0, down))
+        colour += (LOWER_TEETH - colour) * (0.55 * teeth)[..., None]
     region = warped[box].astype(np.float32)
-    warped[box] = np.clip(region + (colour - region) * alpha, 0, 255).astype(np.uint8)
+    warped[box] = np.clip(region + (colour * light - region) * alpha, 0, 255).astype(np.uint8)
     return warped
 
 
