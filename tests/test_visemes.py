@@ -12,7 +12,7 @@ import pytest
 from dhserve.engine import audio
 from dhserve.engine.face import analyse_frames
 from dhserve.engine.face.detect import MediaPipeFaceDetector
-from dhserve.engine.face.landmarks import MOUTH_LEFT, MOUTH_RIGHT
+from dhserve.engine.face.landmarks import MOUTH_LEFT, MOUTH_RIGHT, mouth_opening
 from dhserve.engine.lipsync.base import FrameBatch
 from dhserve.engine.lipsync.classic import ClassicLipSync
 from dhserve.engine.visemes import chunk_offsets, shapes_from_chunks
@@ -77,7 +77,8 @@ def sentences(tmp_path_factory):
     work = tmp_path_factory.mktemp("espeak")
     out = {}
     for name, text in (("spread", "see me, three green keys"),
-                       ("rounded", "who knew, two blue shoes")):
+                       ("rounded", "who knew, two blue shoes"),
+                       ("bilabial", "mama bought a pot of beans")):
         path = work / f"{name}.wav"
         subprocess.run(["espeak-ng", "-w", str(path), text], check=True)
         out[name] = audio.decode_speech(path)
@@ -113,7 +114,8 @@ def test_spread_speech_is_wider_than_rounded_on_the_output(sentences, template_f
     try:
         base = measured_width(frames, detector)
         ratio = {}
-        for name, wav in sentences.items():
+        for name in ("spread", "rounded"):
+            wav = sentences[name]
             out, openness, index = render(frames, landmarks, wav)
             speaking = openness > 0.3
             measured = measured_width(out, detector) / base[index]
@@ -124,3 +126,36 @@ def test_spread_speech_is_wider_than_rounded_on_the_output(sentences, template_f
     finally:
         detector.close()
     assert ratio["spread"] >= 1.03 * ratio["rounded"], ratio   # issue 17 asks 1.10: not reached yet
+
+
+def test_steady_vowels_stay_open_and_bilabials_close(sentences):
+    for f1, f2 in ((280, 2250), (310, 870), (700, 1200)):
+        wav = vowel(f1, f2)
+        closure = np.concatenate([shapes_from_chunks(chunks, opening).closure
+                                  for opening, chunks in speech_batches(wav)])
+        assert closure[4:-4].max() < 0.2
+    closure = np.concatenate([shapes_from_chunks(chunks, opening).closure
+                              for opening, chunks in speech_batches(sentences["bilabial"])])
+    assert (closure >= 0.6).sum() >= 3       # m-a-m-a, b, p, b: the lips meet
+
+
+def test_opening_follows_loudness_and_shuts_in_pauses(sentences, template_frames):
+    frames = template_frames[:1]
+    landmarks = analyse_frames(frames).landmarks
+    wav = np.concatenate([sentences["bilabial"], np.zeros(8000, np.float32),
+                          sentences["spread"]])
+    out, openness, _ = render(frames, landmarks, wav)
+    detector = MediaPipeFaceDetector()
+    try:
+        shut = mouth_opening(detector.detect(frames[0]).landmarks)
+        opening = []
+        for frame in out:
+            detector.reset()                 # each frame on its own: no tracking lag
+            opening.append(mouth_opening(detector.detect(frame).landmarks))
+        opening = np.array(opening)
+    finally:
+        detector.close()
+    level = audio.loudness_db(wav, FPS, len(out))
+    loud = np.clip((level - level.max() + 40) / 40, 0, 1)
+    assert np.corrcoef(opening, loud)[0, 1] >= 0.6
+    assert np.all(opening[openness < 0.02] < shut + 0.03)

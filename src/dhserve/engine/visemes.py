@@ -5,8 +5,9 @@ already computes. Two formant-like estimates per 12.5 ms mel frame carry the vow
 F1 (the power centroid between 200 and 800 Hz: low for i/u, high for a) and F2 (the lowest
 strong peak between 800 and 2900 Hz: high for i/e, low for u/o). A high F2 spreads the lips;
 a low F2 with a low F1 rounds them; a (high F1) is neutral. Bilabial closure (m, b, p) is a
-voiced murmur with almost nothing above 500 Hz, or a near-silence inside speech, and shuts
-the lips whatever the loudness. The targets then blend as lips do: they move towards a new
+voiced murmur with almost nothing above 500 Hz, or a short dip in the level between two
+syllables (the closure before a burst, a nasal murmur), and shuts the lips whatever the
+loudness. The targets then blend as lips do: they move towards a new
 shape in ~40 ms and leave it in ~80 ms, and a quiet syllable shapes the lips less.
 """
 
@@ -33,6 +34,7 @@ SPREAD_F2 = (1700.0, 2200.0)   # F2 (Hz) from neutral to fully spread
 ROUND_F2 = (1750.0, 1250.0)    # F2 (Hz) from neutral to fully rounded ...
 ROUND_F1 = (600.0, 450.0)      # ... while F1 (Hz) is this low (an open a is never rounded)
 MURMUR_DB = (10.0, 18.0)       # low band over high band (dB): a nasal murmur / lips shut
+DIP_S, DIP_DB = 0.1, (8.0, 16.0)   # a dip this deep (dB) within this far of loud speech shuts
 ATTACK_S, RELEASE_S = 0.04, 0.08   # time constants of the blend towards / away from a shape
 SILENT_DB = -62.0              # (dB under Wav2Lip's reference) no speech here
 
@@ -92,6 +94,18 @@ def frame_targets(mel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return width.astype(np.float32), closure.astype(np.float32), speech.astype(np.float32)
 
 
+def _dips(level: np.ndarray) -> np.ndarray:
+    """Closure from short dips in the level: a stop's closure before its burst, a nasal's
+    murmur, 10-20 dB under the syllables on either side within DIP_S."""
+    reach = max(1, int(DIP_S * MEL_FRAMES_PER_SECOND))
+    padded = np.pad(level, reach, mode="edge")
+    window = np.lib.stride_tricks.sliding_window_view(padded, 2 * reach + 1)
+    before, after = window[:, :reach].max(1), window[:, reach + 1:].max(1)
+    around = np.minimum(before, after)          # loud on both sides: a dip, not an end
+    depth = _ramp(around - level, *DIP_DB)
+    return (depth * _ramp(around, SILENT_DB + 10, SILENT_DB + 20)).astype(np.float32)
+
+
 def _blend(target: np.ndarray, start: float, attack: float, release: float) -> np.ndarray:
     """First-order follower: `attack` per step while |target| grows, `release` while it falls."""
     out = np.empty_like(target)
@@ -134,7 +148,8 @@ def shapes_from_chunks(chunks: np.ndarray, openness: np.ndarray) -> MouthShapes:
     steps = chunk_offsets(chunks)
     track = np.concatenate([c[:, :n] for c, n in zip(chunks[:-1], steps)] + [chunks[-1]],
                            axis=1)
-    width, closure, _ = frame_targets(track)
+    width, closure, level = frame_targets(track)
+    closure = np.maximum(closure, _dips(level))
     dt = 1.0 / MEL_FRAMES_PER_SECOND
     attack, release = 1 - np.exp(-dt / ATTACK_S), 1 - np.exp(-dt / RELEASE_S)
     width = _blend(width, float(width[0]), attack, release)
