@@ -29,7 +29,8 @@ TONGUE = np.array([150, 72, 76], np.float32)
 LOWER_TEETH = np.array([196, 184, 170], np.float32)  # in shadow behind the lower lip
 WIDTH_GAIN = 0.28        # corners move out (spread) by this fraction of the width, in total
 ROUND_GAIN = 0.36        # and in (rounded) by this one: lips pushed forward narrow more
-ROUND_HEIGHT = 0.25      # a rounded opening is this much taller, a spread one this much flatter
+ROUND_HEIGHT = 0.25      # a rounded opening is this much taller ...
+SPREAD_HEIGHT = 0.08     # ... and a spread one this much flatter (the jaw still drops for i)
 WIDTH_REACH = (0.45, 1.0)   # mouth widths from the centre: corner motion full → none (cheeks)
 LIP_BAND = (0.45, 0.9)   # mouth widths above / below the seam where the corner motion fades
 SOLVER_STEPS = 3
@@ -52,7 +53,7 @@ class MouthWarp:
         self.width = float(np.clip(width, -1.0, 1.0))
         self.half_gap = GAP_HALF_WIDTH * (1 + WIDTH_GAIN * self.width)
         self.amount = (float(openness) * max_opening * w * (1 - float(np.clip(closure, 0, 1)))
-                       * (1 - ROUND_HEIGHT * self.width))
+                       * (1 - (SPREAD_HEIGHT if self.width > 0 else ROUND_HEIGHT) * self.width))
         uu, vu = self.face.to_face(points[list(UPPER_INNER_LIP)])
         ul, vl = self.face.to_face(points[list(LOWER_INNER_LIP)])
         grid = np.linspace(-w / 2, w / 2, 17)
