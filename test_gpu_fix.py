@@ -11,6 +11,7 @@ no wav2lip model file). Usage: python test_gpu_fix.py [--layout all-in-one|split
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -117,6 +118,10 @@ class Service:
                     return
             except OSError:             # not listening yet, or 503 until a worker is ready
                 time.sleep(1)
+            failed = [line for line in self.output().splitlines()
+                      if line.startswith(("dhserve.", "onnxruntime.")) or "Error:" in line]
+            if "Traceback" in self.output() and failed:   # it retries, and fails the same way
+                raise RuntimeError(f"a render worker failed to load: {failed[-1]}")
         raise RuntimeError(f"not ready after {START_TIMEOUT_S} s")
 
     def render(self, code: str) -> dict:
@@ -172,7 +177,7 @@ class Checks:
         self.failed += not ok
 
 
-def verify(service: Service, layout: str) -> int:
+def verify(service: Service) -> int:
     check = Checks()
     first = service.render("gpu-fix-1")
     health = service.get("/health")
@@ -191,11 +196,12 @@ def verify(service: Service, layout: str) -> int:
           f"NVML lists the render worker(s) with GPU memory: {held or 'none'} (MiB)"
           + ("" if held else f"; NVML lists {sorted(on_gpu)} (in a container it shows the "
              "host's pids)"))
-    master = service.process.pid if layout == "all-in-one" else None
+    listening = re.search(r"Listening at: \S+ \((\d+)\)", service.output())
+    master = int(listening.group(1)) if listening else None     # Gunicorn's own line
+    check(master is not None and master not in on_gpu and not maps_cuda(master),
+          f"the Gunicorn master (pid {master}) holds no CUDA context (not in NVML's compute "
+          "processes, libcuda not loaded)")
     others = [p for p in process_tree(service.process.pid) if p not in renderers]
-    if master is not None:
-        check(master not in on_gpu and not maps_cuda(master),
-              f"the Gunicorn master (pid {master}) holds no CUDA context")
     dirty = [p for p in others if p in on_gpu or maps_cuda(p)]
     check(not dirty, f"no other process of the service ({len(others)}: supervisor, "
           f"Gunicorn master, web workers) holds a CUDA context: {dirty or 'none does'}")
@@ -221,6 +227,7 @@ def main(argv: list[str]) -> int:
                         default=Path(os.environ.get("DHSERVE_MODELS_DIR",
                                                     HERE / "data" / "models")))
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)     # each check's line as it is decided
     reason = no_gpu_reason()
     if reason:
         print(f"no NVIDIA GPU: nothing to verify ({reason})")
@@ -237,7 +244,7 @@ def main(argv: list[str]) -> int:
         try:
             service.wait_ready()
             print(f"ok    dhserve serve --layout {args.layout} ready at {service.url}")
-            status = verify(service, args.layout)
+            status = verify(service)
         except (RuntimeError, OSError) as exc:
             print(f"FAIL  {exc}")
             status = 1
