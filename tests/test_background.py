@@ -277,3 +277,19 @@ def test_v1_refuses_a_transparent_job_naming_background(service):
     assert response.status_code == 422
     problem = response.get_json()
     assert problem["code"] == "options.invalid" and "background" in problem["detail"]
+
+
+def test_overlays_stay_on_top_of_a_transparent_background():
+    from dhserve.engine.background import apply_over
+
+    rgba = np.zeros((32, 32, 4), np.uint8)            # fully transparent frame
+
+    def watermark(frames):
+        drawn = [f.copy() for f in frames]
+        for f in drawn:
+            f[-8:, -8:] = 255                          # a white mark bottom-right
+        return drawn
+
+    (out,) = apply_over(watermark, [rgba])
+    assert out.shape == (32, 32, 4)
+    assert (out[-8:, -8:, 3] == 255).all() and (out[:24, :24, 3] == 0).all()
