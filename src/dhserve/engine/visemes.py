@@ -53,7 +53,8 @@ def _bands() -> dict[str, np.ndarray]:
     f = mel_frequencies()
     return {name: ((f >= lo) & (f < hi)).astype(np.float32)
             for name, (lo, hi) in (("f1", F1_BAND), ("f2", F2_BAND), ("low", LOW_BAND),
-                                   ("high", HIGH_BAND), ("speech", (200.0, 4000.0)))}
+                                   ("high", HIGH_BAND), ("speech", (200.0, 4000.0)),
+                                   ("hiss", (4000.0, 7600.0)))}
 
 
 def _ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -61,8 +62,9 @@ def _ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
 
 
-def frame_targets(mel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Width target, closure target and level (dB) of each mel frame of an (80, T) block."""
+def frame_targets(mel: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Width target, how far to trust it (0..1: a loud voiced vowel), closure target and
+    level (dB) of each mel frame of an (80, T) block."""
     db = (mel.astype(np.float32) + MAX_ABS) * (-MIN_LEVEL_DB / (2 * MAX_ABS)) + MIN_LEVEL_DB
     power = np.power(10.0, db / 10.0, dtype=np.float32)            # (80, T)
     bands, f = _bands(), mel_frequencies()
@@ -87,11 +89,15 @@ def frame_targets(mel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rounded = _ramp(f2, *ROUND_F2) * _ramp(f1, *ROUND_F1)
     speech = level("speech")
     murmur = level("low") - level("high")
-    # Vowel quality only means something where the vocal tract resonates (voiced and loud).
-    voiced = _ramp(speech, SILENT_DB, SILENT_DB + 15) * (1 - _ramp(murmur, *MURMUR_DB))
-    width = np.clip(SHAPE_GAIN * (spread - rounded), -1.0, 1.0) * voiced
+    # Vowel quality only means something where the vocal tract resonates (voiced and loud,
+    # not a fricative's hiss); elsewhere the lips hold the shape they have.
+    hiss = level("hiss") - level("f1")
+    voiced = (_ramp(speech, SILENT_DB, SILENT_DB + 15) * (1 - _ramp(murmur, *MURMUR_DB))
+              * (1 - _ramp(hiss, -20.0, -5.0)))
+    width = np.clip(SHAPE_GAIN * (spread - rounded), -1.0, 1.0)
     closure = _ramp(murmur, *MURMUR_DB) * _ramp(speech, SILENT_DB - 5, SILENT_DB + 5)
-    return width.astype(np.float32), closure.astype(np.float32), speech.astype(np.float32)
+    return (width.astype(np.float32), voiced.astype(np.float32), closure.astype(np.float32),
+            speech.astype(np.float32))
 
 
 def _dips(level: np.ndarray) -> np.ndarray:
@@ -106,12 +112,15 @@ def _dips(level: np.ndarray) -> np.ndarray:
     return (depth * _ramp(around, SILENT_DB + 10, SILENT_DB + 20)).astype(np.float32)
 
 
-def _blend(target: np.ndarray, start: float, attack: float, release: float) -> np.ndarray:
-    """First-order follower: `attack` per step while |target| grows, `release` while it falls."""
+def _blend(target: np.ndarray, start: float, attack: float, release: float,
+           trust: np.ndarray | None = None) -> np.ndarray:
+    """First-order follower: `attack` per step while |target| grows, `release` while it falls,
+    each scaled by `trust` (where the target means nothing, the value holds)."""
     out = np.empty_like(target)
     value = start
-    for i, t in enumerate(target):
-        value += (t - value) * (attack if abs(t) > abs(value) else release)
+    weights = np.ones_like(target) if trust is None else trust
+    for i, (t, weight) in enumerate(zip(target, weights)):
+        value += (t - value) * (attack if abs(t) > abs(value) else release) * weight
         out[i] = value
     return out
 
@@ -148,11 +157,11 @@ def shapes_from_chunks(chunks: np.ndarray, openness: np.ndarray) -> MouthShapes:
     steps = chunk_offsets(chunks)
     track = np.concatenate([c[:, :n] for c, n in zip(chunks[:-1], steps)] + [chunks[-1]],
                            axis=1)
-    width, closure, level = frame_targets(track)
+    width, trust, closure, level = frame_targets(track)
     closure = np.maximum(closure, _dips(level))
     dt = 1.0 / MEL_FRAMES_PER_SECOND
     attack, release = 1 - np.exp(-dt / ATTACK_S), 1 - np.exp(-dt / RELEASE_S)
-    width = _blend(width, float(width[0]), attack, release)
+    width = _blend(width, float(width[0] * trust[0]), attack, release, trust)
     closure = _blend(closure, float(closure[0]), attack * 1.5, release)
     own = int(steps.max()) if steps.size else MEL_STEP // 4
     starts = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
