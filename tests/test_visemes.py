@@ -125,7 +125,7 @@ def test_spread_speech_is_wider_than_rounded_on_the_output(sentences, template_f
                 assert np.abs(frame[:top].astype(int) - frames[i][:top]).mean() < 1.0
     finally:
         detector.close()
-    assert ratio["spread"] >= 1.03 * ratio["rounded"], ratio   # issue 17 asks 1.10: not reached yet
+    assert ratio["spread"] >= 1.05 * ratio["rounded"], ratio   # issue 17 asks 1.10: ~1.08 so far
 
 
 def test_steady_vowels_stay_open_and_bilabials_close(sentences):
@@ -134,9 +134,15 @@ def test_steady_vowels_stay_open_and_bilabials_close(sentences):
         closure = np.concatenate([shapes_from_chunks(chunks, opening).closure
                                   for opening, chunks in speech_batches(wav)])
         assert closure[4:-4].max() < 0.2
-    closure = np.concatenate([shapes_from_chunks(chunks, opening).closure
-                              for opening, chunks in speech_batches(sentences["bilabial"])])
-    assert (closure >= 0.6).sum() >= 3       # m-a-m-a, b, p, b: the lips meet
+
+    def closures(wav: np.ndarray) -> int:
+        c = np.concatenate([shapes_from_chunks(chunks, opening).closure
+                            for opening, chunks in speech_batches(wav)])
+        c = np.pad(c, 1)
+        return int(((c[1:-1] >= 0.45) & (c[1:-1] >= c[:-2]) & (c[1:-1] > c[2:])).sum())
+
+    assert closures(sentences["bilabial"]) >= 4      # m-a-m-a b-ought p-ot (of) b-eans
+    assert closures(sentences["rounded"]) <= 2       # who knew, two b-lue shoes
 
 
 def test_opening_follows_loudness_and_shuts_in_pauses(sentences, template_frames):

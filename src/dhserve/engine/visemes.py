@@ -33,9 +33,10 @@ LOW_BAND, HIGH_BAND = (55.0, 500.0), (600.0, 4000.0)
 SPREAD_F2 = (1700.0, 2200.0)   # F2 (Hz) from neutral to fully spread
 ROUND_F2 = (1750.0, 1250.0)    # F2 (Hz) from neutral to fully rounded ...
 ROUND_F1 = (600.0, 450.0)      # ... while F1 (Hz) is this low (an open a is never rounded)
-MURMUR_DB = (10.0, 18.0)       # low band over high band (dB): a nasal murmur / lips shut
+MURMUR_DB = (16.0, 24.0)       # low band over high band (dB): a nasal murmur / lips shut
 DIP_S, DIP_DB = 0.1, (8.0, 16.0)   # a dip this deep (dB) within this far of loud speech shuts
 ATTACK_S, RELEASE_S = 0.04, 0.08   # time constants of the blend towards / away from a shape
+CLOSE_S, PART_S = 0.03, 0.015      # ... and of the lips meeting / parting
 SILENT_DB = -62.0              # (dB under Wav2Lip's reference) no speech here
 
 
@@ -162,7 +163,10 @@ def shapes_from_chunks(chunks: np.ndarray, openness: np.ndarray) -> MouthShapes:
     dt = 1.0 / MEL_FRAMES_PER_SECOND
     attack, release = 1 - np.exp(-dt / ATTACK_S), 1 - np.exp(-dt / RELEASE_S)
     width = _blend(width, float(width[0] * trust[0]), attack, release, trust)
-    closure = _blend(closure, float(closure[0]), attack * 1.5, release)
+    # Lips meet within ~30 ms and part at the burst at once: a closure never lingers into
+    # the vowel after it.
+    closure = _blend(closure, float(closure[0]), 1 - np.exp(-dt / CLOSE_S),
+                     1 - np.exp(-dt / PART_S))
     own = int(steps.max()) if steps.size else MEL_STEP // 4
     starts = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
     # Lips move before the sound they make: the frame's stretch, half of it ahead.

@@ -27,10 +27,10 @@ MOUTH_DARK = np.array([52, 20, 22], np.float32)     # deep inside the mouth, RGB
 MOUTH_EDGE = np.array([128, 60, 58], np.float32)   # near the lips
 TONGUE = np.array([150, 72, 76], np.float32)
 LOWER_TEETH = np.array([196, 184, 170], np.float32)  # in shadow behind the lower lip
-WIDTH_GAIN = 0.28        # corners move out (spread) by this fraction of the width, in total
-ROUND_GAIN = 0.36        # and in (rounded) by this one: lips pushed forward narrow more
+WIDTH_GAIN = 0.36        # corners move out (spread) by this fraction of the width, in total
+ROUND_GAIN = 0.40        # and in (rounded) by this one: lips pushed forward narrow more
 ROUND_HEIGHT = 0.25      # a rounded opening is this much taller ...
-SPREAD_HEIGHT = 0.08     # ... and a spread one this much flatter (the jaw still drops for i)
+SPREAD_HEIGHT = 0.08     # ... and a spread one this much flatter, relative to its width
 WIDTH_REACH = (0.45, 1.0)   # mouth widths from the centre: corner motion full → none (cheeks)
 LIP_BAND = (0.45, 0.9)   # mouth widths above / below the seam where the corner motion fades
 SOLVER_STEPS = 3
@@ -53,7 +53,7 @@ class MouthWarp:
         self.width = float(np.clip(width, -1.0, 1.0))
         self.half_gap = GAP_HALF_WIDTH * (1 + WIDTH_GAIN * self.width)
         self.amount = (float(openness) * max_opening * w * (1 - float(np.clip(closure, 0, 1)))
-                       * (1 - (SPREAD_HEIGHT if self.width > 0 else ROUND_HEIGHT) * self.width))
+                       * self._height_factor())
         uu, vu = self.face.to_face(points[list(UPPER_INNER_LIP)])
         ul, vl = self.face.to_face(points[list(LOWER_INNER_LIP)])
         grid = np.linspace(-w / 2, w / 2, 17)
@@ -64,6 +64,13 @@ class MouthWarp:
         # The corner motion fades out above the lips, well below the nostrils.
         lip_to_nose = max(float(seam.min()) - float(nose_v), 1.0)
         self.reach_up = min(LIP_BAND[0] * w, 0.6 * lip_to_nose)
+
+    def _height_factor(self) -> float:
+        """A rounded opening is taller; a spread one grows with the mouth's new width, a
+        little flatter in proportion (the gap stays a like fraction of the mouth width)."""
+        if self.width < 0:
+            return 1 - ROUND_HEIGHT * self.width
+        return (1 + WIDTH_GAIN * self.width) * (1 - SPREAD_HEIGHT * self.width)
 
     def seam(self, u: np.ndarray) -> np.ndarray:
         """The line where the lips meet (v of the seam at each u); flat beyond the corners."""
