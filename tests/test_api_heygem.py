@@ -246,3 +246,25 @@ def test_refusals_are_bounded_like_the_queue(service, media):
     assert submit(svc, audio_url="/etc/hostname", video_url=video, code="r3")["code"] == 10001
     assert submit(svc, audio_url="/etc/hostname", video_url=video, code="r1")["code"] == 10000
     assert sorted(job.id for job in svc.store.list()) == ["r1", "r2"]
+
+
+def test_a_running_task_answers_its_stage_in_chinese(service, media):
+    from dhserve.api.heygem import STAGE_NAMES
+
+    svc = service()
+    video, audio = media(svc)
+    assert submit(svc, audio_url=audio, video_url=video, code="task-zh")["code"] == 10000
+    queued = query(svc, "task-zh")["data"]
+    assert (queued["status"], queued["msg"]) == (1, "排队中")     # no worker yet
+    svc.start_worker()
+    seen = []
+
+    def done():
+        data = query(svc, "task-zh")["data"]
+        if data["status"] == 1:
+            seen.append(data["msg"])
+        return data if data["status"] != 1 else None
+
+    assert wait_for(done, 90, "the task to finish", every=0.02)["msg"] == "完成"
+    chinese = set(STAGE_NAMES.values())
+    assert seen and all(msg in chinese for msg in seen), seen

@@ -38,6 +38,7 @@ from dhserve.errors import (
 )
 from dhserve.jobs.admission import admit, public_text
 from dhserve.jobs.model import Job, JobSpec, JobState
+from dhserve.stages import Stage
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,24 @@ REQUIRED = ("audio_url", "video_url", "code")       # checked in the vendor's or
 STATUS_RUNNING, STATUS_DONE, STATUS_FAILED = 1, 2, 3
 FLAGS = {"chaofen": "face_restore", "watermark_switch": "watermark", "digital_auth": "ai_label"}
 # The engine names inputs and options by its own names; HeyGem clients know these.
+# A running job's stage as HeyGem's users write it (the vendor's service answers in Chinese);
+# a stage not named here is answered in English as stored.
+STAGE_NAMES = {
+    Stage.QUEUED: "排队中",
+    Stage.STARTING: "准备中",
+    Stage.DOWNLOADING: "下载中",
+    Stage.PROBING: "检查素材",
+    Stage.DECODING_AUDIO: "音频特征提取中",
+    Stage.ANALYSING_FACE: "人脸分析中",
+    Stage.LIP_SYNC: "口型同步中",
+    Stage.ENCODING: "视频合成中",
+    Stage.CANCELING: "取消中",
+    Stage.REQUEUED_STOPPED: "重新排队（进程已停止）",
+    Stage.REQUEUED_LOST: "重新排队（进程失联）",
+    Stage.CANCELED: "已取消",
+    Stage.FAILED: "失败",
+    Stage.DONE: "完成",
+}
 FIELD_NAMES = {"video": "video_url", "audio": "audio_url", "loop": "pn",
                **{option: flag for flag, option in FLAGS.items()}}
 
@@ -220,8 +239,16 @@ def task_status(job: Job, settings: Settings) -> dict[str, Any]:
                     msg=heygem_message(public_text(job.error_message or job.state.value,
                                                    settings)))
     else:
-        data.update(status=STATUS_RUNNING, msg=job.stage)
+        data.update(status=STATUS_RUNNING, msg=stage_name(job.stage))
     return data
+
+
+def stage_name(stage: str | None) -> str:
+    """A stage's Chinese name for /easy/query; an unknown stage as the English text."""
+    try:
+        return STAGE_NAMES[Stage(stage)]
+    except ValueError:
+        return stage or ""
 
 
 def _result_path(result: Path, settings: Settings) -> str:
