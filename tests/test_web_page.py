@@ -444,3 +444,84 @@ def test_the_page_works_behind_a_proxy_that_serves_it_under_a_prefix(browser, li
     job_id = text(browser, "progress-job").split()[1]
     assert browser.execute_script("return document.getElementById('player').currentSrc") == \
         f"{service.url}/dh/v1/jobs/{job_id}/result"
+
+
+@pytest.fixture(scope="module")
+def chinese_browser():
+    """A Chromium whose user asks for Chinese (its UI language and Accept-Language)."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("CHROMIUM NOT TESTED: Debian's chromium and chromium-driver are not "
+                    "installed (apt-get install chromium chromium-driver; .ci/run does it)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1280,1000", "--mute-audio",
+                     "--lang=zh-CN"):
+        options.add_argument(argument)
+    options.add_experimental_option("prefs", {"intl.accept_languages": "zh-CN,zh"})
+    driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+CHINESE_STAGES = {"上传中", "排队中", "准备中", "下载中", "检查素材", "音频特征提取中",
+                  "人脸分析中", "口型同步中", "视频合成中", "完成"}
+
+
+def test_a_chinese_browser_sees_the_page_in_chinese_and_the_switch_is_remembered(
+        chinese_browser, live, short_speech):
+    browser = chinese_browser
+    service = live()
+    browser.get(service.url + "/")
+    wait_page(browser, lambda: text(browser, "service-status") == "就绪", 30,
+              "the page in Chinese")
+    assert browser.execute_script("return navigator.languages[0]").startswith("zh")
+    assert browser.execute_script("return document.documentElement.lang") == "zh-CN"
+    chinese = {"new-job-title": "新建数字人视频", "submit": "提交", "jobs-title": "任务队列",
+               "result-title": "结果", "jobs-empty": "还没有任务。"}
+    assert {key: text(browser, key) for key in chinese} == chinese
+    assert "形象视频" in text(browser, "new-job") and "语音" in text(browser, "new-job")
+    assert "渲染进程" in text(browser, "strip")
+    screenshot(browser, "web-page-zh")
+
+    by_id(browser, "lang-en").click()                      # English, and it stays so
+    wait_page(browser, lambda: text(browser, "service-status") == "ready", 10, "English")
+    assert (text(browser, "submit"), text(browser, "jobs-title")) == ("Render", "Jobs")
+    assert "WORKERS" in text(browser, "strip").upper()      # upper-cased by the style sheet
+    browser.refresh()
+    wait_page(browser, lambda: text(browser, "service-status") == "ready", 30,
+              "English kept after a reload")
+    assert text(browser, "new-job-title") == "New video"
+
+    by_id(browser, "lang-zh").click()                      # and back
+    wait_page(browser, lambda: text(browser, "service-status") == "就绪", 10, "Chinese")
+    browser.refresh()
+    wait_page(browser, lambda: text(browser, "service-status") == "就绪", 30,
+              "Chinese kept after a reload")
+    assert text(browser, "submit") == "提交"
+
+    choose_files(browser, EXAMPLES / "avatar.mp4", short_speech)
+    by_id(browser, "submit").click()
+    seen = follow_progress(browser, 90)
+    assert by_id(browser, "progress").get_attribute("data-state") == "succeeded", seen
+    assert {stage for _, stage in seen} <= CHINESE_STAGES, seen
+    assert text(browser, "progress-job").startswith("任务 ")
+
+    def shown(selector: str) -> str | None:     # read in one go: the list is redrawn live
+        return browser.execute_script(
+            "const n = document.querySelector(arguments[0]); return n && n.textContent",
+            selector)
+
+    wait_page(browser, lambda: shown("tr button.play") == "播放", 10, "the job in the list")
+    assert shown("tr .badge") == "已完成"
+    by_id(browser, "lang-en").click()                      # what is shown changes language too
+    wait_page(browser, lambda: shown("tr .badge") == "succeeded"
+              and shown("tr button.play") == "Play", 10, "the list in English")
+    assert text(browser, "progress-job").startswith("job ")
+    assert text(browser, "result-summary").startswith("job ")
+    browser.execute_script("localStorage.removeItem('dhserve.lang')")
+    assert no_alert(browser)

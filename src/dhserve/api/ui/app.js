@@ -13,11 +13,127 @@ const FIELDS = ["video", "audio", "backend", "loop", "background"];
 const TEMPORARY = [0, 502, 503, 504];   // unreachable, or a service restarting behind a proxy
 
 const $ = (id) => document.getElementById(id);
+
+// ---- the page's words: one table per language. English is the default; a browser that asks
+// for Chinese (navigator.languages) gets Chinese, and the switch's choice is remembered. The
+// server's own messages (a problem's detail, a job's error) are shown as the server sent them.
+
+const LANG_STORAGE = "dhserve.lang";
+const STATE_NAMES_ZH = { queued: "排队中", running: "运行中", succeeded: "已完成",
+                         failed: "失败", canceled: "已取消" };
+const STAGE_NAMES_ZH = {
+  uploading: "上传中", queued: "排队中", starting: "准备中", downloading: "下载中",
+  probing: "检查素材", "decoding audio": "音频特征提取中", "analysing face": "人脸分析中",
+  "lip-sync": "口型同步中", encoding: "视频合成中", canceling: "取消中", canceled: "已取消",
+  "requeued: worker stopped": "重新排队（进程已停止）",
+  "requeued: worker lost": "重新排队（进程失联）", failed: "失败", done: "完成",
+};
+const WORKER_STATES_ZH = { starting: "启动中", idle: "空闲", busy: "忙碌", stopping: "停止中",
+                           silent: "无心跳" };
+const STRINGS = {
+  en: {
+    tagline: "avatar video + speech → lip-synced MP4",
+    connecting: "connecting…", forgetKey: "Forget API key", stripLabel: "Workers and GPU",
+    service: "Service", workers: "Workers", gpu: "GPU",
+    newVideo: "New video", avatarVideo: "Avatar video", avatarHint: "video or still image",
+    reuse: "or one already used", uploadAFile: "— upload a file —",
+    speech: "Speech", speechHint: "wav, mp3, m4a, ogg, flac",
+    backend: "Lip-sync backend", loop: "When the speech is longer",
+    serverDefault: "server default", pingpong: "ping-pong the avatar",
+    restart: "restart the avatar", background: "Background",
+    keepBackground: "keep the avatar's", greenScreen: "green screen", aColour: "a colour…",
+    render: "Render", result: "Result", resultEmpty: "The finished video plays here.",
+    download: "Download MP4", jobs: "Jobs", colJob: "Job", colState: "State",
+    colProgress: "Progress", colSubmitted: "Submitted", colStarted: "Started",
+    colFinished: "Finished", colTook: "Took", noJobs: "No jobs yet.",
+    apiKey: "API key", keyNeeded: "This server needs an API key",
+    keyKept: "It is kept in this browser until you choose “Forget API key”.",
+    useKey: "Use key", keyRefused: "That key was refused; try again.",
+    enterKey: "Enter the key.", unreachableDetail: "the server cannot be reached",
+    reconnecting: (detail) => `reconnecting… (${detail})`,
+    videoNotLoaded: "the video could not be loaded",
+    cancelFailed: (id, detail) => `cancel ${id}: ${detail}`,
+    play: "Play", cancel: "Cancel",
+    state: (state) => state, stage: (stage) => stage,
+    job: (id) => `job ${id}`,
+    seconds: (s) => `${s} s`, minutes: (m, s) => `${m} min ${s} s`,
+    renderedIn: (s) => `rendered in ${s} s`,
+    ready: "ready", notReady: "no render worker ready", unreachable: "unreachable",
+    errorCode: (code) => `error ${code}`,
+    factBackend: (b) => `backend ${b}`, factLayout: (l) => `${l} layout`,
+    factProfile: (p) => `profile ${p}`, factQueued: (n) => `${n} queued`,
+    backendDefault: (b) => `server default (${b})`, waiting: (n) => `${n} waiting`,
+    workerState: (state) => state, busyWith: (id) => `busy ${id}`,
+    workerTitle: (id, pid, age) => `worker ${id} (pid ${pid}), last heartbeat ${age} s ago`,
+    noWorker: "none: start `dhserve worker`",
+    gpuMemory: (used, total) => `${used} / ${total}`,
+    noGpu: "none: rendering on the CPU",
+    locale: [],
+  },
+  zh: {
+    tagline: "形象视频 + 语音 → 口型同步的数字人视频（MP4）",
+    connecting: "连接中…", forgetKey: "清除 API 密钥", stripLabel: "进程与 GPU",
+    service: "服务", workers: "渲染进程", gpu: "GPU",
+    newVideo: "新建数字人视频", avatarVideo: "形象视频", avatarHint: "视频或图片",
+    reuse: "或选择用过的形象视频", uploadAFile: "— 上传文件 —",
+    speech: "语音", speechHint: "wav、mp3、m4a、ogg、flac",
+    backend: "口型同步模型", loop: "语音比形象视频长时",
+    serverDefault: "服务器默认", pingpong: "形象视频往返播放",
+    restart: "形象视频从头播放", background: "背景",
+    keepBackground: "保留原背景", greenScreen: "绿幕", aColour: "纯色…",
+    render: "提交", result: "结果", resultEmpty: "生成的视频在这里播放。",
+    download: "下载 MP4", jobs: "任务队列", colJob: "任务", colState: "状态",
+    colProgress: "进度", colSubmitted: "提交时间", colStarted: "开始时间",
+    colFinished: "结束时间", colTook: "耗时", noJobs: "还没有任务。",
+    apiKey: "API 密钥", keyNeeded: "此服务器需要 API 密钥",
+    keyKept: "密钥保存在本浏览器中，直到点击“清除 API 密钥”。",
+    useKey: "使用密钥", keyRefused: "密钥被拒绝，请重试。",
+    enterKey: "请输入密钥。", unreachableDetail: "无法连接服务器",
+    reconnecting: (detail) => `重新连接中…（${detail}）`,
+    videoNotLoaded: "视频无法加载",
+    cancelFailed: (id, detail) => `取消 ${id}：${detail}`,
+    play: "播放", cancel: "取消",
+    state: (state) => STATE_NAMES_ZH[state] || state,
+    stage: (stage) => STAGE_NAMES_ZH[stage] || stage,
+    job: (id) => `任务 ${id}`,
+    seconds: (s) => `${s} 秒`, minutes: (m, s) => `${m} 分 ${s} 秒`,
+    renderedIn: (s) => `渲染耗时 ${s} 秒`,
+    ready: "就绪", notReady: "没有就绪的渲染进程", unreachable: "无法连接",
+    errorCode: (code) => `错误 ${code}`,
+    factBackend: (b) => `模型 ${b}`, factLayout: (l) => `布局 ${l}`,
+    factProfile: (p) => `配置 ${p}`, factQueued: (n) => `队列 ${n}`,
+    backendDefault: (b) => `服务器默认（${b}）`, waiting: (n) => `队列中 ${n} 个`,
+    workerState: (state) => WORKER_STATES_ZH[state] || state,
+    busyWith: (id) => `忙碌 ${id}`,
+    workerTitle: (id, pid, age) => `进程 ${id}（pid ${pid}），上次心跳 ${age} 秒前`,
+    noWorker: "无：请启动 `dhserve worker`",
+    gpuMemory: (used, total) => `显存 ${used} / ${total}`,
+    noGpu: "无：使用 CPU 渲染",
+    locale: "zh-CN",
+  },
+};
+
+function browserLanguage() {
+  const asked = navigator.languages && navigator.languages.length ? navigator.languages
+    : [navigator.language || ""];
+  return String(asked[0] || "").toLowerCase().startsWith("zh") ? "zh" : "en";
+}
+
+let lang = STRINGS[localStorage.getItem(LANG_STORAGE)] ? localStorage.getItem(LANG_STORAGE)
+  : browserLanguage();
+
+// A word of the current language: a string, or a function of the arguments.
+function t(key, ...args) {
+  const word = STRINGS[lang][key];
+  return typeof word === "function" ? word(...args) : word;
+}
 let apiKey = localStorage.getItem(KEY_STORAGE) || "";
 let keyRequest = null;           // one pending question for the key, shared by every caller
 let currentJob = null;           // the job the progress bar follows
 let resultRequest = 0;           // the latest Play (or finished job): only it may fill the player
 let playerBlobUrl = null;
+let shownProgress = null;        // [job, with its note]: the bar's words, again in a new language
+let shownResult = null;          // the job whose video the player holds
 
 class ApiError extends Error {
   constructor(status, problem) {
@@ -36,13 +152,13 @@ function askForKey(refused) {
   if (!keyRequest) {
     keyRequest = new Promise((resolve) => {
       const dialog = $("key-dialog");
-      $("key-error").textContent = refused ? "That key was refused; try again." : "";
+      $("key-error").textContent = refused ? t("keyRefused") : "";
       $("key-input").value = "";
       $("key-form").onsubmit = (event) => {
         event.preventDefault();
         const key = $("key-input").value.trim();
         if (!key) {
-          $("key-error").textContent = "Enter the key.";
+          $("key-error").textContent = t("enterKey");
           return;
         }
         apiKey = key;
@@ -84,8 +200,7 @@ async function api(method, path) {
       response = await fetch(path, { method, headers: { Accept: "application/json",
                                                         ...authHeaders() } });
     } catch (err) {
-      throw new ApiError(0, { code: "client.unreachable",
-                              detail: "the server cannot be reached" });
+      throw new ApiError(0, { code: "client.unreachable", detail: t("unreachableDetail") });
     }
     if (response.status === 401) {
       await unauthorized(sent);
@@ -107,7 +222,7 @@ function upload(form, onProgress) {
     for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
     xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
     xhr.onerror = () => reject(new ApiError(0, { code: "client.unreachable",
-                                                 detail: "the server cannot be reached" }));
+                                                 detail: t("unreachableDetail") }));
     xhr.onload = () => {
       let body = null;
       try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
@@ -141,13 +256,13 @@ function el(tag, attrs = {}, ...children) {
 function clock(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
-  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return d.toLocaleTimeString(t("locale"), { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
 function took(job) {
   if (!job.started_at || !job.finished_at) return "–";
   const s = (new Date(job.finished_at) - new Date(job.started_at)) / 1000;
-  return s < 60 ? `${s.toFixed(1)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+  return s < 60 ? t("seconds", s.toFixed(1)) : t("minutes", Math.floor(s / 60), Math.round(s % 60));
 }
 
 function baseName(path) {
@@ -208,10 +323,10 @@ async function submitJob(event) {
   form.append("options", JSON.stringify(options));
 
   $("submit").disabled = true;
-  showProgress({ stage: "uploading", progress: 0 }, "");
+  showProgress({ stage: "uploading", progress: 0 }, false);
   try {
     const job = await upload(form, (fraction) => showProgress(
-      { stage: "uploading", progress: Math.round(fraction * 100) }, ""));
+      { stage: "uploading", progress: Math.round(fraction * 100) }, false));
     rememberNames(job.id, { video: videoFile ? videoFile.name : null,
                             audio: audioFile ? audioFile.name : null });
     follow(job);
@@ -234,15 +349,22 @@ function onReuse() {
 
 // ---- following one job
 
-function showProgress(job, note) {
+function progressWords(job, withNote) {
+  shownProgress = [job, withNote];
+  $("progress-stage").textContent = job.stage ? t("stage", job.stage)
+    : job.state ? t("state", job.state) : "";
+  $("progress-job").textContent = withNote ? `${t("job", job.id)} · ${t("state", job.state)}`
+    : "";
+}
+
+function showProgress(job, withNote) {
   $("progress").hidden = false;
   const percent = Math.max(0, Math.min(100, job.progress || 0));
-  $("progress-stage").textContent = job.stage || job.state || "";
+  progressWords(job, withNote);
   $("progress-percent").textContent = `${percent} %`;
   $("progress-fill").style.width = `${percent}%`;
   $("progress-bar").setAttribute("aria-valuenow", String(percent));
   $("progress").dataset.state = job.state || "uploading";
-  $("progress-job").textContent = note;
   $("progress-error").textContent = "";
 }
 
@@ -252,7 +374,7 @@ async function follow(job) {
   currentJob = job.id;
   let wait = POLL_JOB_MS;
   for (;;) {
-    if (wait === POLL_JOB_MS) showProgress(job, `job ${job.id} · ${job.state}`);
+    if (wait === POLL_JOB_MS) showProgress(job, true);
     if (["succeeded", "failed", "canceled"].includes(job.state)) break;
     await new Promise((r) => setTimeout(r, wait));
     if (currentJob !== job.id) return;          // another submit took over the bar
@@ -261,7 +383,7 @@ async function follow(job) {
       wait = POLL_JOB_MS;
     } catch (err) {
       $("progress-error").textContent = TEMPORARY.includes(err.status)
-        ? `reconnecting… (${err.detail})` : err.detail;
+        ? t("reconnecting", err.detail) : err.detail;
       if (!TEMPORARY.includes(err.status)) return;
       wait = RETRY_MS;
     }
@@ -304,7 +426,7 @@ async function showResult(job) {
     } catch (err) {
       if (request === resultRequest) {
         $("progress-error").textContent = err instanceof ApiError ? err.detail
-          : "the video could not be loaded";
+          : t("videoNotLoaded");
       }
       return;
     }
@@ -316,17 +438,22 @@ async function showResult(job) {
   player.src = source;
   player.hidden = false;
   $("result-empty").hidden = true;
-  const r = job.result;
-  const parts = [`job ${shortId(job.id)}`];
-  if (r.width && r.height) parts.push(`${r.width}×${r.height}`);
-  if (r.duration) parts.push(`${r.duration.toFixed(2)} s`);
-  if (r.elapsed) parts.push(`rendered in ${r.elapsed.toFixed(1)} s`);
-  if (r.backend) parts.push(r.backend);
-  $("result-summary").textContent = parts.join(" · ");
+  resultWords(job);
   const link = $("download");
   link.href = source;
   link.setAttribute("download", `${job.id}.mp4`);
   $("result-info").hidden = false;
+}
+
+function resultWords(job) {
+  shownResult = job;
+  const r = job.result;
+  const parts = [t("job", shortId(job.id))];
+  if (r.width && r.height) parts.push(`${r.width}×${r.height}`);
+  if (r.duration) parts.push(t("seconds", r.duration.toFixed(2)));
+  if (r.elapsed) parts.push(t("renderedIn", r.elapsed.toFixed(1)));
+  if (r.backend) parts.push(r.backend);
+  $("result-summary").textContent = parts.join(" · ");
 }
 
 // ---- the job list
@@ -336,7 +463,7 @@ async function cancelJob(id, button) {
   try {
     await api("DELETE", `v1/jobs/${encodeURIComponent(id)}`);
   } catch (err) {
-    $("error-form").textContent = `cancel ${id}: ${err.detail}`;
+    $("error-form").textContent = t("cancelFailed", id, err.detail);
     button.disabled = false;
   }
   refreshJobs();
@@ -359,35 +486,35 @@ function jobRow(job, row) {
                        `audio: ${names.audio || job.inputs.audio}`;
   row.cells[1].replaceChildren(el("span", {
     class: `badge badge-${job.state}`,
-    text: job.cancel_requested && !finished ? "canceling" : job.state }));
+    text: job.cancel_requested && !finished ? t("stage", "canceling") : t("state", job.state) }));
   if (finished) {
     const failed = job.state === "failed";
     row.cells[2].replaceChildren(el("span", {
       class: failed ? "small error-text" : "muted small",
-      text: job.error ? job.error.message || job.error.code : job.stage }));
+      text: job.error ? job.error.message || job.error.code : t("stage", job.stage) }));
   } else {
     row.cells[2].replaceChildren(el("div", { class: "mini" },
       el("div", { class: "mini-bar" },
          el("div", { class: "mini-fill", width: `${job.progress}%` })),
-      el("span", { class: "small", text: `${job.progress} % ${job.stage}` })));
+      el("span", { class: "small", text: `${job.progress} % ${t("stage", job.stage)}` })));
   }
   row.cells[3].textContent = clock(job.created_at);
   row.cells[4].textContent = clock(job.started_at);
   row.cells[5].textContent = clock(job.finished_at);
   row.cells[6].textContent = took(job);
   const actions = [job.state === "succeeded" ? "play" : "",
-                   !finished && !job.cancel_requested ? "cancel" : ""].join(",");
+                   !finished && !job.cancel_requested ? "cancel" : "", lang].join(",");
   if (row.dataset.actions !== actions) {
     row.dataset.actions = actions;
     const buttons = [];
     if (actions.includes("play")) {
       buttons.push(el("button", { type: "button", class: "small-button play",
-                                  onclick: () => showResult(row.job) }, "Play"));
+                                  onclick: () => showResult(row.job) }, t("play")));
     }
     if (actions.includes("cancel")) {
       buttons.push(el("button", { type: "button", class: "small-button cancel danger",
                                   onclick: (e) => cancelJob(row.job.id, e.currentTarget) },
-                      "Cancel"));
+                      t("cancel")));
     }
     row.cells[7].replaceChildren(...buttons);
   }
@@ -416,9 +543,14 @@ function fillReuse(jobs) {
     if (seen.has(key) || job.state === "canceled" || job.state === "failed") continue;
     seen.add(key);
     const name = (names[job.id] && names[job.id].video) || baseName(video);
-    options.push(el("option", { value: video, text: `${name} · job ${shortId(job.id)}` }));
+    options.push(el("option", { value: video, text: `${name} · ${t("job", shortId(job.id))}` }));
   }
-  select.replaceChildren(el("option", { value: "", text: "— upload a file —" }), ...options);
+  options.unshift(el("option", { value: "", text: t("uploadAFile") }));
+  // Rebuilt only when what it offers changed: an option being chosen stays the same element.
+  const offered = JSON.stringify(options.map((o) => [o.value, o.textContent]));
+  if (select.dataset.offered === offered) return;
+  select.dataset.offered = offered;
+  select.replaceChildren(...options);
   if ([...select.options].some((o) => o.value === chosen)) select.value = chosen;
 }
 
@@ -450,40 +582,63 @@ async function refreshHealth() {
     health = await api("GET", "health");
   } catch (err) {
     $("service-status").className = "pill pill-down";
-    $("service-status").textContent = err.status ? `error ${err.code}` : "unreachable";
+    $("service-status").textContent = err.status ? t("errorCode", err.code) : t("unreachable");
     return;
   }
   const status = $("service-status");
   status.className = `pill pill-${health.status}`;
-  status.textContent = health.status === "ok" ? "ready" : "no render worker ready";
+  status.textContent = health.status === "ok" ? t("ready") : t("notReady");
   status.title = `dhserve ${health.version}`;
 
   const serving = health.serving || {};
-  const facts = [`v${health.version}`, `backend ${health.backend}`];
-  if (serving.layout) facts.push(`${serving.layout} layout`);
-  if (serving.profile) facts.push(`profile ${serving.profile}`);
-  facts.push(`${health.queue.depth} queued`);
+  const facts = [`v${health.version}`, t("factBackend", health.backend)];
+  if (serving.layout) facts.push(t("factLayout", serving.layout));
+  if (serving.profile) facts.push(t("factProfile", serving.profile));
+  facts.push(t("factQueued", health.queue.depth));
   $("serving").replaceChildren(...facts.map((f) => chip(f, "fact", serving.profile_reason)));
-  $("backend-default").textContent = `server default (${health.backend})`;
-  $("queue").textContent = `${health.queue.depth} waiting`;
+  $("backend-default").textContent = t("backendDefault", health.backend);
+  $("queue").textContent = t("waiting", health.queue.depth);
 
   const workers = health.workers.map((w) => {
-    const doing = w.state === "busy" && w.job ? `busy ${shortId(w.job)}` : w.state;
+    const doing = w.state === "busy" && w.job ? t("busyWith", shortId(w.job))
+      : t("workerState", w.state);
     const kind = w.state === "silent" ? "bad" : w.state === "busy" ? "busy" : "ok";
     return chip(`${w.device} · ${doing}`, kind,
-                `worker ${w.id} (pid ${w.pid || "?"}), last heartbeat ` +
-                `${w.heartbeat_age_seconds.toFixed(1)} s ago`);
+                t("workerTitle", w.id, w.pid || "?", w.heartbeat_age_seconds.toFixed(1)));
   });
   $("workers").replaceChildren(...(workers.length ? workers
-    : [chip("none: start `dhserve worker`", "bad")]));
+    : [chip(t("noWorker"), "bad")]));
 
   const gpu = health.gpu;
   const gpus = gpu.available ? (gpu.devices || []).map((d) => chip(
-      `GPU ${d.index} ${d.name} · ${gib(d.memory_used_mb)} / ${gib(d.memory_total_mb)}` +
+      `GPU ${d.index} ${d.name} · ${t("gpuMemory", gib(d.memory_used_mb), gib(d.memory_total_mb))}` +
       (d.utilization_percent === null || d.utilization_percent === undefined ? ""
         : ` · ${d.utilization_percent} %`), "fact"))
-    : [chip("none: rendering on the CPU", "fact", gpu.reason)];
+    : [chip(t("noGpu"), "fact", gpu.reason)];
   $("gpus").replaceChildren(...gpus);
+}
+
+// ---- the language
+
+// Puts every word of the page in the current language: the fixed ones (data-i18n), then the
+// ones made from data, which the next refresh would otherwise leave in the old language.
+function applyLanguage() {
+  document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+  document.querySelectorAll("[data-i18n]").forEach((n) => { n.textContent = t(n.dataset.i18n); });
+  document.querySelectorAll("[data-i18n-aria]").forEach(
+    (n) => n.setAttribute("aria-label", t(n.dataset.i18nAria)));
+  document.querySelectorAll(".lang-switch button").forEach(
+    (b) => b.setAttribute("aria-pressed", String(b.dataset.lang === lang)));
+  if (shownProgress) progressWords(...shownProgress);
+  if (shownResult) resultWords(shownResult);
+}
+
+function chooseLanguage(chosen) {
+  lang = chosen;
+  localStorage.setItem(LANG_STORAGE, chosen);
+  applyLanguage();
+  refreshHealth();
+  refreshJobs();
 }
 
 // ---- start
@@ -496,6 +651,9 @@ function every(ms, task) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  applyLanguage();
+  document.querySelectorAll(".lang-switch button").forEach(
+    (b) => b.addEventListener("click", () => chooseLanguage(b.dataset.lang)));
   $("job-form").addEventListener("submit", submitJob);
   $("video-file").addEventListener("change", onVideoFile);
   $("video-reuse").addEventListener("change", onReuse);
