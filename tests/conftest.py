@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -41,6 +42,23 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str):
+    """A real, small file system (tmpfs of `size`, "300k", "8m") mounted on `folder` for the
+    test's life, to fill up for real; skipped, loudly, where this process may not mount one
+    (CI runs as root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        pytest.skip(f"FULL DISK NOT TESTED: cannot mount a tmpfs here (needs root): "
+                    f"{done.stderr.strip() or done.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:

@@ -6,6 +6,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from conftest import small_tmpfs
 
 from dhserve.engine import media
 from dhserve.engine.face import AnalysisCache
@@ -149,19 +150,9 @@ def test_still_image_loops_in_both_modes(tmp_path, template_frames, short_speech
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 300 KB file system (tmpfs) for the output folder; skipped, loudly, where this
-    process may not mount one."""
-    import subprocess
-
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode:
-        pytest.skip(f"DISK FULL NOT TESTED: cannot mount a tmpfs here: "
-                    f"{done.stderr.strip() or done.returncode}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    """A real 300 KB file system (tmpfs) for the output folder."""
+    with small_tmpfs(tmp_path / "disk", "300k") as disk:
+        yield disk
 
 
 def _fill(disk, leave_bytes: int):

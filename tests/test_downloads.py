@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import small_tmpfs
 
 from dhserve.errors import Canceled, InputError
 from dhserve.jobs.downloads import address_refusal, download
@@ -426,12 +427,6 @@ def test_a_download_that_fills_the_disk_is_storage_full(tmp_path):
     from dhserve.errors import StorageFull
 
     folder = tmp_path / "small"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                             check=False, capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"SKIPPED LOUDLY: cannot mount a tmpfs here (needs root): "
-                    f"{mounted.stderr.strip()}")
     big = b"x" * (3 * 2**20)
 
     class Big(Stub):
@@ -441,11 +436,7 @@ def test_a_download_that_fills_the_disk_is_storage_full(tmp_path):
             self.end_headers()
             self.wfile.write(big)
 
-    try:
-        with stub(Big) as server, pytest.raises(StorageFull) as full:
-            download(f"{base(server)}/big.mp4", "video", folder, 2**30, 10,
-                     allowed=LOOPBACK_V4)
-        assert full.value.code == "storage.full" and "video" in full.value.message
-        assert list(folder.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
+    with small_tmpfs(folder, "1m"), stub(Big) as server, pytest.raises(StorageFull) as full:
+        download(f"{base(server)}/big.mp4", "video", folder, 2**30, 10, allowed=LOOPBACK_V4)
+    assert full.value.code == "storage.full" and "video" in full.value.message
+    assert list(folder.iterdir()) == []

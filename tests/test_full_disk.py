@@ -11,13 +11,12 @@ import itertools
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import wait_for
+from conftest import small_tmpfs, wait_for
 from serving_support import ServiceProcess, children, dhserve_cli, stage_example
 
 SIZE_MB = 16
@@ -25,18 +24,9 @@ SIZE_MB = 16
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 16 MB tmpfs mounted as tmp_path/data (root only; skipped, loudly, elsewhere)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE_MB}m", "tmpfs",
-                              str(data)], capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"SKIPPED LOUDLY: cannot mount a tmpfs here (needs root): "
-                    f"{mounted.stderr.strip()}")
-    try:
+    """A 16 MB tmpfs mounted as tmp_path/data."""
+    with small_tmpfs(tmp_path / "data", f"{SIZE_MB}m") as data:
         yield data
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
 
 
 def fill(folder: Path) -> Path:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 
 import pytest
 from api_support import Service
+from conftest import small_tmpfs
 
 MB = 2**20
 
@@ -18,17 +18,8 @@ MB = 2**20
 @pytest.fixture
 def small_disk(tmp_path):
     """A tmpfs of 8 MiB, unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"SKIPPED, NOT TESTED: cannot mount a tmpfs here (needs root): "
-                    f"{done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "8m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture
