@@ -80,8 +80,8 @@ def live(tmp_path):
         service.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
+def _chromium(*arguments: str, languages: str | None = None):
+    """Debian's headless Chromium under Selenium; skipped, loudly, where it is not installed."""
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("CHROMIUM NOT TESTED: Debian's chromium and chromium-driver are not "
                     "installed (apt-get install chromium chromium-driver; .ci/run does it)")
@@ -91,12 +91,19 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1280,1000", "--mute-audio",
-                     "--autoplay-policy=no-user-gesture-required"):
+                     "--disable-gpu", "--window-size=1280,1000", "--mute-audio", *arguments):
         options.add_argument(argument)
+    if languages:
+        options.add_experimental_option("prefs", {"intl.accept_languages": languages})
     # An explicit driver path: Selenium Manager never runs, so nothing is downloaded.
     driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
     driver.set_script_timeout(30)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = _chromium("--autoplay-policy=no-user-gesture-required")
     yield driver
     driver.quit()
 
@@ -449,21 +456,7 @@ def test_the_page_works_behind_a_proxy_that_serves_it_under_a_prefix(browser, li
 @pytest.fixture(scope="module")
 def chinese_browser():
     """A Chromium whose user asks for Chinese (its UI language and Accept-Language)."""
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("CHROMIUM NOT TESTED: Debian's chromium and chromium-driver are not "
-                    "installed (apt-get install chromium chromium-driver; .ci/run does it)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1280,1000", "--mute-audio",
-                     "--lang=zh-CN"):
-        options.add_argument(argument)
-    options.add_experimental_option("prefs", {"intl.accept_languages": "zh-CN,zh"})
-    driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(30)
+    driver = _chromium("--lang=zh-CN", languages="zh-CN,zh")
     yield driver
     driver.quit()
 
