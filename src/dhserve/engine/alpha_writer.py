@@ -11,6 +11,7 @@ Which writer a render uses follows from its background and the output's suffix
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -33,11 +34,13 @@ class WebmAlphaWriter(Mp4Writer):
     AUDIO_CODEC = "libopus"
     AUDIO_RATES: tuple[int, ...] = (48000,)
     AUDIO_FORMAT = "flt"
+    VIDEO_CODEC, PIX_FMT, VIDEO_OPTIONS = "libvpx-vp9", "yuva420p", VP9_OPTIONS
 
     def _add_video(self, preset: str, crf: int) -> av.VideoStream:
-        video = self._container.add_stream("libvpx-vp9", rate=self.fps)
-        video.pix_fmt = "yuva420p"
-        video.options = dict(VP9_OPTIONS)
+        # a codec name from a class attribute: PyAV's overloads type it per literal name
+        video = cast(av.VideoStream, self._container.add_stream(self.VIDEO_CODEC, rate=self.fps))
+        video.pix_fmt = self.PIX_FMT
+        video.options = dict(self.VIDEO_OPTIONS)
         video.thread_count = 0
         return video
 
@@ -52,13 +55,7 @@ class MovAlphaWriter(WebmAlphaWriter):
     AUDIO_CODEC = "pcm_s16le"
     AUDIO_RATES: tuple[int, ...] = (8000, 16000, 22050, 24000, 32000, 44100, 48000, 96000)
     AUDIO_FORMAT = "s16"
-
-    def _add_video(self, preset: str, crf: int) -> av.VideoStream:
-        video = self._container.add_stream("prores_ks", rate=self.fps)
-        video.pix_fmt = "yuva444p10le"
-        video.options = dict(PRORES_OPTIONS)
-        video.thread_count = 0
-        return video
+    VIDEO_CODEC, PIX_FMT, VIDEO_OPTIONS = "prores_ks", "yuva444p10le", PRORES_OPTIONS
 
 
 def check_container(background: str, out: Path) -> None:
