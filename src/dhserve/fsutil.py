@@ -26,12 +26,17 @@ def remove_quietly(path: Path) -> None:
         pass
 
 
+def existing_parent(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists (for free disk before the dir is made)."""
+    path = path.absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
 def free_mb(folder: Path) -> float:
     """Free space where `folder` lies, in MB (of its nearest existing ancestor)."""
-    for place in (folder, *folder.parents):
-        if place.exists():
-            return shutil.disk_usage(place).free / 2**20
-    return float("inf")
+    return shutil.disk_usage(existing_parent(folder)).free / 2**20
 
 
 def unwritable_reason(path: Path) -> OSError | None:

@@ -21,6 +21,7 @@ from dhserve.doctor.base import (
     Facts,
     guarded,
 )
+from dhserve.fsutil import existing_parent
 
 # A few hours of 1080p results, the template cache, logs
 DISK_WARN_BYTES = 5 * BYTES_PER_GIB
@@ -72,14 +73,6 @@ def _memory() -> Check:
                      "free memory, or lower DHSERVE_FRAME_CACHE_MB and GUNICORN_MAX_MEMORY so "
                      "workers recycle before the OOM killer strikes", data=mem_data)
     return Check("system", "memory", OK, mem_text, data=mem_data)
-
-
-def existing_parent(path: Path) -> Path:
-    """`path`, or its nearest ancestor that exists (for free disk before the dir is made)."""
-    path = path.absolute()
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
 
 
 def _disk(data_dir: Path) -> Check:

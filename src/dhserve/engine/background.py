@@ -119,7 +119,9 @@ class Compositor:
 
     @classmethod
     def create(cls, background: str, width: int, height: int) -> Compositor:
-        check_background(background)
+        problem = background_problem(background)     # a bad file: load_image below refuses it
+        if problem:
+            raise OptionsInvalid("background", problem)
         if background == TRANSPARENT:
             return cls(background, width, height)
         if background.startswith("#"):

@@ -135,15 +135,6 @@ def _target(url: str, field: str) -> _Target:
                    f"{path}?{parts.query}" if parts.query else path, authorization)
 
 
-def checked_addresses(url: str, field: str, allowed: Iterable[Network] = (),
-                      resolver: Resolver = resolve) -> list[SocketAddress]:
-    """Resolves the URL's host once and returns its addresses, every one of them checked.
-    InputError input.url_not_allowed when any is internal and not allowed (a name that
-    answers both a public and an internal address is refused: that is how rebinding
-    starts); nothing has connected anywhere by then."""
-    return _checked(_target(url, field), field, tuple(allowed), resolver)
-
-
 def _checked(target: _Target, field: str, allowed: tuple[Network, ...],
              resolver: Resolver, watch: _Watch | None = None) -> list[SocketAddress]:
     try:

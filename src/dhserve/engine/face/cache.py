@@ -48,9 +48,7 @@ class AnalysisCache:
         try:
             with np.load(self.masks_path_for(digest), allow_pickle=False) as stored:
                 masks = stored["masks"]
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):   # absent, damaged
             return None
         return masks if masks.ndim == 3 and masks.dtype == np.uint8 else None
 
