@@ -150,14 +150,22 @@ def choose_files(browser, video: Path | None, audio: Path | None) -> None:
             field.send_keys(str(path))
 
 
+READ_PROGRESS = """
+const text = (id) => document.getElementById(id).textContent.trim();
+return [document.getElementById("progress").dataset.state || "",
+        text("progress-percent"), text("progress-stage")];
+"""
+
+
 def follow_progress(browser, timeout: float) -> list[tuple[int, str]]:
     """The (percent, stage) the progress bar showed until the job ended."""
     seen: list[tuple[int, str]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = by_id(browser, "progress").get_attribute("data-state")
-        shown = (int(text(browser, "progress-percent").rstrip(" %") or 0),
-                 text(browser, "progress-stage"))
+        # One script reads all three: separate reads can straddle an update of the
+        # page and pair the upload's 100 % with the job's first stage.
+        state, percent, stage = browser.execute_script(READ_PROGRESS)
+        shown = (int(percent.rstrip(" %") or 0), stage)
         if not seen or seen[-1] != shown:
             seen.append(shown)
         if state in ("succeeded", "failed", "canceled"):
