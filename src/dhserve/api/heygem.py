@@ -32,6 +32,7 @@ from dhserve.errors import (
     DhserveError,
     InputError,
     JobNotFound,
+    OptionsInvalid,
     RequestInvalid,
     StorageFull,
     first_line,
@@ -73,6 +74,8 @@ STAGE_NAMES = {
     Stage.FAILED: "失败",
     Stage.DONE: "完成",
 }
+BACKGROUND, KEEP, TRANSPARENT = "background", "keep", "transparent"
+TRANSPARENT_REFUSAL = "HeyGem's result is an .mp4; use /v1/jobs with container webm or mov"
 FIELD_NAMES = {"video": "video_url", "audio": "audio_url", "loop": "pn",
                **{option: flag for flag, option in FLAGS.items()}}
 
@@ -149,18 +152,32 @@ def _spec(code: str, body: dict[str, Any]
     """The job a submit asks for, and its inputs' local paths -> the names the client gave.
     A malformed request raises (10002); an input that may not be used (outside the roots,
     another scheme) comes back as the refusal to record: the client learns it from
-    /easy/query, status 3, as it learns every other input problem."""
+    /easy/query, status 3, as it learns every other input problem. So does a transparent
+    background, which HeyGem's .mp4 result cannot hold."""
     settings = context().settings
     options = _options(body)
+    background = _background(body)
+    image = None
+    if background is not None and (background in (KEEP, TRANSPARENT)
+                                   or background.startswith("#")):
+        options["background"] = background
+    elif background is not None:
+        image = background      # an image, given as video_url is: a URL, name or path
     output = str((settings.temp_dir / f"{code}-r.mp4").resolve())
-    video, audio = (input_text(body[name], name) for name in ("video_url", "audio_url"))
+    given = {name: input_text(body[name], name) for name in ("video_url", "audio_url")}
+    if image is not None:
+        given[BACKGROUND] = image
     try:
-        located = {name: resolve_input(given, name, settings)
-                   for name, given in (("video_url", video), ("audio_url", audio))}
+        located = {name: resolve_input(text, name, settings) for name, text in given.items()}
     except InputError as exc:
-        return JobSpec(video, audio, output, options), exc, {}
-    named = {located["video_url"]: video, located["audio_url"]: audio}
-    return JobSpec(located["video_url"], located["audio_url"], output, options), None, named
+        return JobSpec(given["video_url"], given["audio_url"], output, options,
+                       background=image), exc, {}
+    named = {located[name]: text for name, text in given.items()}
+    spec = JobSpec(located["video_url"], located["audio_url"], output, options,
+                   background=located.get(BACKGROUND))
+    if background == TRANSPARENT:
+        return spec, OptionsInvalid(BACKGROUND, TRANSPARENT_REFUSAL), named
+    return spec, None, named
 
 
 @blueprint.errorhandler(HTTPException)
@@ -187,12 +204,18 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     for name, option in FLAGS.items():
         if _flag(body, name, False):
             options[option] = True
-    background = body.get("background")      # dhserve's own field: HeyGem never sends it
-    if background not in (None, ""):
-        if not isinstance(background, str):
-            raise RequestInvalid("background", f"must be a string; got {background!r}")
-        options["background"] = background.strip()
     return options
+
+
+def _background(body: dict[str, Any]) -> str | None:
+    """dhserve's own `background` field (HeyGem's clients never send it): keep, a #rrggbb
+    colour, or an image's URL, name or path; None when not given."""
+    background = body.get(BACKGROUND)
+    if background in (None, ""):
+        return None
+    if not isinstance(background, str):
+        raise RequestInvalid(BACKGROUND, f"must be a string; got {background!r}")
+    return background.strip() or None
 
 
 def _flag(body: dict[str, Any], name: str, default: bool) -> bool:

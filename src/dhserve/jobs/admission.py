@@ -3,8 +3,8 @@
 /easy/submit, /v1/jobs and `dhserve jobs submit` all call `admit`, so a refusal reads the
 same everywhere and nothing is checked twice. It runs in the web tier (or the CLI): it looks
 at files and headers only (free space, options, model files, overlay images, the inputs'
-media headers), loads no model and never imports the render pipeline. Needs no Flask: the
-caller counts what it admitted.
+media headers, a background image), loads no model and never imports the render pipeline.
+Needs no Flask: the caller counts what it admitted.
 """
 
 from __future__ import annotations
@@ -15,16 +15,30 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError
 
 from dhserve.config import Settings
+from dhserve.engine.background import load_image
+from dhserve.engine.image_header import image_size
+from dhserve.engine.media_input import check_file
 from dhserve.engine.preflight import RenderOptions, check_models, check_overlays
 from dhserve.engine.probe import probe
-from dhserve.errors import NO_STREAM, InputError, InputNotFound, RequestInvalid, StorageFull
+from dhserve.errors import (
+    NO_STREAM,
+    InputError,
+    InputNotFound,
+    OptionsInvalid,
+    RequestInvalid,
+    StorageFull,
+)
 from dhserve.fsutil import free_mb
 from dhserve.jobs.downloads import is_url
 from dhserve.jobs.model import Job, JobSpec
-from dhserve.jobs.options import job_render_options
+from dhserve.jobs.options import job_container, job_render_options
 from dhserve.jobs.store import JobStore
 
 KINDS = ("video", "audio")
+BACKGROUND = "background"       # the optional third input: an image behind the person
+# A background image may have this many times the pixels of the largest template allowed
+# (a 12 MP photo fits at the default); a bigger header is refused before decoding a pixel.
+BACKGROUND_PIXELS_FACTOR = 4
 
 
 def admit(settings: Settings, store: JobStore, job_id: str, spec: JobSpec,
@@ -57,6 +71,11 @@ def admit(settings: Settings, store: JobStore, job_id: str, spec: JobSpec,
                             settings.max_video_pixels)
             except InputError as exc:
                 raise public_error(exc, settings, named) from None
+        if spec.background is not None and not is_url(spec.background):
+            try:
+                check_background_image(Path(spec.background), settings)
+            except InputError as exc:
+                raise public_error(exc, settings, named) from None
     except (InputError, StorageFull) as exc:
         if not record_refusal or isinstance(exc, RequestInvalid):
             raise
@@ -84,6 +103,7 @@ def check_job(settings: Settings, spec: JobSpec) -> RenderOptions:
     present ("needs models/GFPGANv1.4.onnx"), and that the overlays they ask for are
     configured and readable images. Reads files only; loads no model."""
     options = job_render_options(settings, spec.options)
+    job_container(spec)
     check_models(options, settings)
     check_overlays(options, settings)
     return options
@@ -102,6 +122,25 @@ def check_media(value: str, field: str, kind: str, max_mb: float, max_pixels: in
                             f"{exc.strerror or exc}") from None
     if getattr(info, kind) is None:
         raise NO_STREAM[kind](field, f"file has no {kind} stream")
+
+
+def check_background_image(path: Path, settings: Settings) -> None:
+    """A background image file can be used: it exists (input.not_found as for the other
+    inputs), is within the size limit, declares no more than BACKGROUND_PIXELS_FACTOR times
+    the template pixel limit (read from its header, before any decoding: a decompression
+    bomb), and decodes as an image (options.invalid naming `background` otherwise). Run at
+    submit for a local file and by the worker after downloading a URL."""
+    try:
+        check_file(path, BACKGROUND, settings.max_input_mb)
+        size = image_size(path)
+    except OSError as exc:          # a name too long for the file system, say
+        raise InputNotFound(BACKGROUND, f"cannot use this path: "
+                            f"{exc.strerror or exc}") from None
+    limit = BACKGROUND_PIXELS_FACTOR * settings.max_video_pixels
+    if size is not None and size[0] * size[1] > limit:
+        raise OptionsInvalid(BACKGROUND, f"{path.name}: the image is {size[0]}x{size[1]}, "
+                             f"over the limit of {limit} pixels")
+    load_image(path)
 
 
 def public_error(exc: InputError, settings: Settings,

@@ -26,6 +26,10 @@ class JobState(str, enum.Enum):
 FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
 # A worker counts as alive while its last heartbeat is younger than this many intervals.
 HEARTBEAT_STALE_FACTOR = 3.0
+# The containers a job's result can be written in, with the Content-Type it is served with.
+# An alpha channel (a transparent background) needs webm or mov; everything else is an mp4.
+CONTENT_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "mov": "video/quicktime"}
+TRANSPARENT = "transparent"
 
 
 @dataclass(frozen=True)
@@ -34,13 +38,32 @@ class JobSpec:
 
     video: str                      # path or http(s) URL of the template
     audio: str                      # path or http(s) URL of the speech
-    output: str | None = None       # where the result goes; None: <data dir>/results/<id>.mp4
-    options: dict[str, Any] = field(default_factory=dict)   # RenderOptions choices
+    output: str | None = None       # where the result goes; None: results/<id>.<container>
+    options: dict[str, Any] = field(default_factory=dict)   # RenderOptions choices + container
     priority: int = 0               # higher runs first
+    background: str | None = None   # path or http(s) URL of a background image, if any
 
     def payload(self) -> dict[str, Any]:
-        return {"video": self.video, "audio": self.audio, "output": self.output,
-                "options": dict(sorted(self.options.items())), "priority": self.priority}
+        """The spec as stored; `background` only when given, so that a job submitted before
+        image backgrounds existed compares equal when it is submitted again."""
+        payload = {"video": self.video, "audio": self.audio, "output": self.output,
+                   "options": dict(sorted(self.options.items())), "priority": self.priority}
+        if self.background is not None:
+            payload["background"] = self.background
+        return payload
+
+    @property
+    def container(self) -> str:
+        """The result's container: the one chosen (options.container), else the output
+        name's, else webm for a transparent background and mp4 for any other. Admission
+        refuses a choice that cannot hold the background (jobs/options.py)."""
+        chosen = self.options.get("container")
+        if isinstance(chosen, str) and chosen in CONTENT_TYPES:
+            return chosen
+        named = Path(self.output).suffix.lower().lstrip(".") if self.output else ""
+        if named in CONTENT_TYPES:
+            return named
+        return "webm" if self.options.get("background") == TRANSPARENT else "mp4"
 
 
 @dataclass(frozen=True)
@@ -52,7 +75,7 @@ class Job:
     spec: JobSpec
     progress: int = 0               # 0..100
     stage: str = ""
-    result: str | None = None       # path of the finished MP4
+    result: str | None = None       # path of the finished video
     result_info: dict[str, Any] = field(default_factory=dict)  # frames, size, duration, cost
     error_code: str | None = None
     error_message: str | None = None
@@ -92,8 +115,10 @@ class WorkerInfo:
 
 def result_path(settings: Settings, job: Job) -> Path:
     """Where a job's result goes: the output it names (HeyGem's temp/<code>-r.mp4), else
-    results/<id>.mp4."""
-    return Path(job.spec.output) if job.spec.output else settings.results_dir / f"{job.id}.mp4"
+    results/<id>.<container> (.mp4, or .webm / .mov for a transparent background)."""
+    if job.spec.output:
+        return Path(job.spec.output)
+    return settings.results_dir / f"{job.id}.{job.spec.container}"
 
 
 # Where a job's inputs live in the data dir, in one place for the API (which writes uploads),

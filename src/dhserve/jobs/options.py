@@ -1,5 +1,7 @@
 """A job's render choices: which ones a client may make, and of what JSON type (admission
-checks them before the job is queued; the worker reads them again when it renders)."""
+checks them before the job is queued; the worker reads them again when it renders). Besides
+RenderOptions' fields a job chooses its result's `container`, which is no render option: the
+output's name carries it to the render."""
 
 from __future__ import annotations
 
@@ -7,15 +9,19 @@ import json
 import math
 import typing
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from dhserve.config import Settings
 from dhserve.engine.preflight import RenderOptions
 from dhserve.errors import OptionsInvalid
+from dhserve.jobs.model import CONTENT_TYPES, TRANSPARENT, JobSpec
 
 # Service limits and the batch size (memory) stay the operator's; a job may choose the rest.
 NOT_JOB_OPTIONS = frozenset({"max_input_mb", "max_video_seconds", "max_audio_seconds",
                              "max_video_pixels", "frame_cache_mb", "batch_size"})
+CONTAINER = "container"         # the job's own choice: not a RenderOptions field
+KEEP = "keep"
 # What a JSON value must be for a field of this type (bool is not a number; an integer is
 # a fine float); the words say it to a client who sent something else.
 JSON_KINDS: dict[type, tuple[str, typing.Callable[[Any], bool]]] = {
@@ -67,28 +73,60 @@ def _shown(value: Any, limit: int = 40) -> str:
 
 def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOptions:
     """A job's options over the service's defaults; unknown or reserved names, and values of
-    the wrong type, are refused (InputError options.invalid naming the option)."""
+    the wrong type, are refused (InputError options.invalid naming the option). The
+    `container` choice is checked here and left out of the RenderOptions."""
     if not isinstance(options, dict):
         raise OptionsInvalid("options",
                              f"must be an object; got {_json_kind(options)}")
-    allowed = set(RenderOptions.__dataclass_fields__) - NOT_JOB_OPTIONS
+    allowed = set(RenderOptions.__dataclass_fields__) - NOT_JOB_OPTIONS | {CONTAINER}
     for name, value in options.items():
         if name not in allowed:
             raise OptionsInvalid(str(name)[:64],
                                  f"unknown option; a job may set {', '.join(sorted(allowed))}")
-        problem = type_problem(name, value) or (
-            _job_background_problem(value) if name == "background" else None)
+        if name == CONTAINER:
+            problem = _container_problem(value)
+        else:
+            problem = type_problem(name, value) or (
+                _job_background_problem(value) if name == "background" else None)
         if problem:
             raise OptionsInvalid(name, problem)
-    return RenderOptions.from_settings(settings, **options)
+    return RenderOptions.from_settings(
+        settings, **{name: value for name, value in options.items() if name != CONTAINER})
 
 
 def _job_background_problem(value: str) -> str | None:
-    """A job's background is keep or a #rrggbb colour: a job's result is an MP4 (no alpha)
-    and a file name would be a path on the server, which a client must not choose."""
-    if value == "keep" or value.startswith("#"):
+    """A job's background option is keep, transparent or a #rrggbb colour; an image is an
+    input of the job (JobSpec.background), never a file name here, which would be a path on
+    the server that a client must not choose."""
+    if value in (KEEP, TRANSPARENT) or value.startswith("#"):
         return None                                  # RenderOptions judges the colour
-    if value == "transparent":
-        return ("transparent needs a .webm or .mov result, which jobs do not write yet; "
-                "use dhserve render --background transparent --out x.webm")
-    return f"must be keep or a #rrggbb colour (like #00b140); got {_shown(value)}"
+    return (f"must be keep or a #rrggbb colour (like #00b140), or transparent; got "
+            f"{_shown(value)}; an image background is the input `background` (a file, URL "
+            "or path), not an option")
+
+
+def _container_problem(value: Any) -> str | None:
+    if isinstance(value, str) and value in CONTENT_TYPES:
+        return None
+    return f"must be {', '.join(CONTENT_TYPES)}; got {_json_kind(value)} {_shown(value)}"
+
+
+def job_container(spec: JobSpec) -> str:
+    """The container of the job's result, once it can hold what the job asks for: alpha
+    (transparent) only in webm or mov, and webm or mov only for alpha; an image and a
+    background option not both. OptionsInvalid naming the choice at fault otherwise."""
+    background = spec.options.get("background", KEEP)
+    if spec.background is not None and background != KEEP:
+        raise OptionsInvalid("background", "give an image or options.background, not both")
+    container = spec.container
+    if background == TRANSPARENT and container == "mp4":
+        raise OptionsInvalid(CONTAINER, "transparent output needs webm or mov (mp4 has no "
+                             "alpha channel)")
+    if background != TRANSPARENT and container != "mp4":
+        raise OptionsInvalid(CONTAINER, "webm and mov carry a transparent background; "
+                             "other backgrounds give an mp4")
+    named = Path(spec.output).suffix.lower().lstrip(".") if spec.output else container
+    if named != container and (named in CONTENT_TYPES or container != "mp4"):
+        raise OptionsInvalid(CONTAINER, f"the output's name ends in .{named}, the "
+                             f"container is {container}: name it .{container}")
+    return container

@@ -469,7 +469,8 @@ def _job(row: sa.Row) -> Job:
     return Job(
         id=m["id"], state=JobState(m["state"]),
         spec=JobSpec(video=spec["video"], audio=spec["audio"], output=spec.get("output"),
-                     options=spec.get("options") or {}, priority=spec.get("priority", 0)),
+                     options=spec.get("options") or {}, priority=spec.get("priority", 0),
+                     background=spec.get("background")),
         progress=m["progress"], stage=m["stage"], result=m["result"],
         result_info=m["result_info"] or {}, error_code=m["error_code"],
         error_message=m["error_message"], attempts=m["attempts"], created_at=m["created_at"],

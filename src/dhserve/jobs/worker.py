@@ -12,6 +12,7 @@ grace period, no hand-back.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import os
@@ -36,6 +37,7 @@ from dhserve.engine.pipeline import render
 from dhserve.engine.preflight import RenderOptions
 from dhserve.engine.progress import Progress
 from dhserve.errors import Canceled, DhserveError, RenderInternal, first_line
+from dhserve.jobs.admission import BACKGROUND, check_background_image
 from dhserve.jobs.downloads import download, is_url
 from dhserve.jobs.model import Job, JobState, download_dir, result_path
 from dhserve.jobs.options import job_render_options
@@ -314,6 +316,11 @@ class RenderWorker:
             options = job_render_options(self.settings, job.spec.options)
             video = self._input(job.spec.video, "video", downloads, progress, options)
             audio = self._input(job.spec.audio, "audio", downloads, progress, options)
+            if job.spec.background is not None:     # an image: the render's background
+                image = self._input(job.spec.background, BACKGROUND, downloads, progress,
+                                    options)
+                check_background_image(image, self.settings)
+                options = dataclasses.replace(options, background=str(image))
             out = result_path(self.settings, job)
             backend = self._backend(options.backend)
             result = render(video, audio, out, options, self.cache, progress, backend=backend,
