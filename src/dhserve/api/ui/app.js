@@ -9,7 +9,7 @@ const POLL_JOB_MS = 700;
 const POLL_LIST_MS = 2000;
 const POLL_HEALTH_MS = 2000;
 const RETRY_MS = 2000;           // a poll that failed for a temporary reason is tried again
-const FIELDS = ["video", "audio", "backend", "loop", "background"];
+const FIELDS = ["video", "audio", "backend", "loop", "background", "container"];
 const TEMPORARY = [0, 502, 503, 504];   // unreachable, or a service restarting behind a proxy
 
 const $ = (id) => document.getElementById(id);
@@ -41,9 +41,15 @@ const STRINGS = {
     backend: "Lip-sync backend", loop: "When the speech is longer",
     serverDefault: "server default", pingpong: "ping-pong the avatar",
     restart: "restart the avatar", background: "Background",
-    keepBackground: "keep the avatar's", greenScreen: "green screen", aColour: "a colour…",
+    keepBackground: "keep the avatar's", transparent: "transparent", aColour: "a colour",
+    anImage: "an image", backgroundColour: "colour", backgroundImage: "Background image",
+    container: "file format", webm: "WebM: plays in the browser",
+    mov: "MOV (ProRes 4444): for video editors", chooseImage: "choose an image file",
     render: "Render", result: "Result", resultEmpty: "The finished video plays here.",
-    download: "Download MP4", jobs: "Jobs", colJob: "Job", colState: "State",
+    download: (name) => `Download ${name}`,
+    notInBrowser: "A transparent MOV (ProRes 4444) opens in video editors; browsers do not " +
+                  "play it. Download it below.",
+    jobs: "Jobs", colJob: "Job", colState: "State",
     colProgress: "Progress", colSubmitted: "Submitted", colStarted: "Started",
     colFinished: "Finished", colTook: "Took", noJobs: "No jobs yet.",
     apiKey: "API key", keyNeeded: "This server needs an API key",
@@ -80,9 +86,15 @@ const STRINGS = {
     backend: "口型同步模型", loop: "语音比形象视频长时",
     serverDefault: "服务器默认", pingpong: "形象视频往返播放",
     restart: "形象视频从头播放", background: "背景",
-    keepBackground: "保留原背景", greenScreen: "绿幕", aColour: "纯色…",
+    keepBackground: "保留原背景", transparent: "透明", aColour: "纯色",
+    anImage: "图片", backgroundColour: "颜色", backgroundImage: "背景图片",
+    container: "文件格式", webm: "WebM：可在浏览器中播放",
+    mov: "MOV（ProRes 4444）：用于视频剪辑软件", chooseImage: "请选择一张图片",
     render: "提交", result: "结果", resultEmpty: "生成的视频在这里播放。",
-    download: "下载 MP4", jobs: "任务队列", colJob: "任务", colState: "状态",
+    download: (name) => `下载 ${name}`,
+    notInBrowser: "透明背景的 MOV（ProRes 4444）需用视频剪辑软件打开，浏览器无法播放。" +
+                  "请点击下方下载。",
+    jobs: "任务队列", colJob: "任务", colState: "状态",
     colProgress: "进度", colSubmitted: "提交时间", colStarted: "开始时间",
     colFinished: "结束时间", colTook: "耗时", noJobs: "还没有任务。",
     apiKey: "API 密钥", keyNeeded: "此服务器需要 API 密钥",
@@ -317,9 +329,21 @@ async function submitJob(event) {
   const options = {};
   if ($("backend").value) options.backend = $("backend").value;
   if ($("loop").value) options.loop = $("loop").value;
+  const backgroundFile = $("background-file").files[0];
   const background = $("background").value;
-  if (background === "colour") options.background = $("background-colour").value;
-  else if (background) options.background = background;
+  if (background === "transparent") {
+    options.background = "transparent";
+    options.container = $("container").value;
+  } else if (background === "colour") {
+    options.background = $("background-colour").value;
+  } else if (background === "image") {
+    // An image is a third input, uploaded like the video and the speech, not an option.
+    if (!backgroundFile) {
+      showError({ field: "background", detail: t("chooseImage") });
+      return;
+    }
+    form.append("background", backgroundFile);
+  }
   form.append("options", JSON.stringify(options));
 
   $("submit").disabled = true;
@@ -328,7 +352,8 @@ async function submitJob(event) {
     const job = await upload(form, (fraction) => showProgress(
       { stage: "uploading", progress: Math.round(fraction * 100) }, false));
     rememberNames(job.id, { video: videoFile ? videoFile.name : null,
-                            audio: audioFile ? audioFile.name : null });
+                            audio: audioFile ? audioFile.name : null,
+                            background: background === "image" ? backgroundFile.name : null });
     follow(job);
     refreshJobs();
   } catch (err) {
@@ -345,6 +370,15 @@ function onVideoFile() {
 
 function onReuse() {
   if ($("video-reuse").value) $("video-file").value = "";
+}
+
+// Under the background choice, what it needs: the colour picker, the image's file input, or
+// (transparent) the file format.
+function onBackground() {
+  const choice = $("background").value;
+  $("background-colour-choice").hidden = choice !== "colour";
+  $("background-image-choice").hidden = choice !== "image";
+  $("container-choice").hidden = choice !== "transparent";
 }
 
 // ---- following one job
@@ -398,6 +432,17 @@ async function follow(job) {
 
 // ---- the result
 
+const CONTAINER_NAMES = { mp4: "MP4", webm: "WebM", mov: "MOV" };
+
+// A finished job's file: its container (a job from before containers existed wrote an MP4),
+// whether a browser plays it (not ProRes), and whether it is see-through (a transparent WebM
+// shows over a checkerboard; its alpha would otherwise look black).
+function resultFile(job) {
+  const container = job.result.container || "mp4";
+  return { container, playable: container !== "mov",
+           seeThrough: container === "webm" && (job.options || {}).background === "transparent" };
+}
+
 // Puts a finished job's video in the player. Only the latest call does: when Play is clicked
 // for another job while this one's file is still loading, this one gives up.
 async function showResult(job) {
@@ -435,13 +480,21 @@ async function showResult(job) {
   }
   if (playerBlobUrl) URL.revokeObjectURL(playerBlobUrl);
   playerBlobUrl = source.startsWith("blob:") ? source : null;
-  player.src = source;
-  player.hidden = false;
+  const file = resultFile(job);
+  $("player-frame").classList.toggle("checkerboard", file.seeThrough);
+  if (file.playable) {
+    player.src = source;
+  } else {                       // only downloaded: the player lets go of the previous video
+    player.removeAttribute("src");
+    player.load();
+  }
+  player.hidden = !file.playable;
+  $("result-elsewhere").hidden = file.playable;
   $("result-empty").hidden = true;
   resultWords(job);
   const link = $("download");
   link.href = source;
-  link.setAttribute("download", `${job.id}.mp4`);
+  link.setAttribute("download", `${job.id}.${file.container}`);
   $("result-info").hidden = false;
 }
 
@@ -454,6 +507,8 @@ function resultWords(job) {
   if (r.elapsed) parts.push(t("renderedIn", r.elapsed.toFixed(1)));
   if (r.backend) parts.push(r.backend);
   $("result-summary").textContent = parts.join(" · ");
+  $("download").textContent = t("download", CONTAINER_NAMES[resultFile(job).container]);
+  $("result-elsewhere").textContent = t("notInBrowser");
 }
 
 // ---- the job list
@@ -483,7 +538,9 @@ function jobRow(job, row) {
   row.job = job;
   row.dataset.state = job.state;
   row.cells[0].title = `${job.id}\nvideo: ${names.video || job.inputs.video}\n` +
-                       `audio: ${names.audio || job.inputs.audio}`;
+                       `audio: ${names.audio || job.inputs.audio}` +
+                       (job.inputs.background
+                         ? `\nbackground: ${names.background || job.inputs.background}` : "");
   row.cells[1].replaceChildren(el("span", {
     class: `badge badge-${job.state}`,
     text: job.cancel_requested && !finished ? t("stage", "canceling") : t("state", job.state) }));
@@ -657,6 +714,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("job-form").addEventListener("submit", submitJob);
   $("video-file").addEventListener("change", onVideoFile);
   $("video-reuse").addEventListener("change", onReuse);
+  $("background").addEventListener("change", onBackground);
+  onBackground();               // a choice the browser kept across a reload
   // Without the key the page can do nothing: the dialog stays until one is given.
   $("key-dialog").addEventListener("cancel", (event) => event.preventDefault());
   $("key-dialog").addEventListener("close", () => {
@@ -670,9 +729,4 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   every(POLL_HEALTH_MS, refreshHealth);
   every(POLL_LIST_MS, refreshJobs);
-});
-
-// The colour picker shows only when "a colour…" is chosen.
-$("background").addEventListener("change", () => {
-  $("background-colour").hidden = $("background").value !== "colour";
 });
