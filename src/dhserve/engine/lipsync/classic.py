@@ -3,7 +3,10 @@
 The jaw and lower lip move down along the face's own axis by an amount that follows the
 per-frame mouth openness. The upper face never moves. Below the lip seam a smooth displacement
 field carries the lower lip, chin and jaw down (fading out towards the cheeks and below the
-chin); the gap that opens between the lips is shaded as the inside of a mouth. Everything is
+chin); the gap that opens between the lips is shaded as the inside of a mouth. The mouth's
+shape from the spectrum (engine/visemes.py) moves the corners along the mouth: out for a
+spread i/e, in for a rounded u/o (the whole lips with their corners, the cheeks taking up the
+motion, nothing above the nose tip), and presses the lips shut for m/b/p. Everything is
 sampled with one `cv2.remap` over a small box around the lower face, and blended in with the
 feathered lower-face mask, so there is no visible rectangle.
 """
@@ -28,11 +31,17 @@ MOUTH_EDGE = np.array([128, 60, 58], np.float32)   # near the lips
 TONGUE = np.array([150, 72, 76], np.float32)
 LOWER_TEETH = np.array([196, 184, 170], np.float32)  # in shadow behind the lower lip
 WIDTH_GAIN = 0.36        # corners move out (spread) by this fraction of the width, in total
-ROUND_GAIN = 0.40        # and in (rounded) by this one: lips pushed forward narrow more
+ROUND_GAIN = 0.42        # and in (rounded) by this one: lips pushed forward narrow more
 ROUND_HEIGHT = 0.25      # a rounded opening is this much taller ...
 SPREAD_HEIGHT = 0.08     # ... and a spread one this much flatter, relative to its width
-WIDTH_REACH = (0.45, 1.0)   # mouth widths from the centre: corner motion full → none (cheeks)
-LIP_BAND = (0.45, 0.9)   # mouth widths above / below the seam where the corner motion fades
+ROUND_GAP = 0.15         # a rounded opening is this much narrower than the lips around it
+WIDTH_REACH = (0.6, 1.2)    # mouth widths from the centre: the corners and the skin just
+                            # outside them move as one up to the first, cheeks fade to the second
+LIP_BAND = (0.1, 0.6)    # mouth widths below the seam where the corner motion fades: the
+                         # lower lip moves with the corners, the chin and jaw line do not
+# Outer edge of the upper lip, corner to corner: above it the corner motion fades out
+# towards the nose.
+UPPER_OUTER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
 SOLVER_STEPS = 3
 COARSE_STEP = 4           # pixels between the samples of the smooth motion field
 
@@ -51,7 +60,11 @@ class MouthWarp:
         w = self.face.mouth_width
         self.w = w
         self.width = float(np.clip(width, -1.0, 1.0))
-        self.half_gap = GAP_HALF_WIDTH * (1 + WIDTH_GAIN * self.width)
+        # Each corner moves out (in) by this many pixels; the opening keeps its share of the
+        # lips' new width, a rounded one a little less (a small round hole).
+        self.corner_shift = self._gain() * self.width * 0.5 * w
+        self.half_gap = (GAP_HALF_WIDTH * (1 + self._gain() * self.width)
+                         * (1 + ROUND_GAP * min(self.width, 0.0)))
         self.amount = (float(openness) * max_opening * w * (1 - float(np.clip(closure, 0, 1)))
                        * self._height_factor())
         uu, vu = self.face.to_face(points[list(UPPER_INNER_LIP)])
@@ -61,16 +74,20 @@ class MouthWarp:
         self.seam_u, self.seam_v = grid, seam
         _, self.chin_v = self.face.to_face(points[CHIN])
         _, nose_v = self.face.to_face(points[NOSE_TIP])
-        # The corner motion fades out above the lips, well below the nostrils.
-        lip_to_nose = max(float(seam.min()) - float(nose_v), 1.0)
-        self.reach_up = min(LIP_BAND[0] * w, 0.6 * lip_to_nose)
+        # The corner motion carries the whole upper lip and fades out between its outer edge
+        # and the nose tip (the philtrum and nostrils barely move: they lie near the centre).
+        self.lip_top_u, self.lip_top_v = _sorted(*self.face.to_face(points[list(UPPER_OUTER_LIP)]))
+        self.top_v = min(float(nose_v), float(self.lip_top_v.min()) - 2.0)
+
+    def _gain(self) -> float:
+        return WIDTH_GAIN if self.width > 0 else ROUND_GAIN
 
     def _height_factor(self) -> float:
         """A rounded opening is taller; a spread one grows with the mouth's new width, a
         little flatter in proportion (the gap stays a like fraction of the mouth width)."""
         if self.width < 0:
             return 1 - ROUND_HEIGHT * self.width
-        return (1 + WIDTH_GAIN * self.width) * (1 - SPREAD_HEIGHT * self.width)
+        return (1 + self._gain() * self.width) * (1 - SPREAD_HEIGHT * self.width)
 
     def seam(self, u: np.ndarray) -> np.ndarray:
         """The line where the lips meet (v of the seam at each u); flat beyond the corners."""
@@ -100,17 +117,19 @@ class MouthWarp:
 
     def sideways(self, u: np.ndarray, below: np.ndarray) -> np.ndarray:
         """How far the point at (u, `below` the seam) moves along the mouth (pixels): the
-        corners out for a spread mouth, in for a rounded one; the lips stretch evenly and the
-        cheeks take up the rest smoothly, so nothing tears."""
+        corners out for a spread mouth, in for a rounded one. The lips stretch evenly, the
+        corners move with the skin just outside them (their folds and shadows stay corners,
+        not streaks) and the cheeks take up the rest over half a mouth width, so nothing
+        creases or tears."""
         w = self.w
         if abs(self.width) < 1e-3:
             return np.zeros_like(u)
         reach = 1 - _smoothstep(WIDTH_REACH[0] * w, WIDTH_REACH[1] * w, np.abs(u))
-        along = np.clip(u / (WIDTH_REACH[0] * w), -1.0, 1.0) * reach
-        up = _smoothstep(-self.reach_up, 0.0, below)
-        down = 1 - _smoothstep(0.3 * w, LIP_BAND[1] * w, below)
-        gain = WIDTH_GAIN if self.width > 0 else ROUND_GAIN
-        return gain * self.width * 0.5 * w * along * up * down
+        along = np.clip(u / (0.5 * w), -1.0, 1.0) * reach
+        v = self.seam(u) + below
+        up = _smoothstep(self.top_v, np.interp(u, self.lip_top_u, self.lip_top_v), v)
+        down = 1 - _smoothstep(LIP_BAND[0] * w, LIP_BAND[1] * w, below)
+        return self.corner_shift * along * up * down
 
     def source_below(self, u: np.ndarray, below_out: np.ndarray,
                      gap: np.ndarray) -> np.ndarray:
@@ -133,7 +152,7 @@ class MouthWarp:
         """Pixel box (x0, y0, x1, y1) outside which the field is exactly zero."""
         w = self.w
         u = np.array([-1.25, 1.25, -1.25, 1.25]) * w
-        top = float(self.seam_v.min()) - (self.reach_up if abs(self.width) >= 1e-3 else 0) - 2
+        top = (self.top_v if abs(self.width) >= 1e-3 else float(self.seam_v.min())) - 2
         bottom = float(self.chin_v) + (NECK_FADE + 0.2) * w
         v = np.array([top, top, bottom, bottom])
         corners = self.face.to_image(u, v)
@@ -154,7 +173,7 @@ def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
     """The frame with the mouth opened by `openness` (0..1), spread (`width` > 0) or rounded
     (< 0) and pressed shut by `closure` (0..1); the input is not modified."""
     warp = MouthWarp(points, openness, max_opening, width, closure)
-    if warp.amount < 0.25 and abs(warp.width * WIDTH_GAIN * warp.w) < 0.5:
+    if warp.amount < 0.25 and abs(warp.corner_shift) < 0.5:
         return frame
     x0, y0, x1, y1 = warp.box(frame.shape)
     if x1 - x0 < 4 or y1 - y0 < 4:
@@ -171,8 +190,11 @@ def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
     size = (x1 - x0, y1 - y0)
     shift = cv2.resize(coarse_shift, size, interpolation=cv2.INTER_LINEAR)
     shift = np.where(below_out > 0, np.maximum(shift, 0), 0).astype(np.float32)
-    # Sideways: the inverse of u -> u + s(u) by one fixed-point step (s is small and smooth).
-    coarse_side = warp.sideways(cu - warp.sideways(cu, cb), cb).astype(np.float32)
+    # Sideways: the inverse of u -> u + s(u) by fixed-point steps (s is smooth, |s'| < 0.6).
+    coarse_side = warp.sideways(cu, cb)
+    for _ in range(2):
+        coarse_side = warp.sideways(cu - coarse_side, cb)
+    coarse_side = coarse_side.astype(np.float32)
     side = cv2.resize(coarse_side, size, interpolation=cv2.INTER_LINEAR)
     map_x = xs - shift * np.float32(warp.face.ey[0]) - side * np.float32(warp.face.ex[0])
     map_y = ys - shift * np.float32(warp.face.ey[1]) - side * np.float32(warp.face.ex[1])
