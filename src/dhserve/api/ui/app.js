@@ -43,8 +43,8 @@ const STRINGS = {
     restart: "restart the avatar", background: "Background",
     keepBackground: "keep the avatar's", transparent: "transparent", aColour: "a colour",
     anImage: "an image", backgroundColour: "colour", backgroundImage: "Background image",
-    container: "file format", webm: "WebM: plays in the browser",
-    mov: "MOV (ProRes 4444): for video editors", chooseImage: "choose an image file",
+    container: "file format", webm: "WebM: plays here", mov: "MOV: for editors",
+    chooseImage: "choose an image file",
     render: "Render", result: "Result", resultEmpty: "The finished video plays here.",
     download: (name) => `Download ${name}`,
     notInBrowser: "A transparent MOV (ProRes 4444) opens in video editors; browsers do not " +
@@ -88,8 +88,8 @@ const STRINGS = {
     restart: "形象视频从头播放", background: "背景",
     keepBackground: "保留原背景", transparent: "透明", aColour: "纯色",
     anImage: "图片", backgroundColour: "颜色", backgroundImage: "背景图片",
-    container: "文件格式", webm: "WebM：可在浏览器中播放",
-    mov: "MOV（ProRes 4444）：用于视频剪辑软件", chooseImage: "请选择一张图片",
+    container: "文件格式", webm: "WebM：网页可播放", mov: "MOV：用于剪辑软件",
+    chooseImage: "请选择一张图片",
     render: "提交", result: "结果", resultEmpty: "生成的视频在这里播放。",
     download: (name) => `下载 ${name}`,
     notInBrowser: "透明背景的 MOV（ProRes 4444）需用视频剪辑软件打开，浏览器无法播放。" +
