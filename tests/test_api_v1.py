@@ -47,6 +47,9 @@ def test_json_submit_poll_and_download_with_ranges(service, inputs):
 
     whole = svc.client.get(done["result"]["url"])
     assert whole.status_code == 200 and whole.mimetype == "video/mp4"
+    assert (done["result"]["container"], done["result"]["content_type"]) == ("mp4", "video/mp4")
+    assert f"filename={job['id']}.mp4" in whole.headers["Content-Disposition"]
+    assert "background" not in done["inputs"]
     assert whole.headers["Accept-Ranges"] == "bytes"
     size = len(whole.data)
     with av.open(io.BytesIO(whole.data)) as container:

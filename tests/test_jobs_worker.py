@@ -22,6 +22,7 @@ from conftest import dhserve_process, wait_for, write_wav
 from dhserve.config import Settings
 from dhserve.engine.audio import decode_speech
 from dhserve.jobs import JobSpec, JobState, JobStore
+from dhserve.jobs.model import result_path, upload_dir
 from dhserve.jobs.retention import prune_finished
 from dhserve.jobs.schema import jobs
 from dhserve.jobs.worker import RenderWorker
@@ -450,6 +451,34 @@ def test_partial_results_of_killed_renders_are_swept_wherever_results_go(data_di
     prune_finished(sqlite_store, settings)
     assert [p.name for p in gone if p.exists()] == []
     assert [p.name for p in kept if not p.exists()] == []
+
+
+def test_retention_and_partials_follow_the_result_container(data_dir, sqlite_store):
+    """A transparent job's .webm / .mov result and a job's uploaded background image go with
+    the job; the partial .mov a running transparent job writes stays."""
+    settings = Settings(data_dir=data_dir)
+    image = upload_dir(settings, "sky") / "background-0123.png"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"png")
+    for job_id, spec in (("clear", JobSpec("v", "a", options={"background": "transparent"})),
+                         ("sky", JobSpec("v", "a", background=str(image)))):
+        sqlite_store.submit(job_id, spec)
+        job = sqlite_store.claim("w")
+        out = result_path(settings, job)
+        _aged(out, 0)
+        sqlite_store.succeed(job_id, "w", str(out))
+    assert sqlite_store.get("clear").result == str(settings.results_dir / "clear.webm")
+    assert sqlite_store.get("sky").spec.background == str(image)     # stored and read back
+    with sqlite_store.engine.begin() as conn:
+        conn.execute(jobs.update().values(finished_at=jobs.c.finished_at - 8 * 86400))
+    sqlite_store.submit("held", JobSpec("v", "a", options={"background": "transparent",
+                                                           "container": "mov"}))
+    held = result_path(settings, sqlite_store.claim("w"))
+    assert held.name == "held.mov"
+    writing = _aged(held.with_name(".held.mov.0a1b2c3d4e5f.part"), 120)
+    assert prune_finished(sqlite_store, settings) == 2
+    assert sorted(p.name for p in settings.results_dir.iterdir()) == [writing.name]
+    assert not upload_dir(settings, "sky").exists()
 
 
 def test_a_rerun_removes_the_partial_file_of_the_attempt_that_was_killed(

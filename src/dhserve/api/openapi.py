@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from dhserve import __version__
+from dhserve.jobs.model import CONTENT_TYPES
 
 blueprint = Blueprint("openapi", __name__)
 
@@ -51,7 +52,11 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["audio_url", "video_url", "code"],
         "properties": {"audio_url": {"type": "string"}, "video_url": {"type": "string"},
                        "code": {"type": "string"}, "chaofen": FLAG, "watermark_switch": FLAG,
-                       "digital_auth": FLAG, "pn": FLAG}},
+                       "digital_auth": FLAG, "pn": FLAG,
+                       "background": {"type": "string", "description": "dhserve's own: keep, "
+                                      "#rrggbb, or an image (URL, name or path, resolved as "
+                                      "video_url is); transparent is refused (the result is "
+                                      "an .mp4)"}}},
     "HeyGemEnvelope": {
         "type": "object", "required": ["code", "data", "msg", "success"],
         "properties": {"code": {"enum": [10000, 10001, 10002, 10003, 10004, 10005, 9999]},
@@ -79,14 +84,21 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"video": {"type": "string", "description": "http(s) URL, or a path "
                                  "inside the data dir (a bare name: in temp/)"},
                        "audio": {"type": "string"},
+                       "background": {"type": "string", "description": "optional background "
+                                      "image (PNG, JPEG, WebP, BMP, TIFF): http(s) URL or a "
+                                      "path, as video"},
                        "options": {"type": "object", "description": "backend, loop, "
                                    "x264_preset, crf, multiple_faces, face_restore, "
-                                   "watermark, ai_label, background (keep or #rrggbb)"},
+                                   "watermark, ai_label, background (keep, transparent or "
+                                   "#rrggbb), container (mp4, webm or mov; webm and mov only "
+                                   "for transparent, which defaults to webm)"},
                        "priority": {"type": "integer"}}},
     "JobUpload": {
         "type": "object",
         "properties": {"video": {"type": "string", "contentMediaType": "application/octet-stream"},
                        "audio": {"type": "string", "contentMediaType": "application/octet-stream"},
+                       "background": {"type": "string", "description": "an image file, or "
+                                      "its URL or path"},
                        "options": {"type": "string", "description": "JSON object"},
                        "priority": {"type": "string", "description": "JSON integer"}}},
     "Job": {
@@ -102,7 +114,10 @@ SCHEMAS: dict[str, Any] = {
             "priority": {"type": "integer"},
             "inputs": {"type": "object", "required": ["video", "audio"],
                        "properties": {"video": {"type": "string"},
-                                      "audio": {"type": "string"}}},
+                                      "audio": {"type": "string"},
+                                      "background": {"type": "string",
+                                                     "description": "the background image, "
+                                                                    "when one was given"}}},
             "options": {"type": "object"},
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": NULLABLE_STR, "finished_at": NULLABLE_STR,
@@ -113,7 +128,10 @@ SCHEMAS: dict[str, Any] = {
                                "message": NULLABLE_STR}}]},
             "result": {"oneOf": [{"type": "null"}, {
                 "type": "object", "required": ["url"],
-                "properties": {"url": {"type": "string"}, "frames": {"type": "integer"},
+                "properties": {"url": {"type": "string"},
+                               "container": {"enum": list(CONTENT_TYPES)},
+                               "content_type": {"enum": list(CONTENT_TYPES.values())},
+                               "frames": {"type": "integer"},
                                "width": {"type": "integer"}, "height": {"type": "integer"},
                                "fps": {"type": "number"}, "duration": {"type": "number"},
                                "elapsed": {"type": "number"}, "backend": {"type": "string"},
@@ -166,6 +184,7 @@ SCHEMAS: dict[str, Any] = {
 HEYGEM = _json(_ref("HeyGemEnvelope"), "HeyGem envelope; the outcome is in `code`")
 HEYGEM_QUERY = _json(_ref("HeyGemQueryEnvelope"), "HeyGem envelope; `data` is the task")
 JOB = _json(_ref("Job"), "the job")
+VIDEOS: dict[str, Any] = {media: {} for media in CONTENT_TYPES.values()}
 LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
 
 
@@ -233,12 +252,13 @@ def document() -> dict[str, Any]:
                                **_problems(401, 404, 409, 503)}}},
             "/v1/jobs/{job_id}/result": {
                 "parameters": [JOB_ID],
-                "get": {"summary": "The MP4 (Range requests answer 206)",
+                "get": {"summary": "The video: mp4, or webm / mov with alpha (Range "
+                                   "requests answer 206)",
                         "responses": {
                             "200": {"description": "the video",
-                                    "content": {"video/mp4": {}}},
+                                    "content": VIDEOS},
                             "206": {"description": "part of the video (Content-Range)",
-                                    "content": {"video/mp4": {}}},
+                                    "content": VIDEOS},
                             "304": {"description": "not modified"},
                             **_problems(401, 404, 409, 410, 416, 503)}}},
             "/health": {"get": {"summary": "Status, version, device, queue, workers, GPU",

@@ -1,5 +1,6 @@
-"""The REST API: /v1/jobs. JSON in (URLs or paths) or a multipart upload of the two files;
-jobs as JSON documents; errors as problem details (dhserve.api.problems)."""
+"""The REST API: /v1/jobs. JSON in (URLs or paths) or a multipart upload of the files (video,
+audio, and an optional background image); jobs as JSON documents; errors as problem details
+(dhserve.api.problems)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,17 @@ from dhserve.api.context import (
     public_path,
 )
 from dhserve.api.inputs import resolve_input, save_upload, spooled_form
-from dhserve.errors import DhserveError, JobFinished, JobNotReady, RequestInvalid, ResultGone
+from dhserve.errors import (
+    DhserveError,
+    JobFinished,
+    JobNotReady,
+    OptionsInvalid,
+    RequestInvalid,
+    ResultGone,
+)
 from dhserve.fsutil import remove_quietly
-from dhserve.jobs.admission import KINDS, admit, check_free_space, public_text
-from dhserve.jobs.model import Job, JobSpec, JobState
+from dhserve.jobs.admission import BACKGROUND, KINDS, admit, check_free_space, public_text
+from dhserve.jobs.model import CONTENT_TYPES, Job, JobSpec, JobState
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -45,7 +53,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         options, priority = _choices(fields)
         inputs = {kind: _input(kind, fields, uploaded, named) for kind in KINDS}
         spec = JobSpec(video=inputs["video"], audio=inputs["audio"], options=options,
-                       priority=priority)
+                       priority=priority, background=_image(fields, uploaded, named))
         job, created = admit(ctx.settings, ctx.store, job_id, spec, named=named)
     except Exception:
         _discard(uploaded, job_id)
@@ -90,7 +98,7 @@ def _discard(created: list[Path], job_id: str) -> None:
     is swept by the workers' housekeeping."""
     try:
         spec = context().store.get(job_id).spec
-        keep = {spec.video, spec.audio}
+        keep = {spec.video, spec.audio, spec.background}
     except (DhserveError, DBAPIError):  # no such job, or the store is down: none names them
         keep = set()
     for path in created:
@@ -102,6 +110,21 @@ def _discard(created: list[Path], job_id: str) -> None:
 
 def _json_field(value: str, name: str) -> Any:
     return parse_json(value, name)
+
+
+def _image(fields: dict[str, Any], uploaded: list[Path], named: dict[str, str]) -> str | None:
+    """The optional background image, an input like the others; None when not given. A
+    colour or `transparent` in its place is an option, said so."""
+    upload = request.files.get(BACKGROUND) if request.files else None
+    if (upload is None or not upload.filename) and fields.get(BACKGROUND) in (None, ""):
+        return None
+    given = fields.get(BACKGROUND)
+    if isinstance(given, str) and (given.strip() in ("keep", "transparent")
+                                   or given.strip().startswith("#")):
+        raise OptionsInvalid(BACKGROUND, f"the input `background` is an image (a file, an "
+                             f"http(s) URL or a path); {given.strip()!r} goes in "
+                             "options.background")
+    return _input(BACKGROUND, fields, uploaded, named)
 
 
 def _input(kind: str, fields: dict[str, Any], uploaded: list[Path],
@@ -158,7 +181,8 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
 
 @blueprint.get("/jobs/<job_id>/result")
 def job_result(job_id: str) -> Response:
-    """The MP4, with Range support (206) so a player can seek."""
+    """The video (mp4, or webm/mov with alpha), with Range support (206) so a player can
+    seek."""
     g.job_id = job_id
     job = context().store.get(job_id)
     if job.state is not JobState.SUCCEEDED:
@@ -170,8 +194,9 @@ def job_result(job_id: str) -> Response:
     path = Path(job.result or "")
     if not path.is_file():
         raise ResultGone(f"the result of job {job_id!r} no longer exists")
-    return send_file(path, mimetype="video/mp4", conditional=True, etag=True,
-                     download_name=f"{job_id}.mp4", max_age=0)
+    container = job.spec.container
+    return send_file(path, mimetype=CONTENT_TYPES[container], conditional=True, etag=True,
+                     download_name=f"{job_id}.{container}", max_age=0)
 
 
 def job_document(job: Job) -> dict[str, Any]:
@@ -180,17 +205,22 @@ def job_document(job: Job) -> dict[str, Any]:
     if job.state is JobState.SUCCEEDED:
         info = job.result_info
         result = {"url": url_for("v1.job_result", job_id=job.id),
+                  "container": job.spec.container,
+                  "content_type": CONTENT_TYPES[job.spec.container],
                   **{k: info[k] for k in ("frames", "width", "height", "fps", "duration",
                                           "elapsed", "backend", "analysis_cached", "warnings")
                      if k in info}}
     settings = context().settings
+    inputs = {kind: public_path(getattr(job.spec, kind), settings, named_outside=True)
+              for kind in KINDS}
+    if job.spec.background is not None:
+        inputs[BACKGROUND] = public_path(job.spec.background, settings, named_outside=True)
     error = ({"code": job.error_code,
               "message": public_text(job.error_message or "", settings)}
              if job.error_code else None)
     return {"id": job.id, "state": job.state.value, "progress": int(job.progress),
             "stage": job.stage, "attempts": job.attempts, "priority": job.spec.priority,
-            "inputs": {"video": public_path(job.spec.video, settings, named_outside=True),
-                       "audio": public_path(job.spec.audio, settings, named_outside=True)},
+            "inputs": inputs,
             "options": job.spec.options, "created_at": iso_time(job.created_at),
             "started_at": iso_time(job.started_at), "finished_at": iso_time(job.finished_at),
             "cancel_requested": job.cancel_requested, "error": error, "result": result,
