@@ -588,9 +588,6 @@ return [alpha(2, 2), alpha(canvas.width >> 1, canvas.height >> 1)];
 """
 
 
-@pytest.mark.skip(reason="waits for issue 16's server side: the job document's "
-                  "result.container and the result served as video/webm or video/quicktime "
-                  "(src/dhserve/api/v1.py)")
 def test_a_transparent_result_plays_over_a_checkerboard_and_downloads_as_webm_or_mov(
         browser, live, tiny_template, tiny_speech):
     service = tiny_job_page(browser, live, tiny_template, tiny_speech)
@@ -656,9 +653,6 @@ def test_a_colour_background_is_sent_as_its_value_and_plays_as_an_mp4(
     assert requests.get(look["src"], timeout=10).headers["Content-Type"] == "video/mp4"
 
 
-@pytest.mark.skip(reason="waits for issue 16's server side: POST /v1/jobs taking an image "
-                  "as the multipart file `background` (inputs.background), refused with "
-                  "options.invalid naming background when it is not an image")
 def test_an_image_background_is_uploaded_and_a_bad_one_is_refused_beside_its_field(
         browser, live, tiny_template, tiny_speech, tmp_path):
     import cv2
