@@ -32,8 +32,18 @@ def test_submit_list_cancel_and_work_through_the_queue(tmp_path, tiny_template, 
     twice = cli(*data, "jobs", "cancel", "second", cwd=tmp_path)
     assert twice.returncode == 2 and "error job.finished" in twice.stderr
 
-    worked = cli(*data, "worker", "--max-jobs", "1", cwd=tmp_path)
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    not_image = cli(*data, "jobs", "submit", *inputs, "--background", str(notes), cwd=tmp_path)
+    assert not_image.returncode == 2
+    assert "error options.invalid: background: notes.png: not an image" in not_image.stderr
+    clear = cli(*data, "jobs", "submit", *inputs, "--id", "clear", "--background",
+                "transparent", cwd=tmp_path)
+    assert clear.returncode == 0, clear.stderr
+
+    worked = cli(*data, "worker", "--max-jobs", "2", cwd=tmp_path)
     assert worked.returncode == 0, worked.stderr
+    assert (tmp_path / "data" / "results" / "clear.webm").is_file()
     shown = json.loads(cli(*data, "jobs", "show", "first", cwd=tmp_path).stdout)
     assert shown["state"] == "succeeded" and shown["spec"]["options"] == {"loop": "restart"}
     assert (tmp_path / "data" / "results" / "first.mp4").is_file()

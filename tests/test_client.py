@@ -312,6 +312,49 @@ def test_cli_submit_names_server_files_with_a_prefix_and_refuses_missing_local_o
     assert "server:NAME" in run_cli("submit", "--help", cwd=tmp_path).stdout
 
 
+def test_cli_submit_backgrounds_transparent_mov_and_an_uploaded_image(
+        server, tmp_path, tiny_template, tiny_speech):
+    import av
+    import cv2
+    import numpy as np
+
+    env = {"DHSERVE_SERVER": server.url, "DHSERVE_API_KEY": KEY}
+    media = ("--video", str(tiny_template), "--audio", str(tiny_speech))
+    wrong = run_cli("submit", *media, "--background", "transparent", "--out", "talk.mp4",
+                    cwd=tmp_path, env=env)
+    assert (wrong.returncode, wrong.stderr) == (
+        2, "error output.invalid: --out: the result is a webm: name it .webm, not .mp4\n")
+    clear = run_cli("submit", *media, "--background", "transparent", "--container", "mov",
+                    "--id", "cli-clear", "--wait", "--quiet", "--out", str(tmp_path),
+                    cwd=tmp_path, env=env)
+    assert clear.returncode == 0, clear.stderr
+    with av.open(str(tmp_path / "cli-clear.mov")) as container:      # named by its container
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "prores"
+        assert stream.codec_context.pix_fmt.startswith("yuva")         # alpha
+        alpha = next(container.decode(stream)).to_ndarray(format="rgba")[..., 3]
+    assert alpha[:8, :8].max() <= 8 and alpha[128, 128] >= 250
+
+    sky = tmp_path / "sky.png"
+    cv2.imwrite(str(sky), np.full((64, 64, 3), (40, 60, 220), np.uint8))      # BGR: red
+    over = run_cli("submit", *media, "--background", str(sky), "--id", "cli-sky", "--wait",
+                   "--quiet", "--out", "over.mp4", cwd=tmp_path, env=env)
+    assert over.returncode == 0, over.stderr
+    assert Client(server.url, api_key=KEY).get("cli-sky").background.startswith(
+        "uploads/cli-sky/background-")
+    with av.open(str(tmp_path / "over.mp4")) as container:
+        rgb = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    assert np.abs(rgb[:16, :16] - (220, 60, 40)).max() <= 16
+    missing = run_cli("submit", *media, "--background", "server:nowhere.png", cwd=tmp_path,
+                      env=env)
+    assert (missing.returncode, missing.stderr) == (
+        2, "error input.not_found: background: no such file: nowhere.png\n")
+    refused = run_cli("submit", *media, "--background", "#00b140", "--container", "webm",
+                      cwd=tmp_path, env=env)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error options.invalid: container: webm and mov carry")
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -7,6 +7,8 @@ cancel and download jobs.
     job = client.submit("avatar.mp4", "speech.wav", loop="restart")
     job = client.wait(job, on_progress=lambda j: print(j.progress, j.stage))
     client.download(job, "talking.mp4")
+    clear = client.submit("avatar.mp4", "speech.wav", background="transparent")   # a .webm
+    over = client.submit("avatar.mp4", "speech.wav", background=Path("beach.jpg"))
 
 Built on the standard library (urllib) on purpose: an upload is streamed from disk as a
 multipart body of known length (requests would read each file into memory to encode it, and
@@ -30,10 +32,13 @@ from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
 from dhserve.errors import DhserveError
+from dhserve.jobs.model import CONTENT_TYPES
 
 CHUNK = 1 << 20
 FINISHED = frozenset({"succeeded", "failed", "canceled"})
 TEMPORARY = frozenset({502, 503, 504})    # a restarting service or a proxy without it: retried
+CONTAINERS = {media: container for container, media in CONTENT_TYPES.items()}
+BACKGROUND_CHOICES = ("keep", "transparent")    # and #rrggbb: options; anything else an image
 Input = str | os.PathLike
 
 
@@ -71,6 +76,8 @@ class JobResult:
     """A finished job's video: where to fetch it and what it is."""
 
     url: str
+    container: str = "mp4"        # mp4, or webm / mov (a transparent background)
+    content_type: str = "video/mp4"
     frames: int | None = None
     width: int | None = None
     height: int | None = None
@@ -100,6 +107,7 @@ class JobStatus:
     error_message: str | None
     result: JobResult | None
     document: dict[str, Any] = field(repr=False, compare=False)
+    background: str | None = None           # the background image, when one was given
 
     @property
     def finished(self) -> bool:
@@ -121,7 +129,7 @@ class JobStatus:
                                    if k in result},
                                 "warnings": tuple(result.get("warnings") or ())})
             if result else None,
-            document=doc)
+            document=doc, background=doc["inputs"].get("background"))
 
 
 class Client:
@@ -144,15 +152,21 @@ class Client:
         """Queues a render. A `Path`, or a string naming an existing local file, is uploaded
         (streamed from disk); a `ServerFile`, or any other string (an http(s) URL, a name in
         the server's temp/, a path inside its data dir), is passed for the server to
-        resolve. `options`
-        are render options: backend, loop, x264_preset, crf, multiple_faces, face_restore,
-        watermark, ai_label, background (keep or a #rrggbb colour). `job_id` makes the submit idempotent (Idempotency-Key)."""
-        inputs = {"video": video, "audio": audio}
+        resolve. `options` are render options: backend, loop, x264_preset, crf,
+        multiple_faces, face_restore, watermark, ai_label, background, and the result's
+        container (mp4; webm or mov for a transparent background, webm by default).
+        `background` is keep, transparent or a #rrggbb colour, or else an image, given as
+        the inputs are (a Path or local file is uploaded). `job_id` makes the submit
+        idempotent (Idempotency-Key)."""
+        inputs: dict[str, Input] = {"video": video, "audio": audio}
+        if options.get("background") is not None and not _background_choice(
+                options["background"]):
+            inputs["background"] = options.pop("background")
         headers = {"Idempotency-Key": job_id} if job_id else {}
         uploads = {kind: _local_file(value, kind) for kind, value in inputs.items()}
         if not any(uploads.values()):
-            body = json.dumps({"video": str(video), "audio": str(audio), "options": options,
-                               "priority": priority}).encode()
+            body = json.dumps({**{kind: str(value) for kind, value in inputs.items()},
+                               "options": options, "priority": priority}).encode()
             return self._job(self._json("POST", "/v1/jobs", body,
                                         {**headers, "Content-Type": "application/json"}))
         fields: list[tuple[str, str | Path]] = [
@@ -220,23 +234,24 @@ class Client:
             time.sleep(interval)
 
     def download(self, job: JobStatus | str, path: str | os.PathLike) -> Path:
-        """Streams the job's MP4 to `path` (a folder: `<job id>.mp4` in it), written under a
-        temporary name, then renamed, so `path` is never a partial file."""
+        """Streams the job's video to `path` (a folder: `<job id>.<container>` in it, .mp4,
+        or .webm / .mov as the server sends it), written under a temporary name, then
+        renamed, so `path` is never a partial file."""
         path = Path(path)
-        if path.is_dir():
-            path = path / f"{job.id if isinstance(job, JobStatus) else job}.mp4"
-        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-        try:
-            with self._open("GET", f"/v1/jobs/{_job_id(job)}/result") as response:
-                try:
-                    with open(partial, "wb") as out:
-                        out.writelines(_received(response, self.base_url))
-                    os.replace(partial, path)
-                except OSError as exc:          # the local side: folder, permissions, space
-                    raise ClientError("output.invalid", f"cannot write {path}: "
-                                      f"{exc.strerror or exc}") from None
-        finally:
-            partial.unlink(missing_ok=True)
+        with self._open("GET", f"/v1/jobs/{_job_id(job)}/result") as response:
+            if path.is_dir():
+                container = CONTAINERS.get(response.headers.get_content_type(), "mp4")
+                path = path / f"{job.id if isinstance(job, JobStatus) else job}.{container}"
+            partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+            try:
+                with open(partial, "wb") as out:
+                    out.writelines(_received(response, self.base_url))
+                os.replace(partial, path)
+            except OSError as exc:          # the local side: folder, permissions, space
+                raise ClientError("output.invalid", f"cannot write {path}: "
+                                  f"{exc.strerror or exc}") from None
+            finally:
+                partial.unlink(missing_ok=True)
         return path
 
     def health(self) -> dict[str, Any]:
@@ -352,6 +367,12 @@ def _job_id(job: JobStatus | str) -> str:
 class ServerFile(str):
     """An input the server resolves (a name in its temp/, a path in its data dir), never
     uploaded, even where a local file has the same name: `ServerFile("avatar.mp4")`."""
+
+
+def _background_choice(value: Any) -> bool:
+    """A background that is an option (keep, transparent, #rrggbb), not an image input."""
+    return (isinstance(value, str) and not isinstance(value, ServerFile)
+            and (value in BACKGROUND_CHOICES or value.startswith("#")))
 
 
 def _local_file(value: Input, kind: str) -> Path | None:

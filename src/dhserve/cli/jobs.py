@@ -46,14 +46,21 @@ def _job_line(job) -> str:
 @click.option("--video", required=True, help="Template: a path or an http(s) URL.")
 @click.option("--audio", required=True, help="Speech: a path or an http(s) URL.")
 @click.option("--id", "job_id", default=None, help="Job id [default: a new UUID].")
-@click.option("--out", default=None, help="Result path [default: <data dir>/results/<id>.mp4].")
+@click.option("--out", default=None,
+              help="Result path [default: <data dir>/results/<id>.mp4, or .webm / .mov for a "
+                   "transparent background].")
+@click.option("--background", default=None,
+              help="keep, transparent, a #rrggbb colour, or an image behind the person (a "
+                   "path or an http(s) URL).")
 @click.option("--priority", type=int, default=0, help="Higher runs first.")
 @click.option("--option", "pairs", multiple=True, metavar="NAME=VALUE",
               help="Render option, e.g. loop=restart, face_restore=true (repeatable).")
 @click.pass_context
 def jobs_submit(ctx: click.Context, video: str, audio: str, job_id: str | None,
-                out: str | None, priority: int, pairs: tuple[str, ...]) -> None:
-    """Queue a render job; prints its id."""
+                out: str | None, background: str | None, priority: int,
+                pairs: tuple[str, ...]) -> None:
+    """Queue a render job; prints its id. The result's container follows the background
+    (--option container=mov for a transparent .mov)."""
     options = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
@@ -68,11 +75,18 @@ def jobs_submit(ctx: click.Context, video: str, audio: str, job_id: str | None,
     def located(value: str) -> str:      # workers may run elsewhere: never a relative path
         return value if is_url(value) else str(Path(value).resolve())
 
+    image = None
+    if background in ("keep", "transparent") or (background or "").startswith("#"):
+        options["background"] = background
+    elif background:
+        image = located(background)
     spec = JobSpec(located(video), located(audio), located(out) if out else None, options,
-                   priority)
+                   priority, background=image)
+    named = {spec.video: video, spec.audio: audio}
+    if image and background:
+        named[image] = background
     with reported():        # the checks of /easy and /v1: a refusal reads the same
-        job, created = admit(settings, store, job_id or uuid.uuid4().hex, spec,
-                             named={spec.video: video, spec.audio: audio})
+        job, created = admit(settings, store, job_id or uuid.uuid4().hex, spec, named=named)
     click.echo(job.id if created else f"{job.id} (already queued: same id and inputs)")
 
 

@@ -32,6 +32,7 @@ def _client(server: str | None, api_key: str | None):
 
 
 SERVER_PREFIX = "server:"
+TRANSPARENT = "transparent"
 
 
 @click.command()
@@ -47,7 +48,12 @@ SERVER_PREFIX = "server:"
 @click.option("--loop", type=click.Choice(LOOP_MODES), default=None,
               help="How the template repeats when the speech is longer [the server's default].")
 @click.option("--background", default=None,
-              help="keep [default] or a #rrggbb colour behind the person (e.g. '#00b140').")
+              help="What is behind the person: keep [default], transparent (a .webm, or "
+                   ".mov with --container mov), a #rrggbb colour (e.g. '#00b140'), or an "
+                   "image: a local file (uploaded), an http(s) URL, or server:NAME.")
+@click.option("--container", type=click.Choice(["webm", "mov"]), default=None,
+              help="The result's container for a transparent background [webm]; every "
+                   "other background gives an mp4.")
 @click.option("--id", "job_id", default=None,
               help="Job id (Idempotency-Key): the same id and inputs again is the same job.")
 @click.option("--wait", is_flag=True, help="Follow the job to its end with a progress bar.")
@@ -57,7 +63,7 @@ SERVER_PREFIX = "server:"
 @click.pass_context
 def submit(ctx: click.Context, video: str, audio: str, server: str | None,
            api_key: str | None, backend: str | None, loop: str | None,
-           background: str | None, job_id: str | None,
+           background: str | None, container: str | None, job_id: str | None,
            wait: bool, out: Path | None, quiet: bool) -> None:
     """Send a render job to a running service; prints its id, or with --wait follows it
     (exit status 0 when it succeeded, 2 when it failed or was refused).
@@ -71,9 +77,13 @@ def submit(ctx: click.Context, video: str, audio: str, server: str | None,
             raise OutputInvalid("--out", f"no such folder: {out.parent}")
         inputs = [_submitted_input(value, flag)
                   for value, flag in ((video, "--video"), (audio, "--audio"))]
+        if background and not _background_choice(background):
+            background = _submitted_input(background, "--background")
+        _check_out_suffix(out, container or ("webm" if background == TRANSPARENT else "mp4"))
     client = _client(server, api_key)
     options = {name: value for name, value in (("backend", backend), ("loop", loop),
-                                               ("background", background)) if value}
+                                               ("background", background),
+                                               ("container", container)) if value}
     with reported():
         job = client.submit(*inputs, job_id=job_id, **options)
     if not (wait or out):
@@ -101,6 +111,19 @@ def submit(ctx: click.Context, video: str, audio: str, server: str | None,
     click.echo(f"{where}: {result.frames} frames, {result.width}x{result.height} @ "
                f"{result.fps or 0:g} fps, {result.duration or 0:.2f} s of video rendered in "
                f"{result.elapsed or 0:.2f} s (job {job.id}, {result.backend})")
+
+
+def _background_choice(value: str) -> bool:
+    """keep, transparent or a colour: an option; anything else names an image."""
+    return value in ("keep", TRANSPARENT) or value.startswith("#")
+
+
+def _check_out_suffix(out: Path | None, container: str) -> None:
+    """--out names a file of the container the result comes in (a folder gets <id>.<it>)."""
+    suffix = out.suffix.lower().lstrip(".") if out is not None and not out.is_dir() else ""
+    if suffix in ("mp4", "webm", "mov") and suffix != container:
+        raise OutputInvalid("--out", f"the result is {'an' if container == 'mp4' else 'a'} "
+                            f"{container}: name it .{container}, not .{suffix}")
 
 
 def _submitted_input(value: str, flag: str):
