@@ -1,5 +1,6 @@
-"""Mouth shapes from the speech: vowels with known formants, and espeak-ng sentences rendered
-by the classic backend and measured by landmarks re-detected on the output."""
+"""Mouth shapes from the speech: vowels with known formants, and espeak-ng sentences (English
+and Mandarin) rendered by the classic backend and measured by landmarks re-detected on the
+output."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dhserve.engine.face.detect import MediaPipeFaceDetector
 from dhserve.engine.face.landmarks import MOUTH_LEFT, MOUTH_RIGHT, mouth_opening
 from dhserve.engine.lipsync.base import FrameBatch
 from dhserve.engine.lipsync.classic import ClassicLipSync
-from dhserve.engine.visemes import chunk_offsets, shapes_from_chunks
+from dhserve.engine.visemes import MouthShapes, ShapeTracker, chunk_offsets, shapes_from_chunks
 
 FPS = 25.0
 
@@ -47,9 +48,22 @@ def speech_batches(wav: np.ndarray, fps: float = FPS, size: int = 16):
         yield openness[start:start + count], audio.mel_chunks(mel, fps, start, count, total)
 
 
+def speech_shapes(wav: np.ndarray, size: int = 16) -> MouthShapes:
+    """The shapes the classic backend gives the speech, batch after batch."""
+    tracker = ShapeTracker()
+    parts = [tracker.shapes(chunks, opening) for opening, chunks in speech_batches(wav, size=size)]
+    return MouthShapes(np.concatenate([p.width for p in parts]),
+                       np.concatenate([p.closure for p in parts]))
+
+
 def widths(wav: np.ndarray) -> np.ndarray:
-    parts = [shapes_from_chunks(chunks, opening).width for opening, chunks in speech_batches(wav)]
-    return np.concatenate(parts)
+    return speech_shapes(wav).width
+
+
+def closure_events(wav: np.ndarray) -> int:
+    """How many times the lips shut: peaks of the closure of at least 0.45."""
+    c = np.pad(speech_shapes(wav).closure, 1)
+    return int(((c[1:-1] >= 0.45) & (c[1:-1] >= c[:-2]) & (c[1:-1] > c[2:])).sum())
 
 
 @pytest.mark.parametrize(("name", "f1", "f2", "sign"),
@@ -70,19 +84,55 @@ def test_chunk_offsets_are_read_from_the_chunks():
         assert np.array_equal(chunk_offsets(chunks), expected)
 
 
-@pytest.fixture(scope="module")
-def sentences(tmp_path_factory):
+def test_batches_go_on_where_the_previous_one_left_the_lips(example_speech):
+    """The pipeline hands the backend 16 frames at a time: the lips must not restart at each
+    batch. The example speech with a recording's noise floor (its pauses are digital zeros,
+    where no batch can tell which speech it continues)."""
+    wav = audio.decode_speech(example_speech)
+    wav = wav + np.random.default_rng(0).normal(0, 1e-4, wav.size).astype(np.float32)
+    whole = speech_shapes(wav, size=10_000)
+    batched = speech_shapes(wav, size=16)
+    inside = slice(0, -5)    # the last 200 ms of chunks are clamped to the speech's end
+    assert np.abs(batched.width - whole.width)[inside].max() < 1e-4
+    assert np.abs(batched.closure - whole.closure)[inside].max() < 1e-4
+    fresh = np.concatenate([shapes_from_chunks(chunks, opening).width
+                            for opening, chunks in speech_batches(wav)])
+    assert np.abs(fresh - whole.width).max() > 0.3     # what restarting at each batch did
+
+
+def speak(work, voice: str, texts: dict[str, str]) -> dict[str, np.ndarray]:
+    """espeak-ng's speech of each text, 16 kHz; skipped, saying why, without espeak-ng or
+    the voice."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): no sentences")
-    work = tmp_path_factory.mktemp("espeak")
+    voices = subprocess.run(["espeak-ng", f"--voices={voice.split('-')[0]}"], check=True,
+                            capture_output=True, text=True).stdout.split()
+    if voice not in voices:
+        pytest.skip(f"espeak-ng has no {voice} voice")
     out = {}
-    for name, text in (("spread", "see me, three green keys"),
-                       ("rounded", "who knew, two blue shoes"),
-                       ("bilabial", "mama bought a pot of beans")):
-        path = work / f"{name}.wav"
-        subprocess.run(["espeak-ng", "-w", str(path), text], check=True)
+    for name, text in texts.items():
+        path = work / f"{voice}-{name}.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
         out[name] = audio.decode_speech(path)
     return out
+
+
+@pytest.fixture(scope="module")
+def sentences(tmp_path_factory):
+    return speak(tmp_path_factory.mktemp("espeak"), "en",
+                 {"spread": "see me, three green keys", "rounded": "who knew, two blue shoes",
+                  "bilabial": "mama bought a pot of beans"})
+
+
+@pytest.fixture(scope="module")
+def mandarin(tmp_path_factory):
+    """Mandarin in pinyin with tone numbers: espeak-ng's cmn voice reads many common
+    characters (妈, 一, 西) letter by letter in English from its small dictionary, so the
+    cmn-latn-pinyin voice, the same Mandarin phonemes, reads the pinyin instead."""
+    return speak(tmp_path_factory.mktemp("espeak-cmn"), "cmn-latn-pinyin",
+                 {"spread": "yi1 qi1 yi1, xi1 li3 di4 yi1",              # 一七一，西里地一
+                  "rounded": "wu3 lu4 yu2, gu3 wu3 lu4",                 # 五路鱼，古五路
+                  "bilabial": "ma1 ma1 mai3 mian4 bao1, ba1 ba1 bu4 mai3"})  # 妈妈买面包，爸爸不买
 
 
 def render(frames: list[np.ndarray], landmarks: np.ndarray, wav: np.ndarray):
@@ -106,43 +156,50 @@ def measured_width(frames, detector) -> np.ndarray:
     return np.array(result)
 
 
-@pytest.mark.parametrize("moving", [False, True], ids=["still", "moving"])
-def test_spread_speech_is_wider_than_rounded_on_the_output(sentences, template_frames, moving):
-    frames = template_frames[:60] if moving else template_frames[:1]
+def output_widths(frames: list[np.ndarray], speech: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean mouth width while speaking (re-detected on the output, relative to the template's
+    own) of each speech; checks on the way that nothing above the nose moved."""
     landmarks = analyse_frames(frames).landmarks
     detector = MediaPipeFaceDetector()
     try:
         base = measured_width(frames, detector)
-        ratio = {}
+        width = {}
         for name in ("spread", "rounded"):
-            wav = sentences[name]
-            out, openness, index = render(frames, landmarks, wav)
+            out, openness, index = render(frames, landmarks, speech[name])
             speaking = openness > 0.3
             measured = measured_width(out, detector) / base[index]
-            ratio[name] = float(np.mean(measured[speaking]))
+            width[name] = float(np.mean(measured[speaking]))
             top = int(landmarks[:, 1, 1].min()) - 10          # above the nose tip
             for i, frame in zip(index, out):
                 assert np.abs(frame[:top].astype(int) - frames[i][:top]).mean() < 1.0
     finally:
         detector.close()
-    assert ratio["spread"] >= 1.10 * ratio["rounded"], ratio
+    return width
+
+
+@pytest.mark.parametrize("moving", [False, True], ids=["still", "moving"])
+def test_spread_speech_is_wider_than_rounded_on_the_output(sentences, template_frames, moving):
+    width = output_widths(template_frames[:60] if moving else template_frames[:1], sentences)
+    assert width["spread"] >= 1.10 * width["rounded"], width
+
+
+def test_mandarin_spread_rounded_and_bilabials(mandarin, template_frames):
+    """yi qi xi spread the lips, wu lu yu round them (yu's ü too: its F2 is lower than i's),
+    and ma mai mian bao ba bu shut them."""
+    assert closure_events(mandarin["bilabial"]) >= 5          # of 9 m/b
+    assert closure_events(mandarin["rounded"]) <= 1           # no lips in wu lu yu gu
+    assert np.mean(widths(mandarin["spread"])) > 0.3 > -0.1 > np.mean(widths(mandarin["rounded"]))
+    width = output_widths(template_frames[:1], mandarin)
+    assert width["spread"] >= 1.10 * width["rounded"], width
 
 
 def test_steady_vowels_stay_open_and_bilabials_close(sentences):
     for f1, f2 in ((280, 2250), (310, 870), (700, 1200)):
         wav = vowel(f1, f2)
-        closure = np.concatenate([shapes_from_chunks(chunks, opening).closure
-                                  for opening, chunks in speech_batches(wav)])
-        assert closure[4:-4].max() < 0.2
+        assert speech_shapes(wav).closure[4:-4].max() < 0.2
 
-    def closures(wav: np.ndarray) -> int:
-        c = np.concatenate([shapes_from_chunks(chunks, opening).closure
-                            for opening, chunks in speech_batches(wav)])
-        c = np.pad(c, 1)
-        return int(((c[1:-1] >= 0.45) & (c[1:-1] >= c[:-2]) & (c[1:-1] > c[2:])).sum())
-
-    assert closures(sentences["bilabial"]) >= 4      # m-a-m-a b-ought p-ot (of) b-eans
-    assert closures(sentences["rounded"]) <= 2       # who knew, two b-lue shoes
+    assert closure_events(sentences["bilabial"]) >= 4      # m-a-m-a b-ought p-ot (of) b-eans
+    assert closure_events(sentences["rounded"]) <= 2       # who knew, two b-lue shoes
 
 
 def test_opening_follows_loudness_and_shuts_in_pauses(sentences, template_frames):

@@ -19,7 +19,7 @@ import numpy as np
 from dhserve.engine.blend import FaceFrame, lower_face_mask, paste
 from dhserve.engine.face.landmarks import CHIN, LOWER_INNER_LIP, NOSE_TIP, UPPER_INNER_LIP
 from dhserve.engine.lipsync.base import FrameBatch, LipSyncBackend
-from dhserve.engine.visemes import MouthShapes, shapes_from_chunks
+from dhserve.engine.visemes import MouthShapes, ShapeTracker
 
 MAX_OPENING = 0.30        # widest gap between the lips, as a fraction of mouth width
 GAP_HALF_WIDTH = 0.38     # the opening spans ±0.38 mouth widths: it closes before the corners
@@ -246,13 +246,16 @@ class ClassicLipSync(LipSyncBackend):
 
     def __init__(self, max_opening: float = MAX_OPENING):
         self.max_opening = max_opening
+        # The lips' blend goes on across batches; the tracker finds each batch's predecessor
+        # by its speech, so the instance still serves concurrent renders.
+        self.tracker = ShapeTracker()
 
     def animate(self, batch: FrameBatch) -> list[np.ndarray]:
         count = len(batch)
         if batch.mel is None:        # called without the spectrum: loudness alone
             shapes = MouthShapes(np.zeros(count, np.float32), np.zeros(count, np.float32))
         else:
-            shapes = shapes_from_chunks(batch.mel, batch.openness)
+            shapes = self.tracker.shapes(batch.mel, batch.openness)
         out = []
         for k, (frame, points, face) in enumerate(zip(batch.frames, batch.landmarks,
                                                       batch.has_face)):
