@@ -32,13 +32,12 @@ from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
 from dhserve.errors import DhserveError
-from dhserve.jobs.model import CONTENT_TYPES
+from dhserve.jobs.model import CONTENT_TYPES, background_option
 
 CHUNK = 1 << 20
 FINISHED = frozenset({"succeeded", "failed", "canceled"})
 TEMPORARY = frozenset({502, 503, 504})    # a restarting service or a proxy without it: retried
 CONTAINERS = {media: container for container, media in CONTENT_TYPES.items()}
-BACKGROUND_CHOICES = ("keep", "transparent")    # and #rrggbb: options; anything else an image
 Input = str | os.PathLike
 
 
@@ -371,8 +370,7 @@ class ServerFile(str):
 
 def _background_choice(value: Any) -> bool:
     """A background that is an option (keep, transparent, #rrggbb), not an image input."""
-    return (isinstance(value, str) and not isinstance(value, ServerFile)
-            and (value in BACKGROUND_CHOICES or value.startswith("#")))
+    return not isinstance(value, ServerFile) and background_option(value)
 
 
 def _local_file(value: Input, kind: str) -> Path | None:

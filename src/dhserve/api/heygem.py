@@ -38,7 +38,14 @@ from dhserve.errors import (
     first_line,
 )
 from dhserve.jobs.admission import admit, public_text
-from dhserve.jobs.model import Job, JobSpec, JobState
+from dhserve.jobs.model import (
+    BACKGROUND,
+    TRANSPARENT,
+    Job,
+    JobSpec,
+    JobState,
+    background_option,
+)
 from dhserve.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -74,7 +81,6 @@ STAGE_NAMES = {
     Stage.FAILED: "失败",
     Stage.DONE: "完成",
 }
-BACKGROUND, KEEP, TRANSPARENT = "background", "keep", "transparent"
 TRANSPARENT_REFUSAL = "HeyGem's result is an .mp4; use /v1/jobs with container webm or mov"
 FIELD_NAMES = {"video": "video_url", "audio": "audio_url", "loop": "pn",
                **{option: flag for flag, option in FLAGS.items()}}
@@ -158,9 +164,8 @@ def _spec(code: str, body: dict[str, Any]
     options = _options(body)
     background = _background(body)
     image = None
-    if background is not None and (background in (KEEP, TRANSPARENT)
-                                   or background.startswith("#")):
-        options["background"] = background
+    if background_option(background):
+        options[BACKGROUND] = background
     elif background is not None:
         image = background      # an image, given as video_url is: a URL, name or path
     output = str((settings.temp_dir / f"{code}-r.mp4").resolve())

@@ -31,8 +31,15 @@ from dhserve.errors import (
     ResultGone,
 )
 from dhserve.fsutil import remove_quietly
-from dhserve.jobs.admission import BACKGROUND, KINDS, admit, check_free_space, public_text
-from dhserve.jobs.model import CONTENT_TYPES, Job, JobSpec, JobState
+from dhserve.jobs.admission import KINDS, admit, check_free_space, public_text
+from dhserve.jobs.model import (
+    BACKGROUND,
+    CONTENT_TYPES,
+    Job,
+    JobSpec,
+    JobState,
+    background_option,
+)
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -119,8 +126,7 @@ def _image(fields: dict[str, Any], uploaded: list[Path], named: dict[str, str]) 
     if (upload is None or not upload.filename) and fields.get(BACKGROUND) in (None, ""):
         return None
     given = fields.get(BACKGROUND)
-    if isinstance(given, str) and (given.strip() in ("keep", "transparent")
-                                   or given.strip().startswith("#")):
+    if isinstance(given, str) and background_option(given.strip()):
         raise OptionsInvalid(BACKGROUND, f"the input `background` is an image (a file, an "
                              f"http(s) URL or a path); {given.strip()!r} goes in "
                              "options.background")

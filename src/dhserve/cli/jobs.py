@@ -13,6 +13,7 @@ from dhserve.cli.common import reported, settings_of
 from dhserve.jobs import JobSpec, JobStore
 from dhserve.jobs.admission import admit
 from dhserve.jobs.downloads import is_url
+from dhserve.jobs.model import background_option
 from dhserve.serving.roles import count_in_service
 
 
@@ -76,7 +77,7 @@ def jobs_submit(ctx: click.Context, video: str, audio: str, job_id: str | None,
         return value if is_url(value) else str(Path(value).resolve())
 
     image = None
-    if background in ("keep", "transparent") or (background or "").startswith("#"):
+    if background_option(background):
         options["background"] = background
     elif background:
         image = located(background)

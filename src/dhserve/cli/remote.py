@@ -14,6 +14,7 @@ from dhserve.client import Client, ServerFile
 from dhserve.config import LOOP_MODES, ClientSettings
 from dhserve.errors import InputError, InputNotFound, OutputInvalid
 from dhserve.jobs.downloads import is_url
+from dhserve.jobs.model import background_option, default_container
 
 _SERVER_HELP = "The service's URL [env DHSERVE_SERVER; default http://<DHSERVE_BIND>]."
 _KEY_HELP = ("API key, sent as 'Authorization: Bearer'. Better set DHSERVE_API_KEY: a flag "
@@ -32,7 +33,6 @@ def _client(server: str | None, api_key: str | None):
 
 
 SERVER_PREFIX = "server:"
-TRANSPARENT = "transparent"
 
 
 @click.command()
@@ -77,9 +77,9 @@ def submit(ctx: click.Context, video: str, audio: str, server: str | None,
             raise OutputInvalid("--out", f"no such folder: {out.parent}")
         inputs = [_submitted_input(value, flag)
                   for value, flag in ((video, "--video"), (audio, "--audio"))]
-        if background and not _background_choice(background):
+        if background and not background_option(background):
             background = _submitted_input(background, "--background")
-        _check_out_suffix(out, container or ("webm" if background == TRANSPARENT else "mp4"))
+        _check_out_suffix(out, container or default_container(background))
     client = _client(server, api_key)
     options = {name: value for name, value in (("backend", backend), ("loop", loop),
                                                ("background", background),
@@ -111,11 +111,6 @@ def submit(ctx: click.Context, video: str, audio: str, server: str | None,
     click.echo(f"{where}: {result.frames} frames, {result.width}x{result.height} @ "
                f"{result.fps or 0:g} fps, {result.duration or 0:.2f} s of video rendered in "
                f"{result.elapsed or 0:.2f} s (job {job.id}, {result.backend})")
-
-
-def _background_choice(value: str) -> bool:
-    """keep, transparent or a colour: an option; anything else names an image."""
-    return value in ("keep", TRANSPARENT) or value.startswith("#")
 
 
 def _check_out_suffix(out: Path | None, container: str) -> None:

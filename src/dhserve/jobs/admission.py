@@ -30,12 +30,11 @@ from dhserve.errors import (
 )
 from dhserve.fsutil import free_mb
 from dhserve.jobs.downloads import is_url
-from dhserve.jobs.model import Job, JobSpec
+from dhserve.jobs.model import BACKGROUND, Job, JobSpec
 from dhserve.jobs.options import job_container, job_render_options
 from dhserve.jobs.store import JobStore
 
-KINDS = ("video", "audio")
-BACKGROUND = "background"       # the optional third input: an image behind the person
+KINDS = ("video", "audio")     # and the optional BACKGROUND: an image behind the person
 # A background image may have this many times the pixels of the largest template allowed
 # (a 12 MP photo fits at the default); a bigger header is refused before decoding a pixel.
 BACKGROUND_PIXELS_FACTOR = 4

@@ -29,7 +29,19 @@ HEARTBEAT_STALE_FACTOR = 3.0
 # The containers a job's result can be written in, with the Content-Type it is served with.
 # An alpha channel (a transparent background) needs webm or mov; everything else is an mp4.
 CONTENT_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "mov": "video/quicktime"}
-TRANSPARENT = "transparent"
+KEEP, TRANSPARENT = "keep", "transparent"
+BACKGROUND = "background"       # the option, and the name of the optional image input
+
+
+def background_option(value: object) -> bool:
+    """Whether a background is an option (keep, transparent, a #rrggbb colour), as opposed
+    to an image, which a job takes as an input."""
+    return isinstance(value, str) and (value in (KEEP, TRANSPARENT) or value.startswith("#"))
+
+
+def default_container(background: object) -> str:
+    """The container a background gives unless one is chosen: alpha needs webm."""
+    return "webm" if background == TRANSPARENT else "mp4"
 
 
 @dataclass(frozen=True)
@@ -63,7 +75,7 @@ class JobSpec:
         named = Path(self.output).suffix.lower().lstrip(".") if self.output else ""
         if named in CONTENT_TYPES:
             return named
-        return "webm" if self.options.get("background") == TRANSPARENT else "mp4"
+        return default_container(self.options.get(BACKGROUND))
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,19 @@ from typing import Any
 from dhserve.config import Settings
 from dhserve.engine.preflight import RenderOptions
 from dhserve.errors import OptionsInvalid
-from dhserve.jobs.model import CONTENT_TYPES, TRANSPARENT, JobSpec
+from dhserve.jobs.model import (
+    BACKGROUND,
+    CONTENT_TYPES,
+    KEEP,
+    TRANSPARENT,
+    JobSpec,
+    background_option,
+)
 
 # Service limits and the batch size (memory) stay the operator's; a job may choose the rest.
 NOT_JOB_OPTIONS = frozenset({"max_input_mb", "max_video_seconds", "max_audio_seconds",
                              "max_video_pixels", "frame_cache_mb", "batch_size"})
 CONTAINER = "container"         # the job's own choice: not a RenderOptions field
-KEEP = "keep"
 # What a JSON value must be for a field of this type (bool is not a number; an integer is
 # a fine float); the words say it to a client who sent something else.
 JSON_KINDS: dict[type, tuple[str, typing.Callable[[Any], bool]]] = {
@@ -87,7 +93,7 @@ def job_render_options(settings: Settings, options: dict[str, Any]) -> RenderOpt
             problem = _container_problem(value)
         else:
             problem = type_problem(name, value) or (
-                _job_background_problem(value) if name == "background" else None)
+                _job_background_problem(value) if name == BACKGROUND else None)
         if problem:
             raise OptionsInvalid(name, problem)
     return RenderOptions.from_settings(
@@ -98,7 +104,7 @@ def _job_background_problem(value: str) -> str | None:
     """A job's background option is keep, transparent or a #rrggbb colour; an image is an
     input of the job (JobSpec.background), never a file name here, which would be a path on
     the server that a client must not choose."""
-    if value in (KEEP, TRANSPARENT) or value.startswith("#"):
+    if background_option(value):
         return None                                  # RenderOptions judges the colour
     return (f"must be keep or a #rrggbb colour (like #00b140), or transparent; got "
             f"{_shown(value)}; an image background is the input `background` (a file, URL "
@@ -115,9 +121,9 @@ def job_container(spec: JobSpec) -> str:
     """The container of the job's result, once it can hold what the job asks for: alpha
     (transparent) only in webm or mov, and webm or mov only for alpha; an image and a
     background option not both. OptionsInvalid naming the choice at fault otherwise."""
-    background = spec.options.get("background", KEEP)
+    background = spec.options.get(BACKGROUND, KEEP)
     if spec.background is not None and background != KEEP:
-        raise OptionsInvalid("background", "give an image or options.background, not both")
+        raise OptionsInvalid(BACKGROUND, "give an image or options.background, not both")
     container = spec.container
     if background == TRANSPARENT and container == "mp4":
         raise OptionsInvalid(CONTAINER, "transparent output needs webm or mov (mp4 has no "

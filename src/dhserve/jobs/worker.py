@@ -37,9 +37,9 @@ from dhserve.engine.pipeline import render
 from dhserve.engine.preflight import RenderOptions
 from dhserve.engine.progress import Progress
 from dhserve.errors import Canceled, DhserveError, RenderInternal, first_line
-from dhserve.jobs.admission import BACKGROUND, check_background_image
+from dhserve.jobs.admission import check_background_image
 from dhserve.jobs.downloads import download, is_url
-from dhserve.jobs.model import Job, JobState, download_dir, result_path
+from dhserve.jobs.model import BACKGROUND, Job, JobState, download_dir, result_path
 from dhserve.jobs.options import job_render_options
 from dhserve.jobs.retention import prune_finished, remove_earlier_partials
 from dhserve.jobs.store import JobStore
