@@ -1,12 +1,18 @@
-"""Admission without Flask: what `admit` answers for a replay when the disk is short."""
+"""Admission without Flask: what `admit` answers for a replay when the disk is short, and
+how a background image is judged."""
 
 from __future__ import annotations
 
+import struct
+import zlib
+
+import cv2
+import numpy as np
 import pytest
 
 from dhserve.config import Settings
-from dhserve.errors import StorageFull
-from dhserve.jobs.admission import admit
+from dhserve.errors import InputError, StorageFull
+from dhserve.jobs.admission import admit, check_background_image
 from dhserve.jobs.model import JobSpec, JobState
 from dhserve.jobs.store import JobStore
 
@@ -32,3 +38,25 @@ def test_a_storage_full_job_is_not_queued_again_while_space_is_still_short(tmp_p
     space = Settings(data_dir=tmp_path, min_free_mb=0)
     requeued, created = admit(space, store, "full-1", SPEC, record_refusal=True)
     assert created and requeued.state is JobState.QUEUED
+
+
+def test_a_background_image_is_judged_by_its_header_before_it_is_decoded(tmp_path):
+    """A PNG whose header declares 20000 x 20000 pixels (a decompression bomb's shape) is
+    refused from those 33 bytes; a real image passes; a text file is no image."""
+    settings = Settings(data_dir=tmp_path, max_video_pixels=1920 * 1080)
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + header
+                     + struct.pack(">I", zlib.crc32(b"IHDR" + header)))
+    photo, notes = tmp_path / "photo.jpg", tmp_path / "notes.png"
+    cv2.imwrite(str(photo), np.full((3024, 2737, 3), 90, np.uint8))   # 4 x 1080p: allowed
+    notes.write_text("hello")
+    check_background_image(photo, settings)
+    for path, code, words in ((bomb, "options.invalid", "bomb.png: the image is 20000x20000, "
+                                                         "over the limit of 8294400 pixels"),
+                              (notes, "options.invalid", "notes.png: not an image"),
+                              (tmp_path / "gone.png", "input.not_found", "no such file")):
+        with pytest.raises(InputError) as refused:
+            check_background_image(path, settings)
+        assert (refused.value.code, refused.value.field) == (code, "background")
+        assert words in refused.value.reason and str(tmp_path) not in refused.value.reason
