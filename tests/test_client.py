@@ -240,7 +240,7 @@ def test_cli_submit_wait_out_and_status(server, tmp_path):
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[0] == "cli-1 succeeded 100% done"
-    assert f"result: {server.url}/v1/jobs/cli-1/result (512x512, 11.76 s" in shown.stdout
+    assert f"result: {server.url}/v1/jobs/cli-1/result (mp4, 512x512, 11.76 s" in shown.stdout
 
     queued = run_cli("submit", "--video", "avatar.mp4", "--audio", str(EXAMPLES / "speech.wav"),
                      "--loop", "restart", cwd=EXAMPLES, env=env)     # a local file: uploaded
@@ -340,8 +340,9 @@ def test_cli_submit_backgrounds_transparent_mov_and_an_uploaded_image(
     over = run_cli("submit", *media, "--background", str(sky), "--id", "cli-sky", "--wait",
                    "--quiet", "--out", "over.mp4", cwd=tmp_path, env=env)
     assert over.returncode == 0, over.stderr
-    assert Client(server.url, api_key=KEY).get("cli-sky").background.startswith(
-        "uploads/cli-sky/background-")
+    shown = run_cli("status", "cli-sky", cwd=tmp_path, env=env).stdout
+    assert "  background: uploads/cli-sky/background-" in shown, shown
+    assert "/v1/jobs/cli-sky/result (mp4, 256x256" in shown
     with av.open(str(tmp_path / "over.mp4")) as container:
         rgb = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
     assert np.abs(rgb[:16, :16] - (220, 60, 40)).max() <= 16
@@ -540,7 +541,7 @@ def test_status_joins_the_result_path_under_a_proxy_prefix(stub, tmp_path):
     base = stub(answer).url
     shown = run_cli("status", "p", "--server", f"{base}/dh/", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert f"result: {base}/dh/v1/jobs/p/result (512x512" in shown.stdout
+    assert f"result: {base}/dh/v1/jobs/p/result (mp4, 512x512" in shown.stdout
 
 
 def test_cli_wait_says_it_is_reconnecting_and_follows_on(stub, tmp_path):

@@ -188,11 +188,13 @@ def status(ctx: click.Context, job_id: str, server: str | None, api_key: str | N
     click.echo(f"{job.id} {job.state} {job.progress}% {job.stage}"
                f"{' (cancel requested)' if job.cancel_requested and not job.finished else ''}")
     click.echo(f"  video: {job.video}\n  audio: {job.audio}")
+    if job.background:
+        click.echo(f"  background: {job.background}")
     click.echo(f"  submitted {job.created_at}, started {job.started_at or '-'}, "
                f"finished {job.finished_at or '-'}")
     if job.result:
         r = job.result
-        click.echo(f"  result: {_on_server(client, r.url)} ({r.width}x{r.height}, "
+        click.echo(f"  result: {_on_server(client, r.url)} ({r.container}, {r.width}x{r.height}, "
                    f"{r.duration or 0:.2f} s, rendered in {r.elapsed or 0:.2f} s)")
     if job.error_code:
         click.echo(f"  error {job.error_code}: {job.error_message}")
