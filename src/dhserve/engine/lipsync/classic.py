@@ -115,21 +115,26 @@ class MouthWarp:
         fade = 1 - _smoothstep(chin_below, chin_below + NECK_FADE * self.w, below)
         return np.where(below > 0, self.amount * ((1 - t) * lip + t * jaw) * fade, 0.0)
 
-    def sideways(self, u: np.ndarray, below: np.ndarray) -> np.ndarray:
+    def sideways(self, u: np.ndarray, below: np.ndarray,
+                 rows: np.ndarray | None = None) -> np.ndarray:
         """How far the point at (u, `below` the seam) moves along the mouth (pixels): the
         corners out for a spread mouth, in for a rounded one. The lips stretch evenly, the
         corners move with the skin just outside them (their folds and shadows stay corners,
         not streaks) and the cheeks take up the rest over half a mouth width, so nothing
-        creases or tears."""
+        creases or tears. `rows`: `row_weight` of the points, when the caller has it."""
         w = self.w
         if abs(self.width) < 1e-3:
             return np.zeros_like(u)
         reach = 1 - _smoothstep(WIDTH_REACH[0] * w, WIDTH_REACH[1] * w, np.abs(u))
         along = np.clip(u / (0.5 * w), -1.0, 1.0) * reach
-        v = self.seam(u) + below
-        up = _smoothstep(self.top_v, np.interp(u, self.lip_top_u, self.lip_top_v), v)
-        down = 1 - _smoothstep(LIP_BAND[0] * w, LIP_BAND[1] * w, below)
-        return self.corner_shift * along * up * down
+        return self.corner_shift * along * (self.row_weight(u, below) if rows is None else rows)
+
+    def row_weight(self, u: np.ndarray, below: np.ndarray) -> np.ndarray:
+        """How much of the corner motion the height of (u, `below`) gets: all of it from the
+        upper lip's outer edge down through the lower lip, none by the nose or the chin."""
+        up = _smoothstep(self.top_v, np.interp(u, self.lip_top_u, self.lip_top_v),
+                         self.seam(u) + below)
+        return up * (1 - _smoothstep(LIP_BAND[0] * self.w, LIP_BAND[1] * self.w, below))
 
     def source_below(self, u: np.ndarray, below_out: np.ndarray,
                      gap: np.ndarray) -> np.ndarray:
@@ -178,7 +183,10 @@ def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
     x0, y0, x1, y1 = warp.box(frame.shape)
     if x1 - x0 < 4 or y1 - y0 < 4:
         return frame
-    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    # A row and a column of pixel coordinates: everything computed from them broadcasts to
+    # the box, without two box-sized index grids.
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+    xs = np.arange(x0, x1, dtype=np.float32)[None, :]
     u, v = warp.face.to_face_grid(xs, ys)
     below_out = v - warp.seam(u)    # where each output pixel lies relative to the lip seam
     gap = warp.gap(u)
@@ -191,9 +199,11 @@ def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
     shift = cv2.resize(coarse_shift, size, interpolation=cv2.INTER_LINEAR)
     shift = np.where(below_out > 0, np.maximum(shift, 0), 0).astype(np.float32)
     # Sideways: the inverse of u -> u + s(u) by fixed-point steps (s is smooth, |s'| < 0.6).
-    coarse_side = warp.sideways(cu, cb)
+    # (The height's weight is taken where the pixel is shown: it barely changes sideways.)
+    rows = warp.row_weight(cu, cb)
+    coarse_side = warp.sideways(cu, cb, rows)
     for _ in range(2):
-        coarse_side = warp.sideways(cu - coarse_side, cb)
+        coarse_side = warp.sideways(cu - coarse_side, cb, rows)
     coarse_side = coarse_side.astype(np.float32)
     side = cv2.resize(coarse_side, size, interpolation=cv2.INTER_LINEAR)
     map_x = xs - shift * np.float32(warp.face.ey[0]) - side * np.float32(warp.face.ex[0])
