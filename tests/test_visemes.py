@@ -132,6 +132,7 @@ def mandarin(tmp_path_factory):
     return speak(tmp_path_factory.mktemp("espeak-cmn"), "cmn-latn-pinyin",
                  {"spread": "yi1 qi1 yi1, xi1 li3 di4 yi1",              # 一七一，西里地一
                   "rounded": "wu3 lu4 yu2, gu3 wu3 lu4",                 # 五路鱼，古五路
+                  "front-rounded": "yu2 lü4 ju1 xu1",                    # 鱼绿居需
                   "bilabial": "ma1 ma1 mai3 mian4 bao1, ba1 ba1 bu4 mai3"})  # 妈妈买面包，爸爸不买
 
 
@@ -184,11 +185,13 @@ def test_spread_speech_is_wider_than_rounded_on_the_output(sentences, template_f
 
 
 def test_mandarin_spread_rounded_and_bilabials(mandarin, template_frames):
-    """yi qi xi spread the lips, wu lu yu round them (yu's ü too: its F2 is lower than i's),
-    and ma mai mian bao ba bu shut them."""
+    """yi qi xi spread the lips, wu lu gu round them, and so does the ü of yu lü ju xu (an F2
+    as high as an e's, but a low F3), and ma mai mian bao ba bu shut them."""
     assert closure_events(mandarin["bilabial"]) >= 5          # of 9 m/b
     assert closure_events(mandarin["rounded"]) <= 1           # no lips in wu lu yu gu
-    assert np.mean(widths(mandarin["spread"])) > 0.3 > -0.1 > np.mean(widths(mandarin["rounded"]))
+    assert np.mean(widths(mandarin["spread"])) > 0.5
+    assert np.mean(widths(mandarin["rounded"])) < -0.5
+    assert np.mean(widths(mandarin["front-rounded"])) < -0.5
     width = output_widths(template_frames[:1], mandarin)
     assert width["spread"] >= 1.10 * width["rounded"], width
 

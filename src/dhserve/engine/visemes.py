@@ -1,15 +1,17 @@
 """Mouth shapes from the speech itself: lip width (spread ↔ rounded) and lip closure per frame.
 
 No model and no language: the shapes come from the Wav2Lip mel spectrogram the pipeline
-already computes. Two formant-like estimates per 12.5 ms mel frame carry the vowel quality:
-F1 (the power centroid between 200 and 800 Hz: low for i/u, high for a) and F2 (the lowest
-strong peak between 800 and 2900 Hz: high for i/e, low for u/o). A high F2 spreads the lips;
+already computes. Formant-like estimates per 12.5 ms mel frame carry the vowel quality:
+F1 (the power centroid between 200 and 800 Hz: low for i/u, high for a), F2 (the lowest
+strong peak between 650 and 2900 Hz: high for i/e, low for u/o) and F3 (the next strong peak
+above F2). A high F2 spreads the lips, unless F3 is low too (a front rounded ü, Mandarin yu);
 a low F2 with a low F1 rounds them; a (high F1) is neutral. Bilabial closure (m, b, p) is a
 voiced murmur with almost nothing above 500 Hz, or a short dip in the level between two
 syllables (the closure before a burst, a nasal murmur), and shuts the lips whatever the
-loudness (a t or d's closure, the tongue's, shuts them too: the level cannot tell them apart,
-and neither could the burst's spectrum on espeak-ng's voices). The targets then blend as lips do: they move towards a
-new shape in ~40 ms and leave it in ~80 ms, and a quiet syllable shapes the lips less.
+loudness (a t or d's closure, the tongue's, shuts them too: the level cannot tell them
+apart, and neither could the burst's spectrum on espeak-ng's voices). The targets then blend
+as lips do: they move towards a new shape in ~40 ms and leave it in ~80 ms, and a quiet
+syllable shapes the lips less.
 
 The pipeline hands a backend one batch of frames at a time; `ShapeTracker` carries the blend
 from one batch of a speech to the next, so the lips never restart at a batch boundary.
@@ -32,13 +34,20 @@ from dhserve.engine.audio import (
     mel_frequencies,
 )
 
-F1_BAND, F2_BAND = (200.0, 800.0), (800.0, 2900.0)
+F1_BAND, F2_BAND = (200.0, 800.0), (650.0, 2900.0)   # a back u's F2 sits at 700-800 Hz
+F2_ABOVE_F1 = 250.0            # (Hz) F2 lies this far above F1 at least: an e's F1 at 650 Hz
+                               # is no F2
 PEAK_DB = 8.0
 SHAPE_GAIN = 2.0   # a vowel half way to i (or u) already shapes the lips fully
 LOW_BAND, HIGH_BAND = (55.0, 500.0), (600.0, 4000.0)
 SPREAD_F2 = (1700.0, 2200.0)   # F2 (Hz) from neutral to fully spread
 ROUND_F2 = (1750.0, 1250.0)    # F2 (Hz) from neutral to fully rounded ...
 ROUND_F1 = (600.0, 450.0)      # ... while F1 (Hz) is this low (an open a is never rounded)
+FRONT_ROUND_F2 = (1500.0, 1700.0)   # an F2 this high (a front vowel) with ...
+FRONT_ROUND_F3 = (2480.0, 2330.0)   # ... F3 this low is a rounded ü (Mandarin yu, French u,
+                                    # German ü: 2250-2400), not an i or e (2500+)
+F3_GAP, F3_TOP = 300.0, 3500.0     # F3: the next strong peak this far above F2 (nearer: a
+                                   # harmonic of F2 itself), under this
 MURMUR_DB = (16.0, 24.0)       # low band over high band (dB): a nasal murmur / lips shut
 DIP_S, DIP_DB = 0.1, (8.0, 16.0)   # a dip this deep (dB) within this far of loud speech shuts
 DIP_AROUND = (5.0, 15.0)       # (dB over SILENT_DB) speech this loud on both sides of a dip
@@ -120,13 +129,16 @@ def frame_targets(mel: np.ndarray) -> FrameTargets:
     # F2: the lowest spectral peak of the F2 range within PEAK_DB of its strongest; the
     # strongest alone is often F3 (as strong as F2 in a fronted u), and a centroid is
     # pulled up by F3 when F2 sits at its low end.
-    inner = db[1:-1]
-    band = (bands["f2"] > 0)[1:-1, None]
+    inner, peaks_f = db[1:-1], f[1:-1, None]
+    band = ((bands["f2"] > 0)[1:-1, None]) & (peaks_f > f1 + F2_ABOVE_F1)
     strongest = np.where(band, inner, -np.inf).max(0)
-    peak = band & (inner >= db[:-2]) & (inner >= db[2:]) & (inner >= strongest - PEAK_DB)
-    f2 = f[1:-1][np.argmax(peak, axis=0)]
-    spread = _ramp(f2, *SPREAD_F2)
-    rounded = _ramp(f2, *ROUND_F2) * _ramp(f1, *ROUND_F1)
+    strong = (inner >= db[:-2]) & (inner >= db[2:]) & (inner >= strongest - PEAK_DB)
+    f2 = peaks_f[np.argmax(band & strong, axis=0), 0]
+    above = strong & (peaks_f > f2 + F3_GAP) & (peaks_f < F3_TOP)
+    f3 = np.where(above.any(0), peaks_f[np.argmax(above, axis=0), 0], F3_TOP)
+    front_round = _ramp(f2, *FRONT_ROUND_F2) * _ramp(f3, *FRONT_ROUND_F3)
+    spread = _ramp(f2, *SPREAD_F2) * (1 - front_round)
+    rounded = np.maximum(_ramp(f2, *ROUND_F2) * _ramp(f1, *ROUND_F1), front_round)
     speech = level("speech")
     murmur = level("low") - level("high")
     # Vowel quality only means something where the vocal tract resonates (voiced and loud,

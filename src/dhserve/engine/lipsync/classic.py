@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 
 from dhserve.engine.blend import FaceFrame, lower_face_mask, paste
-from dhserve.engine.face.landmarks import CHIN, LOWER_INNER_LIP, NOSE_TIP, UPPER_INNER_LIP
+from dhserve.engine.face.landmarks import (CHIN, FACE_OVAL, LOWER_INNER_LIP, NOSE_TIP,
+                                          UPPER_INNER_LIP)
 from dhserve.engine.lipsync.base import FrameBatch, LipSyncBackend
 from dhserve.engine.visemes import MouthShapes, ShapeTracker
 
@@ -37,6 +38,11 @@ SPREAD_HEIGHT = 0.08     # ... and a spread one this much flatter, relative to i
 ROUND_GAP = 0.15         # a rounded opening is this much narrower than the lips around it
 WIDTH_REACH = (0.6, 1.2)    # mouth widths from the centre: the corners and the skin just
                             # outside them move as one up to the first, cheeks fade to the second
+EDGE_MARGIN = 0.04          # ... or to this far (mouth widths) inside the face's outline
+CHEEK_ROOM = 0.35           # the cheeks take up the motion over this much (mouth widths) at least
+MAX_SLOPE = (0.5, 0.8)      # a cheek is squeezed to no less than half its width (spread) and
+                            # stretched to no more than 1.8x (rounded): where the face leaves
+                            # less room the corners move less
 LIP_BAND = (0.1, 0.6)    # mouth widths below the seam where the corner motion fades: the
                          # lower lip moves with the corners, the chin and jaw line do not
 # Outer edge of the upper lip, corner to corner: above it the corner motion fades out
@@ -78,6 +84,10 @@ class MouthWarp:
         # and the nose tip (the philtrum and nostrils barely move: they lie near the centre).
         self.lip_top_u, self.lip_top_v = _sorted(*self.face.to_face(points[list(UPPER_OUTER_LIP)]))
         self.top_v = min(float(nose_v), float(self.lip_top_v.min()) - 2.0)
+        # The face's outline on either side (|u| at each height): the cheeks' motion has faded
+        # out before it, so the silhouette never moves.
+        ou, ov = self.face.to_face(points[list(FACE_OVAL)])
+        self.outline = [_sorted(ov[side], np.abs(ou[side])) for side in (ou < 0, ou >= 0)]
 
     def _gain(self) -> float:
         return WIDTH_GAIN if self.width > 0 else ROUND_GAIN
@@ -116,25 +126,35 @@ class MouthWarp:
         return np.where(below > 0, self.amount * ((1 - t) * lip + t * jaw) * fade, 0.0)
 
     def sideways(self, u: np.ndarray, below: np.ndarray,
-                 rows: np.ndarray | None = None) -> np.ndarray:
+                 rows: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
         """How far the point at (u, `below` the seam) moves along the mouth (pixels): the
         corners out for a spread mouth, in for a rounded one. The lips stretch evenly, the
         corners move with the skin just outside them (their folds and shadows stay corners,
-        not streaks) and the cheeks take up the rest over half a mouth width, so nothing
-        creases or tears. `rows`: `row_weight` of the points, when the caller has it."""
-        w = self.w
+        not streaks) and the cheeks take up the rest before the face's outline, so nothing
+        creases or tears. `rows`: `rows(u, below)`, when the caller has it."""
         if abs(self.width) < 1e-3:
             return np.zeros_like(u)
-        reach = 1 - _smoothstep(WIDTH_REACH[0] * w, WIDTH_REACH[1] * w, np.abs(u))
-        along = np.clip(u / (0.5 * w), -1.0, 1.0) * reach
-        return self.corner_shift * along * (self.row_weight(u, below) if rows is None else rows)
+        weight, start, end = self.rows(u, below) if rows is None else rows
+        reach = 1 - _smoothstep(start, end, np.abs(u))
+        along = np.clip(u / (0.5 * self.w), -1.0, 1.0) * reach
+        return self.corner_shift * along * weight
 
-    def row_weight(self, u: np.ndarray, below: np.ndarray) -> np.ndarray:
-        """How much of the corner motion the height of (u, `below`) gets: all of it from the
-        upper lip's outer edge down through the lower lip, none by the nose or the chin."""
-        up = _smoothstep(self.top_v, np.interp(u, self.lip_top_u, self.lip_top_v),
-                         self.seam(u) + below)
-        return up * (1 - _smoothstep(LIP_BAND[0] * self.w, LIP_BAND[1] * self.w, below))
+    def rows(self, u: np.ndarray, below: np.ndarray) -> tuple[np.ndarray, ...]:
+        """What the corner motion at (u, `below` the seam) needs of its height: how much of
+        it the height gets (all from the upper lip's outer edge down through the lower lip,
+        none by the nose or the chin) and where the cheeks take it up (from, to: |u|)."""
+        w = self.w
+        v = self.seam(u) + below
+        up = _smoothstep(self.top_v, np.interp(u, self.lip_top_u, self.lip_top_v), v)
+        weight = up * (1 - _smoothstep(LIP_BAND[0] * w, LIP_BAND[1] * w, below))
+        outline = np.where(u < 0, np.interp(v, *self.outline[0]), np.interp(v, *self.outline[1]))
+        end = np.clip(outline - EDGE_MARGIN * w, (0.5 + CHEEK_ROOM) * w, WIDTH_REACH[1] * w)
+        start = np.minimum(WIDTH_REACH[0] * w, end - CHEEK_ROOM * w)
+        # A smoothstep's steepest slope is 1.5 / its span: the cheek's squeeze (or stretch)
+        # stays within MAX_SLOPE.
+        slope = MAX_SLOPE[0] if self.width > 0 else MAX_SLOPE[1]
+        room = slope * (end - start) / (1.5 * max(abs(self.corner_shift), 1e-6))
+        return weight * np.minimum(room, 1.0), start, end
 
     def source_below(self, u: np.ndarray, below_out: np.ndarray,
                      gap: np.ndarray) -> np.ndarray:
@@ -199,8 +219,8 @@ def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
     shift = cv2.resize(coarse_shift, size, interpolation=cv2.INTER_LINEAR)
     shift = np.where(below_out > 0, np.maximum(shift, 0), 0).astype(np.float32)
     # Sideways: the inverse of u -> u + s(u) by fixed-point steps (s is smooth, |s'| < 0.6).
-    # (The height's weight is taken where the pixel is shown: it barely changes sideways.)
-    rows = warp.row_weight(cu, cb)
+    # (What the height needs is taken where the pixel is shown: it barely changes sideways.)
+    rows = warp.rows(cu, cb)
     coarse_side = warp.sideways(cu, cb, rows)
     for _ in range(2):
         coarse_side = warp.sideways(cu - coarse_side, cb, rows)
