@@ -225,20 +225,20 @@ def shapes_from_chunks(chunks: np.ndarray, openness: np.ndarray,
     steps = chunk_offsets(chunks)
     track = np.concatenate([c[:, :n] for c, n in zip(chunks[:-1], steps)] + [chunks[-1]],
                            axis=1)
-    t = frame_targets(track)
+    aim = frame_targets(track)
     resumed = before.resume(chunks[0]) if before is not None else None
-    history = np.repeat(t.level[:1], HISTORY) if resumed is None else resumed[2]
-    levels = np.concatenate([history, t.level])
+    history = np.repeat(aim.level[:1], HISTORY) if resumed is None else resumed[2]
+    levels = np.concatenate([history, aim.level])
     # After REST_S with no sound at all the lips are at rest, however the batches fall: a
     # batch that starts in such a pause starts where one long batch would be.
     silent = np.lib.stride_tricks.sliding_window_view(levels < PAUSE_DB, REST_FRAMES)
-    rest = silent.all(1)[-t.level.size:]
-    closure = np.maximum(t.closure, _dips(t.level, history))
-    width0, closure0 = ((float(t.width[0] * t.trust[0]), float(closure[0])) if resumed is None
-                        else resumed[:2])
+    rest = silent.all(1)[-aim.level.size:]
+    closure = np.maximum(aim.closure, _dips(aim.level, history))
+    width0, closure0 = ((float(aim.width[0] * aim.trust[0]), float(closure[0]))
+                        if resumed is None else resumed[:2])
     dt = 1.0 / MEL_FRAMES_PER_SECOND
     attack, release = 1 - np.exp(-dt / ATTACK_S), 1 - np.exp(-dt / RELEASE_S)
-    width = _blend(np.where(rest, 0.0, t.width), width0, attack, release, t.trust, rest)
+    width = _blend(np.where(rest, 0.0, aim.width), width0, attack, release, aim.trust, rest)
     # Lips meet within ~15 ms (a Mandarin b's closure lasts ~30 ms) and part at the burst at
     # once: a closure never lingers into the vowel after it.
     closure = _blend(closure, closure0, 1 - np.exp(-dt / CLOSE_S), 1 - np.exp(-dt / PART_S),

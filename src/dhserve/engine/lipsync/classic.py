@@ -218,7 +218,8 @@ def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
     size = (x1 - x0, y1 - y0)
     shift = cv2.resize(coarse_shift, size, interpolation=cv2.INTER_LINEAR)
     shift = np.where(below_out > 0, np.maximum(shift, 0), 0).astype(np.float32)
-    # Sideways: the inverse of u -> u + s(u) by fixed-point steps (s is smooth, |s'| < 0.6).
+    # Sideways: the inverse of u -> u + s(u) by three fixed-point steps (s is smooth and
+    # |s'| <= MAX_SLOPE: the map they give stays monotonic, within ~half the slope's error).
     # (What the height needs is taken where the pixel is shown: it barely changes sideways.)
     rows = warp.rows(cu, cb)
     coarse_side = warp.sideways(cu, cb, rows)
