@@ -37,12 +37,15 @@ FACE_SHRINK = 0.94        # the face polygon, pulled towards its centre: its edg
 JAW_DROP = 0.35           # the lower face stretched this many mouth widths below the chin
 _ramp = np.clip((np.arange(256) / 255.0 - EDGE_LOW) / (EDGE_HIGH - EDGE_LOW), 0, 1)
 EDGE_LUT = np.round(255 * _ramp * _ramp * (3 - 2 * _ramp)).astype(np.uint8)   # smoothstep
-# Edge colours (edge_colours): person and backdrop colours are looked up this far around a
-# pixel (a box on a grid of half the mask's resolution: +-8 mask pixels, 20 frame pixels at
-# 720p), so the estimates stay local;
-EDGE_REACH = (9, 9)
+# Edge colours (edge_colours): person and backdrop colours are looked up near a pixel (a box
+# on a grid of half the mask's resolution: +-4 mask pixels, 10 frame pixels at 720p), and with
+# a small weight further (+-8, 20 px) where none are that near: near, so that a thin part of
+# the person (a collar, a helmet's rim) is not taken for a mix of backdrop and what is beyond
+EDGE_REACH = ((5, 5), (9, 9))
+EDGE_FAR_WEIGHT = 0.1
 EDGE_INNER = 2            # mask pixels: the segmenter's "sure" often reaches this far too far
 EDGE_COLOUR_FLOOR = 64.0  # squared colour distance under which person and backdrop are alike
+EDGE_PERSON = 0.9        # a pixel at least this much person colour (t) is left as it is
 EDGE_ACTIVE = 0.9         # grid cells whose mean colour is less person than this get cleaned
 
 
@@ -142,10 +145,10 @@ def edge_colours(frame: np.ndarray, soft: np.ndarray, alpha: np.ndarray,
     of (`soft`, after the contrast curve: 255 with all neighbours within EDGE_INNER, or 0 with
     all next ones; the segmenter's "sure" often reaches a pixel or two past the person), on a
     grid of half the mask's resolution (its cells: about 5 x 5 pixels at 720p). A pixel I
-    is read as a mix t F + (1 - t) B (t: its projection on the line B -> F, clipped to 0..1)
-    and becomes I + (1 - t)(F - B): backdrop turns into F, the person keeps its detail. Cost:
-    only the unsure cells whose mean colour leans towards the backdrop (t < EDGE_ACTIVE) are
-    computed at full resolution (about 2 % of a 720p frame); the face `polygon` never is.
+    is read as a mix t F + (1 - t) B (t: its projection on the line B -> F) and becomes
+    I + (1 - t)(F - B), eased to I as t nears EDGE_PERSON: backdrop turns into F, the person
+    keeps its detail. Cost: only the unsure cells whose mean colour leans towards the backdrop
+    are computed at full resolution (about 2 % of a 720p frame); the face `polygon` never is.
     """
     height, width = alpha.shape
     grid = (max(1, soft.shape[1] // 2), max(1, soft.shape[0] // 2))
@@ -202,10 +205,13 @@ def _cell_means(frame: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 
 def _towards_person(colours: np.ndarray, lookup: np.ndarray) -> np.ndarray:
-    """(1 - t)(F - B) for `colours` (n, 3) with their rows (B, F - B, 1 / (|F - B|^2 + floor))."""
+    """What moves `colours` (n, 3) to the person's colour, with their rows (B, F - B,
+    1 / (|F - B|^2 + floor)): (1 - t)(F - B) for a mix t F + (1 - t) B, easing to nothing as
+    t nears EDGE_PERSON (a pixel that much person is the person's own texture, kept as it
+    is; without the easing, the cells' steps show in it)."""
     behind, towards = lookup[:, :3], lookup[:, 3:6]
     share = np.einsum("ij,ij->i", colours - behind, towards) * lookup[:, 6]
-    return (1 - np.clip(share, 0, 1))[:, None] * towards
+    return np.clip(1 - share / EDGE_PERSON, 0, 1)[:, None] * towards
 
 
 def _edge_cells(frame: np.ndarray, inner: np.ndarray,
@@ -222,18 +228,21 @@ def _edge_cells(frame: np.ndarray, inner: np.ndarray,
     small = cv2.cvtColor(_cell_means(frame, grid), cv2.COLOR_RGB2RGBA)   # alpha: the weight
     means = []
     for sure in (person, backdrop):
-        sums = cv2.boxFilter(cv2.copyTo(small, sure.view(np.uint8)), cv2.CV_32F, EDGE_REACH,
-                             normalize=False).reshape(-1, 4).take(where, axis=0)
+        only = cv2.copyTo(small, sure.view(np.uint8))
+        near, far = (cv2.boxFilter(only, cv2.CV_32F, reach, normalize=False
+                                   ).reshape(-1, 4).take(where, axis=0) for reach in EDGE_REACH)
+        sums = near + EDGE_FAR_WEIGHT * far     # the near colours first, smoothly
         weight = sums[:, 3:] / 255
         means.append((sums[:, :3] / np.maximum(weight, 1e-3), weight[:, 0] > 1e-3))
     (own, own_found), (behind, behind_found) = means
     towards = (own - behind) * (own_found & behind_found)[:, None]
     table = np.column_stack((behind, towards, 1 / (np.einsum("ij,ij->i", towards, towards)
                                                    + EDGE_COLOUR_FLOOR)))
-    # the cells whose mean colour leans towards the backdrop (1 - t large): clean their pixels
+    # the cells whose mean colour leans towards the backdrop (a thin rim in a cell counts):
+    # clean their pixels
     mean = np.take(small.reshape(-1, 4)[:, :3], where, axis=0).astype(np.float32)
-    leaning = np.einsum("ij,ij->i", _towards_person(mean, table), towards) * table[:, 6]
-    active = leaning > 1 - EDGE_ACTIVE
+    active = np.einsum("ij,ij->i", mean - behind, towards) * table[:, 6] < EDGE_ACTIVE
+    active &= towards.any(axis=1)
     return table[active], where[active]
 
 
