@@ -163,7 +163,8 @@ def edge_colours(frame: np.ndarray, soft: np.ndarray, alpha: np.ndarray,
         keep &= ~_inside(polygon, ys, xs)
     flat, rows = flat[keep], rows[keep]
     colours = np.take(frame.reshape(-1, 3), flat, axis=0).astype(np.float32)
-    return flat, colours + _towards_person(colours, np.take(table, rows, axis=0))
+    colours += _towards_person(colours, np.take(table, rows, axis=0))
+    return flat, np.clip(colours, 0, 255, out=colours)     # blended after: in range first
 
 
 def _inside(polygon: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:

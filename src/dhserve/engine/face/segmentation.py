@@ -9,7 +9,8 @@ are computed once per template and cached with its face analysis (AnalysisCache.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -66,33 +67,58 @@ class PersonSegmenter:
 
 def person_masks(frames: Iterable[np.ndarray], on_frame: Callable[[int], None] | None = None,
                  segmenter: PersonSegmenter | None = None) -> np.ndarray:
-    """The masks of all `frames` (n, h, w) uint8, smoothed over time."""
+    """The masks of all `frames` (n, h, w) uint8, smoothed over time as they come (the raw
+    masks of a few frames are held, not a second copy of them all)."""
     own = segmenter is None
     segmenter = segmenter or PersonSegmenter()
-    masks = []
-    try:
+
+    def segmented() -> Iterator[np.ndarray]:
         for index, rgb in enumerate(frames):
-            masks.append(segmenter.segment(rgb))
+            yield segmenter.segment(rgb)
             if on_frame:
                 on_frame(index + 1)
+
+    try:
+        masks = list(_smoothed(segmented()))
     finally:
         if own:
             segmenter.close()
-    return smooth_masks(np.stack(masks))
+    return np.stack(masks)
 
 
 def smooth_masks(masks: np.ndarray, sigma: float = MASK_SMOOTHING_SIGMA) -> np.ndarray:
-    """Centred Gaussian smoothing over time (a frame at a time: memory stays one float frame
-    above the uint8 masks); removes the segmenter's frame-to-frame flicker at the edges."""
-    n = masks.shape[0]
-    if sigma <= 0 or n < 2:
-        return masks
-    radius = int(np.ceil(2 * sigma))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2).astype(np.float32)
+    """Centred Gaussian smoothing over time; removes the segmenter's frame-to-frame flicker
+    at the edges."""
     out = np.empty_like(masks)
-    for i in range(n):
-        lo, hi = max(0, i - radius), min(n, i + radius + 1)
-        weights = taps[lo - i + radius:hi - i + radius]
-        total = np.tensordot(weights / weights.sum(), masks[lo:hi].astype(np.float32), axes=1)
-        out[i] = np.clip(total + 0.5, 0, 255).astype(np.uint8)
+    for index, smoothed in enumerate(_smoothed(iter(masks), sigma)):
+        out[index] = smoothed
     return out
+
+
+def _smoothed(masks: Iterator[np.ndarray], sigma: float = MASK_SMOOTHING_SIGMA
+              ) -> Iterator[np.ndarray]:
+    """`masks` smoothed over time, one out for each in, truncated at the ends: only the raw
+    masks within 2 sigma of the one given out are held (one float frame above them)."""
+    radius = int(np.ceil(2 * sigma)) if sigma > 0 else 0
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / max(sigma, 1e-6)) ** 2)
+    held: deque[np.ndarray] = deque()       # the raw masks count - len(held) .. count - 1
+    count = 0
+
+    def smoothed(centre: int) -> np.ndarray:
+        first = count - len(held)
+        lo, hi = max(first, centre - radius), min(count - 1, centre + radius)
+        weights = taps[lo - centre + radius:hi - centre + radius + 1]
+        total = np.tensordot((weights / weights.sum()).astype(np.float32),
+                             np.stack([held[i - first] for i in range(lo, hi + 1)]
+                                      ).astype(np.float32), axes=1)
+        return np.clip(total + 0.5, 0, 255).astype(np.uint8)
+
+    for mask in masks:
+        held.append(mask)
+        count += 1
+        if count > radius:
+            yield smoothed(count - 1 - radius)
+            if len(held) > 2 * radius:
+                held.popleft()
+    for centre in range(max(0, count - radius), count):
+        yield smoothed(centre)
