@@ -3,9 +3,11 @@ The backends by name are the table in dhserve.engine.lipsync.
 
 A backend sees one batch at a time (the pipeline streams), so it may run batched inference
 (the `wav2lip` ONNX backend) or per-frame geometry (`classic`). It never sees files or jobs.
-A backend holds no state between batches: one instance (and its model sessions) serves every
-render of a worker process, from several threads at once. What it needs of the neighbouring
-frames (for temporal smoothing) it declares in `context_frames` and the pipeline supplies.
+One instance (and its model sessions) serves every render of a worker process, from several
+threads at once, so a backend keeps no per-render state in itself: what it needs of the
+neighbouring frames (for temporal smoothing) it declares in `context_frames` and the pipeline
+supplies. The one exception is bounded and keyed by content: `classic` carries its lips' blend
+from one batch to the next (visemes.ShapeTracker finds a batch's predecessor by its speech).
 """
 
 from __future__ import annotations
