@@ -72,12 +72,12 @@ class AccessRefused(DhserveError):
 
 class OptionsInvalid(InputError):
     """A job option that is unknown, of the wrong JSON type, or out of range."""
-    code, heygem = "options.invalid", MISSING
+    code = "options.invalid"       # /easy: recorded, like every input (its fields are flags)
 
 
 class UnknownBackend(InputError):
     """A backend name the service does not have."""
-    code, heygem = "options.unknown_backend", MISSING
+    code = "options.unknown_backend"
 
 
 class OutputInvalid(InputError):
