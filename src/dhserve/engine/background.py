@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,29 +276,33 @@ class Compositor:
 
     def apply(self, frames: Sequence[np.ndarray], masks: Sequence[np.ndarray] | np.ndarray,
               landmarks: np.ndarray) -> list[np.ndarray]:
-        """Frames composited (RGB), or RGBA with the person's alpha for a transparent one."""
-        out = []
-        for frame, mask, points in zip(frames, masks, landmarks, strict=True):
-            height, width = frame.shape[:2]
-            soft, polygon = cv2.LUT(mask, EDGE_LUT), _fixed_polygon(points)
-            alpha = _alpha(soft, polygon, width, height)
-            flat, colours = edge_colours(frame, soft, alpha, polygon,
-                                         clear_too=self.image is None)
-            if self.image is None:
-                composite = cv2.cvtColor(frame, cv2.COLOR_RGB2RGBA)
-                composite[..., 3] = alpha
-            else:
-                # uint8 products (OpenCV's saturating SIMD): half the time of float weights
-                behind = self.image[:height, :width]
-                alpha3 = cv2.merge([alpha, alpha, alpha])
-                composite = cv2.add(cv2.multiply(frame, alpha3, scale=1 / 255),
-                                    cv2.multiply(behind, cv2.bitwise_not(alpha3), scale=1 / 255))
-                weight = alpha.reshape(-1).take(flat)[:, None] / np.float32(255)
-                colours = colours * weight + np.take(behind.reshape(-1, 3), flat,
-                                                     axis=0) * (1 - weight)
-            _put_rgb(composite, flat, colours)
-            out.append(composite)
-        return out
+        """Frames composited (RGB), or RGBA with the person's alpha for a transparent one.
+        Two frames at a time: OpenCV and NumPy let go of the GIL, and the render's own thread
+        is what a background adds to (the encoder's threads have room beside it)."""
+        return list(_POOL.map(self._one, frames, masks, landmarks))
+
+    def _one(self, frame: np.ndarray, mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+        height, width = frame.shape[:2]
+        soft, polygon = cv2.LUT(mask, EDGE_LUT), _fixed_polygon(points)
+        alpha = _alpha(soft, polygon, width, height)
+        flat, colours = edge_colours(frame, soft, alpha, polygon, clear_too=self.image is None)
+        if self.image is None:
+            composite = cv2.cvtColor(frame, cv2.COLOR_RGB2RGBA)
+            composite[..., 3] = alpha
+        else:
+            # uint8 products (OpenCV's saturating SIMD): half the time of float weights
+            behind = self.image[:height, :width]
+            alpha3 = cv2.merge([alpha, alpha, alpha])
+            composite = cv2.add(cv2.multiply(frame, alpha3, scale=1 / 255),
+                                cv2.multiply(behind, cv2.bitwise_not(alpha3), scale=1 / 255))
+            weight = alpha.reshape(-1).take(flat)[:, None] / np.float32(255)
+            colours = colours * weight + np.take(behind.reshape(-1, 3), flat,
+                                                 axis=0) * (1 - weight)
+        _put_rgb(composite, flat, colours)
+        return composite
+
+
+_POOL = ThreadPoolExecutor(2, thread_name_prefix="dhserve-composite")
 
 
 def _put_rgb(image: np.ndarray, flat: np.ndarray, colours: np.ndarray) -> None:
