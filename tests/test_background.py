@@ -222,12 +222,15 @@ def test_edge_keeps_little_of_the_old_backdrop():
     assert ring.sum() > 500
     weight = alpha[..., None] / 255.0
     blended = frame * weight + np.array(GREEN) * (1 - weight)
-    (green,) = Compositor.create("#00b140", 192, 192).apply([frame], [mask], no_face)
+    over_green = Compositor.create("#00b140", 192, 192)
+    (green,) = over_green.apply([frame], [mask], no_face)
     assert _magenta(blended)[ring].mean() > 50                  # what blending alone leaves
     assert _magenta(green)[ring].mean() < 0.1 * _magenta(blended)[ring].mean()
     inside = cv2.erode((alpha == 255).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
     assert (green[inside] == frame[inside]).all()               # the person is untouched
     assert (green[alpha == 0] == GREEN).all()
+    (again,) = over_green.apply([frame], [mask], no_face)     # its edge cells remembered
+    assert (again == green).all()
     (rgba,) = Compositor.create("transparent", 192, 192).apply([frame], [mask], no_face)
     assert (rgba[..., 3] == alpha).all()
     assert _magenta(rgba[..., :3])[ring].mean() < 0.1 * _magenta(frame)[ring].mean()

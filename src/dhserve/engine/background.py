@@ -17,9 +17,12 @@ nearest pixels the mask is sure of (edge_colours), before they are blended.
 from __future__ import annotations
 
 import re
+import threading
+import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -46,7 +49,8 @@ EDGE_REACH = ((5, 5), (9, 9))
 EDGE_FAR_WEIGHT = 0.1
 EDGE_INNER = 2            # mask pixels: the segmenter's "sure" often reaches this far too far
 EDGE_COLOUR_FLOOR = 64.0  # squared colour distance under which person and backdrop are alike
-EDGE_PERSON = 0.9        # a pixel at least this much person colour (t) is left as it is
+EDGE_PERSON = 0.9         # a pixel at least this much person colour (t) is left as it is
+EDGE_CELLS_KEPT = 256     # template frames whose edge cells a render keeps (EdgeCells)
 EDGE_ACTIVE = 0.9         # grid cells whose mean colour is less person than this get cleaned
 
 
@@ -135,8 +139,8 @@ def _alpha(soft: np.ndarray, polygon: np.ndarray | None, width: int,
 
 
 def edge_colours(frame: np.ndarray, soft: np.ndarray, alpha: np.ndarray,
-                 polygon: np.ndarray | None, clear_too: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 polygon: np.ndarray | None, clear_too: bool = False,
+                 seen: EdgeCells | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The pixels along the person's edge whose colour holds some of the template's old
     backdrop, as flat indices into `frame`'s pixels, with their colours cleaned of it (float
     RGB); partly transparent ones only, or with `clear_too` the clear ones next to the person
@@ -150,13 +154,18 @@ def edge_colours(frame: np.ndarray, soft: np.ndarray, alpha: np.ndarray,
     I + (1 - t)(F - B), eased to I as t nears EDGE_PERSON: backdrop turns into F, the person
     keeps its detail. Cost: only the unsure cells whose mean colour leans towards the backdrop
     are computed at full resolution (about 2 % of a 720p frame); the face `polygon` never is.
+    With `seen`, the cells of a template frame met before (the same mask) are taken from it.
     """
     height, width = alpha.shape
     grid = (max(1, soft.shape[1] // 2), max(1, soft.shape[0] // 2))
-    inner = cv2.erode(soft, np.ones((2 * EDGE_INNER + 1,) * 2, np.uint8))
-    outer = cv2.dilate(soft, np.ones((3, 3), np.uint8))
-    table, cells = _edge_cells(frame, *(cv2.resize(m, grid, interpolation=cv2.INTER_AREA)
-                                        for m in (inner, outer)))
+
+    def cells_now() -> tuple[np.ndarray, np.ndarray]:
+        inner = cv2.erode(soft, np.ones((2 * EDGE_INNER + 1,) * 2, np.uint8))
+        outer = cv2.dilate(soft, np.ones((3, 3), np.uint8))
+        return _edge_cells(frame, *(cv2.resize(m, grid, interpolation=cv2.INTER_AREA)
+                                    for m in (inner, outer)))
+
+    table, cells = seen.get(soft, cells_now) if seen else cells_now()
     ys, xs, rows = _cell_pixels(cells, grid, width, height)
     flat = ys * width + xs
     keep = alpha.reshape(-1).take(flat) > 0 if not clear_too else np.ones(flat.size, bool)
@@ -248,6 +257,34 @@ def _edge_cells(frame: np.ndarray, inner: np.ndarray,
     return table[active], where[active]
 
 
+class EdgeCells:
+    """The edge cells (_edge_cells) of the template frames a render has met, by their mask: a
+    template frame's edge does not depend on the speech, so a looped template computes each
+    once. The last EDGE_CELLS_KEPT (some 40 KiB each at 720p); thread-safe."""
+
+    def __init__(self, kept: int = 0) -> None:
+        self._kept = kept or EDGE_CELLS_KEPT
+        self._cells: OrderedDict[tuple[int, int, tuple[int, ...]],
+                                 tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, soft: np.ndarray, compute: Callable[[], tuple[np.ndarray, np.ndarray]]
+            ) -> tuple[np.ndarray, np.ndarray]:
+        data = np.ascontiguousarray(soft).data
+        key = (zlib.crc32(data), zlib.adler32(data), soft.shape)     # 64 bits of the mask
+        with self._lock:
+            known = self._cells.get(key)
+            if known is not None:
+                self._cells.move_to_end(key)
+                return known
+        cells = compute()
+        with self._lock:
+            self._cells[key] = cells
+            while len(self._cells) > self._kept:
+                self._cells.popitem(last=False)
+        return cells
+
+
 @dataclass
 class Compositor:
     """Puts the person of each output frame over the render's background."""
@@ -256,6 +293,7 @@ class Compositor:
     width: int
     height: int
     image: np.ndarray | None = None     # (height, width, 3) RGB; None for transparent
+    seen: EdgeCells = field(default_factory=EdgeCells, repr=False)
 
     @classmethod
     def create(cls, background: str, width: int, height: int) -> Compositor:
@@ -285,7 +323,7 @@ class Compositor:
         height, width = frame.shape[:2]
         soft, polygon = cv2.LUT(mask, EDGE_LUT), _fixed_polygon(points)
         alpha = _alpha(soft, polygon, width, height)
-        flat, colours = edge_colours(frame, soft, alpha, polygon, clear_too=self.image is None)
+        flat, colours = edge_colours(frame, soft, alpha, polygon, self.image is None, self.seen)
         if self.image is None:
             composite = cv2.cvtColor(frame, cv2.COLOR_RGB2RGBA)
             composite[..., 3] = alpha
