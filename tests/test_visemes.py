@@ -17,6 +17,7 @@ from dhserve.engine.face.landmarks import MOUTH_LEFT, MOUTH_RIGHT, mouth_opening
 from dhserve.engine.lipsync.base import FrameBatch
 from dhserve.engine.lipsync.classic import ClassicLipSync
 from dhserve.engine.visemes import MouthShapes, ShapeTracker, chunk_offsets, shapes_from_chunks
+from test_classic import InnerLips
 
 FPS = 25.0
 
@@ -225,3 +226,23 @@ def test_opening_follows_loudness_and_shuts_in_pauses(sentences, template_frames
     loud = np.clip((level - level.max() + 40) / 40, 0, 1)
     assert np.corrcoef(opening, loud)[0, 1] >= 0.6
     assert np.all(opening[openness < 0.02] < shut + 0.03)
+
+
+def test_bilabials_press_the_smiling_templates_lips_shut(sentences, template_frames):
+    """The example avatar's lips are parted at rest: where the backend shuts the lips (m-a-m-a
+    b-ought p-ot) the output's lips meet, and where it does not they stay apart."""
+    frames = template_frames[:1]
+    wav = sentences["bilabial"]
+    out, openness, _ = render(frames, analyse_frames(frames).landmarks, wav)
+    closure = speech_shapes(wav).closure
+    lips = InnerLips()
+    try:
+        rest = lips.gap(frames[0])
+        gap = np.array([lips.gap(frame) for frame in out]) / rest
+    finally:
+        lips.close()
+    shut = closure >= 0.8
+    assert shut.sum() >= 3, closure
+    assert np.all(gap[shut] < 0.25), (gap[shut], closure[shut])
+    free = (closure < 0.1) & (openness > 0.3)
+    assert np.all(gap[free] > 1.0), gap[free]

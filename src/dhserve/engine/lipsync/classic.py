@@ -6,9 +6,11 @@ field carries the lower lip, chin and jaw down (fading out towards the cheeks an
 chin); the gap that opens between the lips is shaded as the inside of a mouth. The mouth's
 shape from the spectrum (engine/visemes.py) moves the corners along the mouth: out for a
 spread i/e, in for a rounded u/o (the whole lips with their corners, the cheeks taking up the
-motion, nothing above the nose tip), and presses the lips shut for m/b/p. Everything is
-sampled with one `cv2.remap` over a small box around the lower face, and blended in with the
-feathered lower-face mask, so there is no visible rectangle.
+motion, nothing above the nose tip), and presses the lips shut for m/b/p: on a template whose
+lips are parted (a smile showing its teeth) both lips' inner edges are pulled to the seam,
+their own tissue stretched over the teeth. Everything is sampled with one `cv2.remap` over a
+small box around the lower face (plus the few pixels a pressed seam crosses), and blended in
+with the feathered lower-face mask, so there is no visible rectangle.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ LIP_BAND = (0.1, 0.6)    # mouth widths below the seam where the corner motion f
 # Outer edge of the upper lip, corner to corner: above it the corner motion fades out
 # towards the nose.
 UPPER_OUTER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
+LOWER_OUTER_LIP = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
+# Pressing the lips shut (m, b, p) on a template whose lips are parted: both lips' inner
+# edges meet at the seam, the lips and the skin next to them stretched over the gap.
+PRESS_TOP = 0.35         # the upper lip's stretch starts this far from the nose tip to the lip
+PRESS_BOTTOM = 0.5       # the lower lip's ends this far from its outer edge to the chin
+PRESS_MARGIN = 0.02      # (mouth widths) each lip's edge rolls in this far: no tooth edge
+                         # at the seam (more hides the lower lip's own colour)
+PRESS_EDGE = 0.5         # share of the stretch put on the lips' own tissue (ease-in) rather
+                         # than spread evenly (smoothstep) between the anchors
+PRESSING = 1e-3          # closure under this: no pressing at all (the frame as before)
 SOLVER_STEPS = 3
 COARSE_STEP = 4           # pixels between the samples of the smooth motion field
 
@@ -88,6 +100,13 @@ class MouthWarp:
         # out before it, so the silhouette never moves.
         ou, ov = self.face.to_face(points[list(FACE_OVAL)])
         self.outline = [_sorted(ov[side], np.abs(ou[side])) for side in (ou < 0, ou >= 0)]
+        self.closure = float(np.clip(closure, 0, 1))
+        self.upper_inner, self.lower_inner = _sorted(uu, vu), _sorted(ul, vl)
+        self.lip_bottom = _sorted(*self.face.to_face(points[list(LOWER_OUTER_LIP)]))
+        self.nose_v = float(nose_v)
+        # Pressing only where there is something to press: the template's lips are parted.
+        parted = np.interp(grid, *self.lower_inner) - np.interp(grid, *self.upper_inner)
+        self.pressing = self.closure > PRESSING and float(parted.max()) > 1.0
 
     def _gain(self) -> float:
         return WIDTH_GAIN if self.width > 0 else ROUND_GAIN
@@ -173,11 +192,60 @@ class MouthWarp:
             below_src = below_src - (below_src + moved - below_out) / slope
         return below_src
 
+    def press_top(self, u: np.ndarray) -> np.ndarray:
+        """Where the upper lip's stretch starts (v): part way from the nose tip to the lip."""
+        lip = np.interp(u, self.lip_top_u, self.lip_top_v)
+        return self.nose_v + PRESS_TOP * (lip - self.nose_v)
+
+    def press_region(self) -> tuple[float, float, float, float]:
+        """(u from, u to, v from, v to) outside which the pressing moves nothing."""
+        u = self.upper_inner[0]
+        bottom_lip = float(self.lip_bottom[1].max())
+        return (float(u.min()), float(u.max()), float(self.press_top(self.lip_top_u).min()),
+                bottom_lip + PRESS_BOTTOM * (float(self.chin_v) - bottom_lip))
+
+    def pressed_source(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Inverts the pressing of the lips: the v in the template shown at (u, v) by the
+        upper lip and by the lower lip, and how much of the pixel at (u, v) each covers
+        (between them, the template itself shows).
+
+        Each lip's inner edge moves `closure` of the way to the seam, showing the template
+        from a little past its edge (rolled in: no soft tooth edge at the seam); the upper
+        lip and the skin up to `press_top` stretch down, the lower lip and the skin part way
+        to the chin stretch up. The map is given output -> source, monotonic (the stretch is
+        bounded: a template whose mouth is wide open is pressed only part way), so no solver
+        is needed. Between the moved edges (closure < 1) the template stays where it is:
+        the lips slide over the teeth."""
+        c = self.closure
+        a, b = np.interp(u, *self.upper_inner), np.interp(u, *self.lower_inner)
+        half = np.maximum(b - a, 0) / 2
+        top = self.press_top(u)
+        bottom_lip = np.interp(u, *self.lip_bottom)
+        bottom = bottom_lip + PRESS_BOTTOM * (self.chin_v - bottom_lip)
+        # The edge moves `pull` and shows the template `reach` away; both scaled so that the
+        # profile's steepest slope times the reach stays under 0.8 of the span it stretches
+        # over (room + pull): steepest * k * reach <= 0.8 * (room + k * pull).
+        pull = c * half
+        reach = pull + c * np.minimum(half, PRESS_MARGIN * self.w)
+        steepest = 1.5 * (1 - PRESS_EDGE) + 2 * PRESS_EDGE
+        room = np.maximum(np.minimum(a - top, bottom - b), 0)
+        scale = np.minimum(1.0, 0.8 * room / np.maximum(steepest * reach - 0.8 * pull, 1e-6))
+        pull, reach = pull * scale, reach * scale
+        upper_edge, lower_edge = a + pull, b - pull
+        t_up = np.clip((v - top) / np.maximum(upper_edge - top, 1e-3), 0, 1)
+        t_low = np.clip((bottom - v) / np.maximum(bottom - lower_edge, 1e-3), 0, 1)
+        upper_cover = np.clip(upper_edge - v + 0.5, 0, 1)     # of the pixel's height
+        lower_cover = np.clip(v + 0.5 - lower_edge, 0, 1)
+        return (v - reach * _press_profile(t_up), v + reach * _press_profile(t_low),
+                upper_cover, lower_cover)
+
     def box(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         """Pixel box (x0, y0, x1, y1) outside which the field is exactly zero."""
         w = self.w
         u = np.array([-1.25, 1.25, -1.25, 1.25]) * w
         top = (self.top_v if abs(self.width) >= 1e-3 else float(self.seam_v.min())) - 2
+        if self.pressing:
+            top = min(top, float(self.press_top(self.lip_top_u).min()) - 2)
         bottom = float(self.chin_v) + (NECK_FADE + 0.2) * w
         v = np.array([top, top, bottom, bottom])
         corners = self.face.to_image(u, v)
@@ -185,6 +253,11 @@ class MouthWarp:
         x1, y1 = np.ceil(corners.max(0)).astype(int) + 1
         height, width = shape[:2]
         return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+
+
+def _press_profile(t: np.ndarray) -> np.ndarray:
+    """0 at t = 0 (the anchor) to 1 at t = 1 (the lip's inner edge), flat at the anchor."""
+    return PRESS_EDGE * t * t + (1 - PRESS_EDGE) * t * t * (3 - 2 * t)
 
 
 def _sorted(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +271,7 @@ def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
     """The frame with the mouth opened by `openness` (0..1), spread (`width` > 0) or rounded
     (< 0) and pressed shut by `closure` (0..1); the input is not modified."""
     warp = MouthWarp(points, openness, max_opening, width, closure)
-    if warp.amount < 0.25 and abs(warp.corner_shift) < 0.5:
+    if warp.amount < 0.25 and abs(warp.corner_shift) < 0.5 and not warp.pressing:
         return frame
     x0, y0, x1, y1 = warp.box(frame.shape)
     if x1 - x0 < 4 or y1 - y0 < 4:
@@ -229,13 +302,59 @@ def animate_mouth(frame: np.ndarray, points: np.ndarray, openness: float,
     side = cv2.resize(coarse_side, size, interpolation=cv2.INTER_LINEAR)
     map_x = xs - shift * np.float32(warp.face.ey[0]) - side * np.float32(warp.face.ex[0])
     map_y = ys - shift * np.float32(warp.face.ey[1]) - side * np.float32(warp.face.ex[1])
-    warped = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if warp.pressing:
+        warped = _remap_pressed(frame, map_x, map_y, warp)
+    else:
+        warped = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
     warped = _shade_inner_mouth(warped, frame[y0:y1, x0:x1], below_out, gap, u, warp)
     mask = lower_face_mask(points, (x0, y0, x1, y1), extend_down=(NECK_FADE + 0.1) * warp.w,
                            feather=max(1.0, 0.04 * warp.w), face=warp.face)
     out = frame.copy()
     out[y0:y1, x0:x1] = paste(frame[y0:y1, x0:x1], warped, mask)
     return out
+
+
+def _remap_pressed(frame: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
+                   warp: MouthWarp) -> np.ndarray:
+    """The frame sampled at the map's points with the lips pressed: the template's lips are
+    pressed first and the opening and the corners' motion act on that (each source point is
+    moved by the pressing's own inverse). A pixel the lips' edges cross blends what each
+    part of it shows (the upper lip, the template between the lips, the lower lip), so the
+    seam is anti-aliased, not a staircase."""
+    pu, pv = warp.face.to_face_grid(map_x, map_y)
+    # Only the part of the box whose source lies where the pressing moves anything.
+    u_lo, u_hi, v_lo, v_hi = warp.press_region()
+    inside = (pv > v_lo) & (pv < v_hi) & (pu > u_lo) & (pu < u_hi)
+    rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+    if rows.size == 0:
+        return cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    part = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    x, y, pv = map_x[part], map_y[part], pv[part]
+    upper, lower, upper_cover, lower_cover = warp.pressed_source(pu[part], pv)
+    ey = warp.face.ey.astype(np.float32)
+    shown = (np.where(upper_cover >= 0.5, upper, np.where(lower_cover > 0.5, lower, pv))
+             - pv).astype(np.float32)
+    map_x, map_y = map_x.copy(), map_y.copy()
+    map_x[part] += shown * ey[0]
+    map_y[part] += shown * ey[1]
+    warped = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    edge = np.nonzero(((upper_cover > 0) & (upper_cover < 1))
+                      | ((lower_cover > 0) & (lower_cover < 1)))
+    if edge[0].size == 0:
+        return warped
+    x, y, v = x[edge], y[edge], pv[edge]
+    between = 1 - upper_cover[edge] - lower_cover[edge]
+    blended = np.zeros((edge[0].size, frame.shape[2]), np.float32)
+    for source, share in ((upper[edge], upper_cover[edge]), (v, between),
+                          (lower[edge], lower_cover[edge])):
+        moved = (source - v)[None, :]
+        sample = cv2.remap(frame, (x + moved * ey[0]).astype(np.float32),
+                           (y + moved * ey[1]).astype(np.float32), cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)[0]
+        blended += sample.astype(np.float32) * share[:, None]
+    warped[part][edge] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return warped
 
 
 def _shade_inner_mouth(warped: np.ndarray, original: np.ndarray, below: np.ndarray,
