@@ -5,7 +5,8 @@ On a 720p template (built at run time from examples/avatar.mp4 as bench_backends
 
   backend   frames/s of `ClassicLipSync.animate` alone over the whole speech, batches of 16
             with its own openness and mel chunks as the pipeline hands them over (target
-            >= 150 on 2 cores);
+            >= 150 on 2 cores), and how many of the frames press the lips shut (closure
+            above the pressing threshold: those pay for pulling parted lips together);
   pipeline  the real-time factor of a warm render (render seconds / video seconds: speech
             decode, mel, looped decode, backend, encode + mux; face analysis from the cache),
             whose ratio to the baseline's should stay within 1.10,
@@ -92,6 +93,16 @@ def backend_fps(backend, frames, landmarks, batches) -> float:
     return sum(len(b) for b in prepared) / (time.perf_counter() - started)
 
 
+def pressed_frames(batches) -> tuple[int, int]:
+    """Frames of the speech whose lips the current backend presses, and all frames."""
+    from dhserve.engine.lipsync.classic import PRESSING
+    from dhserve.engine.visemes import ShapeTracker
+
+    tracker = ShapeTracker()
+    closure = np.concatenate([tracker.shapes(c, o).closure for o, c in batches])
+    return int((closure > PRESSING).sum()), int(closure.size)
+
+
 def pipeline_rtf(backend, template: Path, speech: Path, cache, out: Path) -> float:
     from dhserve.engine.pipeline import RenderOptions, render
 
@@ -135,7 +146,9 @@ def main() -> None:
                 if not args.no_pipeline:
                     rtf[name].append(pipeline_rtf(cls(), template, speech, cache,
                                                   work / "warm.mp4"))
+        pressed, total = pressed_frames(batches)
         report = {"size": "1280x720", "seconds": args.seconds,
+                  "pressed_frames": pressed, "frames": total,
                   "backend_fps": {n: max(v) for n, v in fps.items()},
                   "warm_rtf": {n: min(v) for n, v in rtf.items() if v}}
         base = f"baseline {args.baseline}"
@@ -144,6 +157,7 @@ def main() -> None:
             if name in report["warm_rtf"]:
                 line += f", warm pipeline RTF {report['warm_rtf'][name]:.3f}"
             print(line)
+        print(f"{'pressing':>20}: {pressed} of {total} frames (closure > threshold)")
         if report["warm_rtf"]:
             ratio = report["warm_rtf"]["current"] / report["warm_rtf"][base]
             report["rtf_ratio"] = ratio
