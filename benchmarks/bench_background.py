@@ -3,7 +3,9 @@
 Uses bench_render.py's 720p 25 fps template (200 frames from examples/avatar.mp4) and speech,
 and prints, each phase in a fresh interpreter (its own peak RSS):
 
-  segment   cold segmentation of the template: ms/frame at 720p (masks then cached)
+  segment   cold segmentation of the template: ms/frame at 720p, the edge analysis of each
+            frame apart (both then cached: sizes on disk as stored, uncompressed and
+            memory-mapped, and as a compressed npz of them would be)
   plain     warm render, background keep (the reference, measured in this run)
   colour    warm render, background #00b140, masks cached: ratio to plain (target <= 1.25)
             (plain and colour run alternately --repeat times in one process, best of each,
@@ -12,10 +14,15 @@ and prints, each phase in a fresh interpreter (its own peak RSS):
   webm      warm render, transparent, VP9 with alpha + Opus: ratio to plain (x264)
   mov       warm render, transparent, ProRes 4444 + PCM: ratio to plain (x264)
   long      (--long-minutes N) a colour render of N minutes of speech: peak RSS
+  longtpl   (--template-seconds N) a template of N s (the 720p one looped, 1280x720), its
+            masks made by a cold colour render; then a warm colour render as long as it, in a
+            fresh process: peak RSS, and its anonymous and file-backed (the mapped masks:
+            page cache, the kernel takes it back when it needs) resident memory at the end
 
 It measures, it does not judge: the exit status is always 0.
 
     .venv/bin/python benchmarks/bench_background.py [--seconds 10] [--long-minutes 2]
+        [--template-seconds 60]
 """
 
 from __future__ import annotations
@@ -39,6 +46,11 @@ RENDERS = {"plain": ("keep", "plain.mp4"), "colour": ("#00b140", "colour.mp4"),
 
 
 def phase_segment(work: Path, args) -> dict:
+    import io
+
+    import numpy as np
+
+    from dhserve.engine.background import edge_rows
     from dhserve.engine.face import AnalysisCache
     from dhserve.engine.face.segmentation import PersonSegmenter, person_masks
     from dhserve.engine.media import read_frames
@@ -55,10 +67,66 @@ def phase_segment(work: Path, args) -> dict:
     started = time.perf_counter()
     masks = person_masks(frames, segmenter=segmenter)
     elapsed = time.perf_counter() - started
-    cache.put_masks(file_digest(template), masks)
+    started = time.perf_counter()
+    rows = [edge_rows(frame, mask) for frame, mask in zip(frames, masks, strict=True)]
+    edges_elapsed = time.perf_counter() - started
+    digest = file_digest(template)
+    cache.store_masks(digest, zip(masks, rows, strict=True), len(masks))
+    stored = sum(f.stat().st_size for f in cache.directory.glob(f"{digest}.*")
+                 if ".masks." in f.name or ".edges." in f.name)
+    compressed = io.BytesIO()
+    np.savez_compressed(compressed, masks=masks, edges=np.concatenate(rows))
     return {"frames": len(frames), "ms_per_frame": 1000 * elapsed / len(frames),
-            "mask_shape": list(masks.shape), "stored_kib":
-            cache.masks_path_for(file_digest(template)).stat().st_size / 1024}
+            "edge_ms_per_frame": 1000 * edges_elapsed / len(frames),
+            "mask_shape": list(masks.shape), "stored_kib": stored / 1024,
+            "compressed_kib": len(compressed.getvalue()) / 1024}
+
+
+def phase_longtpl_prepare(work: Path, args) -> dict:
+    """The long template (the 720p one looped), its analysis and masks by a cold render."""
+    from dhserve.engine.face import AnalysisCache
+    from dhserve.engine.frames import template_index
+    from dhserve.engine.media import Mp4Writer, read_frames
+    from dhserve.engine.pipeline import RenderOptions, render
+
+    source = list(read_frames(work / "template720.mp4"))
+    count = round(args.template_seconds * bench_render.FPS)
+    with Mp4Writer(work / "long720.mp4", *bench_render.SIZE, bench_render.FPS, audio=None,
+                   preset="ultrafast", crf=20) as writer:
+        for i in range(count):
+            writer.write(source[template_index(i, len(source), "pingpong")])
+    del source
+    bench_render.write_wav(work / "speech-tpl.wav", _speech(), args.template_seconds)
+    started = time.perf_counter()
+    render(work / "long720.mp4", work / "speech-tpl.wav", work / "longtpl-cold.mp4",
+           RenderOptions(background="#00b140"), AnalysisCache(work / "templates"))
+    stored = sum(f.stat().st_size for f in (work / "templates").iterdir()
+                 if ".masks." in f.name or ".edges." in f.name)
+    return {"frames": count, "cold_seconds": time.perf_counter() - started,
+            "stored_mib": stored / 2**20}
+
+
+def _speech():
+    from dhserve.engine.audio import decode_speech
+
+    return decode_speech(ROOT / "examples" / "speech.wav")
+
+
+def phase_longtpl(work: Path, args) -> dict:
+    from dhserve.engine.face import AnalysisCache
+    from dhserve.engine.pipeline import RenderOptions, render
+
+    started, cpu = time.perf_counter(), time.process_time()
+    result = render(work / "long720.mp4", work / "speech-tpl.wav", work / "longtpl.mp4",
+                    RenderOptions(background="#00b140"), AnalysisCache(work / "templates"))
+    elapsed = time.perf_counter() - started
+    status = dict(line.split(":", 1) for line in
+                  Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {"seconds": elapsed, "cpu_seconds": time.process_time() - cpu,
+            "frames": result.frames, "fps": result.frames / elapsed,
+            "mib": (work / "longtpl.mp4").stat().st_size / 2**20,
+            **{key.lower() + "_mib": int(status.get(key, "0 kB").split()[0]) / 1024
+               for key in ("RssAnon", "RssFile")}}
 
 
 def phase_pair(work: Path, args) -> dict:
@@ -98,6 +166,10 @@ def child(args) -> None:
         figures = phase_segment(work, args)
     elif args.phase == "pair":
         figures = phase_pair(work, args)
+    elif args.phase == "longtpl-prepare":
+        figures = phase_longtpl_prepare(work, args)
+    elif args.phase == "longtpl":
+        figures = phase_longtpl(work, args)
     else:
         figures = phase_render(work, args, args.phase)
     figures["peak_rss_mib"] = bench_render.peak_rss_mib()
@@ -107,7 +179,7 @@ def child(args) -> None:
 def run_phase(name: str, work: Path, args) -> dict:
     command = [sys.executable, __file__, "--phase", name, "--work", str(work),
                "--seconds", str(args.seconds), "--long-minutes", str(args.long_minutes),
-               "--repeat", str(args.repeat)]
+               "--repeat", str(args.repeat), "--template-seconds", str(args.template_seconds)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1:]}
@@ -119,6 +191,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--long-minutes", type=float, default=2.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--template-seconds", type=float, default=0.0)
+    parser.add_argument("--only-template", action="store_true",
+                        help="prepare and the long template's phases only")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -127,32 +202,45 @@ def main() -> None:
         return child(args)
     with tempfile.TemporaryDirectory(prefix="dhserve-bench-bg-") as tmp:
         work = Path(tmp)
-        phases = ["prepare", "segment", "pair", "webm", "mov"]
-        phases += ["long"] if args.long_minutes > 0 else []
+        phases = ["prepare"] + ([] if args.only_template else
+                                ["segment", "pair", "webm", "mov"])
+        phases += ["long"] if args.long_minutes > 0 and not args.only_template else []
+        phases += ["longtpl-prepare", "longtpl"] if args.template_seconds > 0 else []
         results = {name: run_phase(name, work, args) for name in phases}
-        pair = results.pop("pair")
-        for name in ("plain", "colour"):    # one process: one peak RSS for both
+        pair = results.pop("pair", None)
+        for name in ("plain", "colour") if pair else ():  # one process: one peak RSS for both
             results[name] = ({**pair[name], "peak_rss_mib": pair["peak_rss_mib"]}
                              if "error" not in pair else pair)
-    plain = results["plain"].get("seconds")
-    plain_cpu = results["plain"].get("cpu_seconds")
+    plain = results.get("plain", {}).get("seconds")
+    plain_cpu = results.get("plain", {}).get("cpu_seconds")
     print(f"template 1280x720 25 fps, speech {args.seconds:g} s")
-    seg = results["segment"]
-    print(f"segment  {seg.get('ms_per_frame', float('nan')):6.1f} ms/frame cold "
-          f"(masks {seg.get('mask_shape')}, stored {seg.get('stored_kib', 0):.0f} KiB)")
-    for name in ("plain", "colour", "webm", "mov", "long"):
+    seg = results.get("segment", {})
+    if seg:
+        print(f"segment  {seg.get('ms_per_frame', float('nan')):6.1f} ms/frame cold, edge "
+              f"analysis {seg.get('edge_ms_per_frame', float('nan')):.2f} ms/frame (masks "
+              f"{seg.get('mask_shape')}, stored {seg.get('stored_kib', 0):.0f} KiB "
+              f"uncompressed, {seg.get('compressed_kib', 0):.0f} KiB as a compressed npz)")
+    tpl = results.get("longtpl-prepare", {})
+    if tpl:
+        print(f"longtpl  {tpl.get('frames')} template frames: cold colour render "
+              f"{tpl.get('cold_seconds', float('nan')):.1f} s, masks and edge cells stored "
+              f"{tpl.get('stored_mib', float('nan')):.0f} MiB")
+    for name in ("plain", "colour", "webm", "mov", "long", "longtpl"):
         r = results.get(name)
         if not r:
             continue
         if "error" in r:
             print(f"{name:8} failed: {r['error']}")
             continue
-        ratio = r["seconds"] / plain if plain and name != "long" else None
-        cpu_ratio = r["cpu_seconds"] / plain_cpu if plain_cpu and name != "long" else None
+        alike = name not in ("long", "longtpl")       # the same speech as plain
+        ratio = r["seconds"] / plain if plain and alike else None
+        cpu_ratio = r["cpu_seconds"] / plain_cpu if plain_cpu and alike else None
         note = (f"  ratio {ratio:.2f}x plain (CPU {cpu_ratio:.2f}x)" if ratio and cpu_ratio
                 else "") + (f" (target <= {TARGET_RATIO})" if name == "colour" else "")
         print(f"{name:8} {r['seconds']:6.2f} s {r['fps']:6.1f} frames/s  {r['mib']:6.1f} MiB "
-              f"file  peak RSS {r['peak_rss_mib']:6.0f} MiB  segmented {r['segmented']}{note}")
+              f"file  peak RSS {r['peak_rss_mib']:6.0f} MiB  segmented {r.get('segmented')}"
+              f"{note}" + (f"  at the end: anonymous {r['rssanon_mib']:.0f} MiB, file-backed "
+                          f"{r['rssfile_mib']:.0f} MiB" if "rssanon_mib" in r else ""))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -6,6 +6,7 @@ libvpx-vp9 decoder (FFmpeg's native VP9 decoder drops it), ProRes through FFmpeg
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import av
@@ -13,7 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dhserve.engine.background import Compositor, frame_alpha
+from dhserve.engine import background as background_module
+from dhserve.engine.background import Compositor, edge_rows, frame_alpha
 from dhserve.engine.face import AnalysisCache
 from dhserve.engine.face.landmarks import (
     LOWER_LIP_INNER_MID,
@@ -23,7 +25,8 @@ from dhserve.engine.face.landmarks import (
     UPPER_LIP_INNER_MID,
 )
 from dhserve.engine.face.segmentation import PersonSegmenter, smooth_masks
-from dhserve.engine.pipeline import RenderOptions, render
+from dhserve.engine.pipeline import RenderOptions, render, segment_template
+from dhserve.engine.progress import no_progress
 from dhserve.errors import OptionsInvalid
 
 GREEN = (0x00, 0xB1, 0x40)
@@ -39,13 +42,36 @@ def cache(work) -> AnalysisCache:
     return AnalysisCache(work / "templates")
 
 
+class Calls:
+    """Counts the calls of a module function it stands in for (the real one does the work)."""
+
+    def __init__(self, real):
+        self.real, self.count = real, 0
+
+    def __call__(self, *args, **kwargs):
+        self.count += 1
+        return self.real(*args, **kwargs)
+
+
+@pytest.fixture
+def edge_work(monkeypatch) -> Calls:
+    """The edge analysis of template frames (background._edge_cells), counted."""
+    calls = Calls(background_module._edge_cells)
+    monkeypatch.setattr(background_module, "_edge_cells", calls)
+    return calls
+
+
 @pytest.fixture(scope="module")
 def transparent_webm(work, cache, tiny_template, tiny_speech):
-    """The first render with a background: segments the template (cold cache)."""
+    """The first render with a background: segments the template (cold cache); with the
+    number of frames segmented and of edge analyses."""
     before = PersonSegmenter.calls
-    result = render(tiny_template, tiny_speech, work / "talk.webm",
-                    RenderOptions(background="transparent"), cache)
-    return result, PersonSegmenter.calls - before
+    with pytest.MonkeyPatch.context() as patch:
+        edges = Calls(background_module._edge_cells)
+        patch.setattr(background_module, "_edge_cells", edges)
+        result = render(tiny_template, tiny_speech, work / "talk.webm",
+                        RenderOptions(background="transparent"), cache)
+    return result, PersonSegmenter.calls - before, edges.count
 
 
 def _vp9_rgba(path: Path) -> list[np.ndarray]:
@@ -87,8 +113,9 @@ def _assert_person_alpha(frames: list[np.ndarray], landmarks: np.ndarray) -> Non
 
 def test_transparent_webm_has_alpha_audio_and_the_speech_length(transparent_webm, cache,
                                                                   tiny_template):
-    result, segmented = transparent_webm
+    result, segmented, edge_analyses = transparent_webm
     assert segmented == 25                     # once per template frame, not per output frame
+    assert edge_analyses == 25                 # with the masks, for the cache
     names, duration = _streams(result.path)
     assert names == ["vp9", "opus"]
     assert abs(duration - 0.6) <= 0.06
@@ -98,14 +125,14 @@ def test_transparent_webm_has_alpha_audio_and_the_speech_length(transparent_webm
 
 
 def test_second_render_does_no_segmentation(transparent_webm, work, cache, tiny_template,
-                                            tiny_speech):
+                                            tiny_speech, edge_work):
     before = PersonSegmenter.calls
     result = render(tiny_template, tiny_speech, work / "again.mov",
                     RenderOptions(background="transparent"), cache)
-    assert PersonSegmenter.calls == before
+    assert PersonSegmenter.calls == before and edge_work.count == 0    # both from the cache
     assert result.analysis_cached
-    masks = list(cache.directory.glob("*.masks.*.npz"))
-    assert len(masks) == 1 and masks[0].stat().st_size < 25 * 128 * 128 / 4  # compressed
+    masks = list(cache.directory.glob("*.masks.*.npy"))
+    assert len(masks) == 1 and 25 * 256 * 256 <= masks[0].stat().st_size <= 25 * 256 * 256 + 128
     names, duration = _streams(result.path)
     assert names == ["prores", "pcm_s16le"] and abs(duration - 0.6) <= 0.06
     with av.open(str(result.path)) as container:
@@ -115,11 +142,11 @@ def test_second_render_does_no_segmentation(transparent_webm, work, cache, tiny_
 
 
 def test_green_background_where_the_backdrop_was(transparent_webm, work, cache,
-                                                 tiny_template, tiny_speech):
+                                                 tiny_template, tiny_speech, edge_work):
     before = PersonSegmenter.calls
     result = render(tiny_template, tiny_speech, work / "green.mp4",
                     RenderOptions(background="#00b140"), cache)
-    assert PersonSegmenter.calls == before
+    assert PersonSegmenter.calls == before and edge_work.count == 0
     names, duration = _streams(result.path)
     assert names == ["h264", "aac"] and abs(duration - 0.6) <= 0.06
     landmarks = _face_points(cache, tiny_template)
@@ -229,12 +256,62 @@ def test_edge_keeps_little_of_the_old_backdrop():
     inside = cv2.erode((alpha == 255).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
     assert (green[inside] == frame[inside]).all()               # the person is untouched
     assert (green[alpha == 0] == GREEN).all()
-    (again,) = over_green.apply([frame], [mask], no_face)     # its edge cells remembered
-    assert (again == green).all()
+    (again,) = over_green.apply([frame], [mask], no_face, [edge_rows(frame, mask)])
+    assert (again == green).all()                         # edge cells as the cache holds them
     (rgba,) = Compositor.create("transparent", 192, 192).apply([frame], [mask], no_face)
     assert (rgba[..., 3] == alpha).all()
     assert _magenta(rgba[..., :3])[ring].mean() < 0.1 * _magenta(frame)[ring].mean()
     assert (rgba[inside][:, :3] == frame[inside]).all()
+
+
+def _segmented(template: Path, cache: AnalysisCache | None, analysed: AnalysisCache):
+    from dhserve.engine.media import probe
+    from dhserve.fsutil import file_digest
+
+    digest = file_digest(template)
+    analysis = analysed.get(digest)
+    assert analysis is not None
+    return segment_template(probe(template, "video"), analysis, digest, cache,
+                            RenderOptions(background="transparent"), no_progress)
+
+
+def test_cached_masks_are_memory_mapped_not_read_whole(transparent_webm, cache,
+                                                       tiny_template, edge_work):
+    masks, cached = _segmented(tiny_template, cache, cache)
+    assert cached and edge_work.count == 0
+    assert len(masks) == 25 and masks.mask(0).shape == (256, 256)
+    for array in (masks.masks, masks.edges):
+        assert isinstance(array.base, mmap.mmap)             # a view of the file's mapping
+    assert masks.edge_rows(3).shape[0] == masks.offsets[4] - masks.offsets[3] > 0
+    assert (masks.mask(99) == masks.mask(24)).all()          # past the end: the last
+    read = np.array(masks.masks)
+    masks.release()                          # the pages let go of: read again from the file
+    assert (masks.masks == read).all()
+
+
+def test_damaged_or_old_masks_are_computed_again(transparent_webm, cache, tiny_template,
+                                                 tmp_path, edge_work):
+    """A truncated entry (or one of an older version, which has other names) is computed
+    again and stored whole, with the same result as a render without a cache has."""
+    from dhserve.fsutil import file_digest
+
+    damaged = AnalysisCache(tmp_path)
+    digest = file_digest(tiny_template)
+    damaged.put(digest, cache.get(digest))
+    (tmp_path / f"{digest}.masks.v2.npz").write_bytes(b"an old entry")
+    good, _ = _segmented(tiny_template, cache, cache)
+    stored = cache.masks_path_for(digest).read_bytes()
+    damaged.masks_path_for(digest).write_bytes(stored[:len(stored) // 2])
+    before = PersonSegmenter.calls
+    masks, cached = _segmented(tiny_template, damaged, damaged)
+    assert not cached and PersonSegmenter.calls - before == 25 and edge_work.count == 25
+    in_memory, _ = _segmented(tiny_template, None, cache)
+    for again in (masks, in_memory):
+        assert (np.asarray(again.masks) == np.asarray(good.masks)).all()
+        assert (np.asarray(again.edges) == np.asarray(good.edges)).all()
+        assert (again.offsets == good.offsets).all()
+    assert damaged.get_masks(digest) is not None
+    assert not list(tmp_path.glob(".tmp-*"))               # nothing half-written left
 
 
 def test_face_is_opaque_whatever_the_mask_says(tiny_template, cache, transparent_webm):

@@ -11,18 +11,18 @@ contrast curve narrows the segmenter's soft border, so the halo stays within a f
 pixels along the edge still hold some of the template's old backdrop (a pale or tinted rim over
 the new background, or in an editor over an alpha output; the segmenter's mask also reaches a
 pixel or two past the person): their colour is made the person's own, estimated from the
-nearest pixels the mask is sure of (edge_colours), before they are blended.
+nearest pixels the mask is sure of (edge_colours), before they are blended. Where to look and
+the colours found there (the edge cells, edge_rows) depend on the template frame only: they
+are computed with its masks and cached beside them, so a warm render only does the per-pixel
+step.
 """
 
 from __future__ import annotations
 
 import re
-import threading
-import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -30,6 +30,7 @@ import numpy as np
 
 from dhserve.engine.blend import FaceFrame, lower_face_polygon
 from dhserve.engine.face.landmarks import FACE_OVAL
+from dhserve.engine.face.segmentation import EDGE_ROW
 from dhserve.errors import OptionsInvalid
 
 KEEP, TRANSPARENT = "keep", "transparent"
@@ -50,7 +51,6 @@ EDGE_FAR_WEIGHT = 0.1
 EDGE_INNER = 2            # mask pixels: the segmenter's "sure" often reaches this far too far
 EDGE_COLOUR_FLOOR = 64.0  # squared colour distance under which person and backdrop are alike
 EDGE_PERSON = 0.9         # a pixel at least this much person colour (t) is left as it is
-EDGE_CELLS_KEPT = 256     # template frames whose edge cells a render keeps (EdgeCells)
 EDGE_ACTIVE = 0.9         # grid cells whose mean colour is less person than this get cleaned
 
 
@@ -138,9 +138,29 @@ def _alpha(soft: np.ndarray, polygon: np.ndarray | None, width: int,
     return alpha
 
 
+def edge_rows(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The edge cells of a template frame with its stored `mask`, as rows of EDGE_ROW float32
+    (B, F - B, 1 / (|F - B|^2 + floor), the cell's flat index; see _edge_cells): what
+    edge_colours needs of the frame beyond its pixels. The template's backdrop is what they
+    describe, so they are computed once, with the masks (cached beside them)."""
+    return _edge_rows(frame, cv2.LUT(mask, EDGE_LUT))
+
+
+def _edge_rows(frame: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    """edge_rows from the mask after its contrast curve (`soft`)."""
+    grid = (max(1, soft.shape[1] // 2), max(1, soft.shape[0] // 2))
+    inner = cv2.erode(soft, np.ones((2 * EDGE_INNER + 1,) * 2, np.uint8))
+    outer = cv2.dilate(soft, np.ones((3, 3), np.uint8))
+    table, cells = _edge_cells(frame, *(cv2.resize(m, grid, interpolation=cv2.INTER_AREA)
+                                        for m in (inner, outer)))
+    rows = np.empty((cells.size, EDGE_ROW), np.float32)
+    rows[:, :7], rows[:, 7] = table, cells      # a grid index is exact in float32 (< 2**24)
+    return rows
+
+
 def edge_colours(frame: np.ndarray, soft: np.ndarray, alpha: np.ndarray,
                  polygon: np.ndarray | None, clear_too: bool = False,
-                 seen: EdgeCells | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The pixels along the person's edge whose colour holds some of the template's old
     backdrop, as flat indices into `frame`'s pixels, with their colours cleaned of it (float
     RGB); partly transparent ones only, or with `clear_too` the clear ones next to the person
@@ -154,26 +174,22 @@ def edge_colours(frame: np.ndarray, soft: np.ndarray, alpha: np.ndarray,
     I + (1 - t)(F - B), eased to I as t nears EDGE_PERSON: backdrop turns into F, the person
     keeps its detail. Cost: only the unsure cells whose mean colour leans towards the backdrop
     are computed at full resolution (about 2 % of a 720p frame); the face `polygon` never is.
-    With `seen`, the cells of a template frame met before (the same mask) are taken from it.
+    `rows`: the frame's edge cells (edge_rows) as stored with the template's masks; without
+    them they are computed from `frame`, as edge_rows would.
     """
     height, width = alpha.shape
     grid = (max(1, soft.shape[1] // 2), max(1, soft.shape[0] // 2))
-
-    def cells_now() -> tuple[np.ndarray, np.ndarray]:
-        inner = cv2.erode(soft, np.ones((2 * EDGE_INNER + 1,) * 2, np.uint8))
-        outer = cv2.dilate(soft, np.ones((3, 3), np.uint8))
-        return _edge_cells(frame, *(cv2.resize(m, grid, interpolation=cv2.INTER_AREA)
-                                    for m in (inner, outer)))
-
-    table, cells = seen.get(soft, cells_now) if seen else cells_now()
-    ys, xs, rows = _cell_pixels(cells, grid, width, height)
+    if rows is None:
+        rows = _edge_rows(frame, soft)
+    table, cells = rows[:, :7], rows[:, 7].astype(np.int64)
+    ys, xs, owners = _cell_pixels(cells, grid, width, height)
     flat = ys * width + xs
     keep = alpha.reshape(-1).take(flat) > 0 if not clear_too else np.ones(flat.size, bool)
     if polygon is not None:
         keep &= ~_inside(polygon, ys, xs)
-    flat, rows = flat[keep], rows[keep]
+    flat, owners = flat[keep], owners[keep]
     colours = np.take(frame.reshape(-1, 3), flat, axis=0).astype(np.float32)
-    colours += _towards_person(colours, np.take(table, rows, axis=0))
+    colours += _towards_person(colours, np.take(table, owners, axis=0))
     return flat, np.clip(colours, 0, 255, out=colours)     # blended after: in range first
 
 
@@ -257,34 +273,6 @@ def _edge_cells(frame: np.ndarray, inner: np.ndarray,
     return table[active], where[active]
 
 
-class EdgeCells:
-    """The edge cells (_edge_cells) of the template frames a render has met, by their mask: a
-    template frame's edge does not depend on the speech, so a looped template computes each
-    once. The last EDGE_CELLS_KEPT (some 40 KiB each at 720p); thread-safe."""
-
-    def __init__(self, kept: int = 0) -> None:
-        self._kept = kept or EDGE_CELLS_KEPT
-        self._cells: OrderedDict[tuple[int, int, tuple[int, ...]],
-                                 tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, soft: np.ndarray, compute: Callable[[], tuple[np.ndarray, np.ndarray]]
-            ) -> tuple[np.ndarray, np.ndarray]:
-        data = np.ascontiguousarray(soft).data
-        key = (zlib.crc32(data), zlib.adler32(data), soft.shape)     # 64 bits of the mask
-        with self._lock:
-            known = self._cells.get(key)
-            if known is not None:
-                self._cells.move_to_end(key)
-                return known
-        cells = compute()
-        with self._lock:
-            self._cells[key] = cells
-            while len(self._cells) > self._kept:
-                self._cells.popitem(last=False)
-        return cells
-
-
 @dataclass
 class Compositor:
     """Puts the person of each output frame over the render's background."""
@@ -293,7 +281,6 @@ class Compositor:
     width: int
     height: int
     image: np.ndarray | None = None     # (height, width, 3) RGB; None for transparent
-    seen: EdgeCells = field(default_factory=EdgeCells, repr=False)
 
     @classmethod
     def create(cls, background: str, width: int, height: int) -> Compositor:
@@ -313,17 +300,21 @@ class Compositor:
         return self.image is None
 
     def apply(self, frames: Sequence[np.ndarray], masks: Sequence[np.ndarray] | np.ndarray,
-              landmarks: np.ndarray) -> list[np.ndarray]:
-        """Frames composited (RGB), or RGBA with the person's alpha for a transparent one.
+              landmarks: np.ndarray, edges: Sequence[np.ndarray] | None = None
+              ) -> list[np.ndarray]:
+        """Frames composited (RGB), or RGBA with the person's alpha for a transparent one;
+        `edges`: their template frames' edge cells (edge_rows), computed here without them.
         Two frames at a time: OpenCV and NumPy let go of the GIL, and the render's own thread
         is what a background adds to (the encoder's threads have room beside it)."""
-        return list(_POOL.map(self._one, frames, masks, landmarks))
+        return list(_POOL.map(self._one, frames, masks, landmarks,
+                              edges if edges is not None else [None] * len(frames)))
 
-    def _one(self, frame: np.ndarray, mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+    def _one(self, frame: np.ndarray, mask: np.ndarray, points: np.ndarray,
+             rows: np.ndarray | None) -> np.ndarray:
         height, width = frame.shape[:2]
         soft, polygon = cv2.LUT(mask, EDGE_LUT), _fixed_polygon(points)
         alpha = _alpha(soft, polygon, width, height)
-        flat, colours = edge_colours(frame, soft, alpha, polygon, self.image is None, self.seen)
+        flat, colours = edge_colours(frame, soft, alpha, polygon, self.image is None, rows)
         if self.image is None:
             composite = cv2.cvtColor(frame, cv2.COLOR_RGB2RGBA)
             composite[..., 3] = alpha

@@ -25,11 +25,11 @@ import numpy as np
 from dhserve.config import Settings
 from dhserve.engine import audio as speech_audio
 from dhserve.engine.alpha_writer import check_container, writer_class
-from dhserve.engine.background import KEEP, Compositor, apply_over, check_background
+from dhserve.engine.background import KEEP, Compositor, apply_over, check_background, edge_rows
 from dhserve.engine.face import AnalysisCache, TemplateAnalysis, analyse_frames
 from dhserve.engine.face.analysis import multiple_faces_error
 from dhserve.engine.face.restore import FaceRestorer
-from dhserve.engine.face.segmentation import person_masks
+from dhserve.engine.face.segmentation import TemplateMasks, masks_with_frames
 from dhserve.engine.frames import looped_frames, template_index
 from dhserve.engine.lipsync import FrameBatch, LipSyncBackend, create_backend
 from dhserve.engine.media import (
@@ -261,28 +261,27 @@ def _render(video: Path, audio: Path, out: Path, options: RenderOptions,
 
 def segment_template(template: MediaInfo, analysis: TemplateAnalysis, digest: str,
                      cache: AnalysisCache | None, options: RenderOptions,
-                     progress: Progress) -> tuple[np.ndarray, bool]:
-    """The template's person masks, one per analysed frame: from the cache when this file was
-    segmented before (by content hash `digest`), else segmented now and stored there."""
+                     progress: Progress) -> tuple[TemplateMasks, bool]:
+    """The template's person masks and edge cells, one per analysed frame: from the cache
+    (memory-mapped) when this file was segmented before (by content hash `digest`), else
+    segmented now and stored there as they come."""
     video = template_video(template)
     masks = cache.get_masks(digest) if cache else None
-    cached = masks is not None
+    if masks is not None:
+        return masks, True
 
     def on_frame(done: int) -> None:
         if done % 8 == 0:
             progress.check_canceled()
             progress.update(SPAN_ANALYSE[1], Stage.ANALYSING_FACE)
 
-    if masks is None:
-        with closing(read_frames(template.path, video.rotation, "video",
-                                 options.max_video_pixels)) as frames:
-            masks = person_masks(frames, on_frame)
+    with closing(read_frames(template.path, video.rotation, "video",
+                             options.max_video_pixels)) as frames:
+        pairs = ((mask, edge_rows(frame, mask))
+                 for frame, mask in masks_with_frames(frames, on_frame))
         if cache:
-            cache.put_masks(digest, masks)
-    if masks.shape[0] < analysis.frame_count:     # a damaged entry: pad with the last mask
-        masks = np.concatenate([masks, np.repeat(masks[-1:], analysis.frame_count
-                                                 - masks.shape[0], axis=0)])
-    return masks, cached
+            return cache.store_masks(digest, pairs, analysis.frame_count), False
+        return TemplateMasks.gather(pairs, analysis.frame_count), False
 
 
 def _context(analysis: TemplateAnalysis, options: RenderOptions, frames: range,
@@ -293,7 +292,7 @@ def _context(analysis: TemplateAnalysis, options: RenderOptions, frames: range,
     return analysis.landmarks[indices]
 
 
-def _animate(template: MediaInfo, analysis: TemplateAnalysis, masks: np.ndarray | None,
+def _animate(template: MediaInfo, analysis: TemplateAnalysis, masks: TemplateMasks | None,
              backend: LipSyncBackend, restorer: FaceRestorer | None, overlays: list[Overlay], openness: np.ndarray,
              mel: np.ndarray | None, audio: Path, out: Path, options: RenderOptions,
              progress: Progress) -> int:
@@ -334,8 +333,11 @@ def _animate(template: MediaInfo, analysis: TemplateAnalysis, masks: np.ndarray 
                 if restorer is not None:
                     animated = restorer.restore(animated, batch.landmarks)
                 if compositor is not None and masks is not None:
-                    animated = compositor.apply(animated, masks[[i for i, _ in chunk]],
-                                                batch.landmarks)
+                    shown = [index for index, _ in chunk]
+                    animated = compositor.apply(animated, [masks.mask(i) for i in shown],
+                                                batch.landmarks,
+                                                [masks.edge_rows(i) for i in shown])
+                    masks.release()
                 if overlays:
                     animated = apply_over(lambda f: apply_overlays(overlays, f), animated)
                 for frame in animated:

@@ -4,20 +4,27 @@ mediapipe wheel, mediapipe/modules/selfie_segmentation/*.tflite), smoothed over 
 Masks are kept compactly: uint8 (0 background .. 255 person), at most MASK_MAX_SIDE pixels on
 the long side (the model itself sees 256x256, so nothing is lost); background.py scales them
 to the frame, which also gives anti-aliased edges. They depend on the template only, so they
-are computed once per template and cached with its face analysis (AnalysisCache.put_masks).
+are computed once per template and cached with its face analysis (AnalysisCache.store_masks),
+with each frame's edge cells (background.edge_rows), which depend on the template only too. A
+render reads them memory-mapped (TemplateMasks), so its memory does not grow with the template.
 """
 
 from __future__ import annotations
 
+import mmap
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
 
 import cv2
 import numpy as np
 
 MASK_MAX_SIDE = 512
 MASK_SMOOTHING_SIGMA = 1.0   # frames; centred, so the edge does not lag the person
-MASK_VERSION = 2             # bump when stored masks change meaning
+# bump when stored masks or their edge cells change meaning (background.py's EDGE_ constants)
+MASK_VERSION = 3
+EDGE_ROW = 8                 # float32 columns of an edge cell's row (background.edge_rows)
 # Frames at least this much wider than tall go to the landscape model (144x256 input): on a
 # 1280x720 template the square model's uncertain share of the frame (0.1 < p < 0.9) was 24 %
 # against 7 %, its frame-to-frame change 3x as large; on a square portrait the square model
@@ -67,23 +74,90 @@ class PersonSegmenter:
 
 def person_masks(frames: Iterable[np.ndarray], on_frame: Callable[[int], None] | None = None,
                  segmenter: PersonSegmenter | None = None) -> np.ndarray:
-    """The masks of all `frames` (n, h, w) uint8, smoothed over time as they come (the raw
-    masks of a few frames are held, not a second copy of them all)."""
+    """The masks of all `frames` (n, h, w) uint8, smoothed over time."""
+    return np.stack([mask for _, mask in masks_with_frames(frames, on_frame, segmenter)])
+
+
+def masks_with_frames(frames: Iterable[np.ndarray],
+                      on_frame: Callable[[int], None] | None = None,
+                      segmenter: PersonSegmenter | None = None
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each of `frames` with its mask, smoothed over time as they come (the frames and raw
+    masks of a few frames are held, not all of them)."""
     own = segmenter is None
     segmenter = segmenter or PersonSegmenter()
+    held: deque[np.ndarray] = deque()     # the frames whose smoothed mask has not come out
 
     def segmented() -> Iterator[np.ndarray]:
         for index, rgb in enumerate(frames):
+            held.append(rgb)
             yield segmenter.segment(rgb)
             if on_frame:
                 on_frame(index + 1)
 
     try:
-        masks = list(_smoothed(segmented()))
+        for mask in _smoothed(segmented()):
+            yield held.popleft(), mask
     finally:
         if own:
             segmenter.close()
-    return np.stack(masks)
+
+
+@dataclass(frozen=True)
+class TemplateMasks:
+    """A template's person masks and the edge cells of each frame (rows of EDGE_ROW float32,
+    frame after frame); memory-mapped when they come from the cache. A frame past the last
+    stored one (a damaged entry) gets the last one's."""
+
+    masks: np.ndarray      # (n, h, w) uint8
+    edges: np.ndarray      # (rows, EDGE_ROW) float32
+    offsets: np.ndarray    # (n + 1,) int64: frame i's rows are edges[offsets[i]:offsets[i + 1]]
+
+    @classmethod
+    def gather(cls, pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int
+               ) -> TemplateMasks:
+        """In memory, from (mask, edge rows) pairs: the first `count` of them."""
+        masks, rows = zip(*islice(pairs, count), strict=True)
+        sizes = np.array([0] + [len(r) for r in rows], np.int64)
+        return cls(np.stack(masks), np.concatenate(rows).astype(np.float32, copy=False)
+                   .reshape(-1, EDGE_ROW), np.cumsum(sizes))
+
+    def __len__(self) -> int:
+        return self.masks.shape[0]
+
+    def mask(self, index: int) -> np.ndarray:
+        return self.masks[min(index, len(self) - 1)]
+
+    def edge_rows(self, index: int) -> np.ndarray:
+        index = min(index, len(self) - 1)
+        return self.edges[self.offsets[index]:self.offsets[index + 1]]
+
+    def release(self) -> None:
+        """Lets go of the mapped pages this process has read (a render calls it after each
+        batch): the OS page cache keeps them, so reading them again costs a minor fault, and
+        the process's resident memory does not grow with the template (mapped pages touched
+        count in it until they are let go of). Nothing for arrays in memory."""
+        for array in (self.masks, self.edges):
+            mapped = _mapping(array)
+            if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):   # Linux, macOS
+                mapped.madvise(mmap.MADV_DONTNEED)
+
+    def consistent(self) -> bool:
+        """Whether the three arrays fit together (a stored entry is checked with it)."""
+        offsets = self.offsets
+        return (self.masks.ndim == 3 and self.masks.dtype == np.uint8 and len(self) > 0
+                and self.edges.ndim == 2 and self.edges.shape[1] == EDGE_ROW
+                and self.edges.dtype == np.float32 and offsets.shape == (len(self) + 1,)
+                and offsets[0] == 0 and offsets[-1] == len(self.edges)
+                and bool(np.all(np.diff(offsets) >= 0)))
+
+
+def _mapping(array: np.ndarray) -> mmap.mmap | None:
+    """The memory map `array` is a view of, if any."""
+    base: object = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return base if isinstance(base, mmap.mmap) else None
 
 
 def smooth_masks(masks: np.ndarray, sigma: float = MASK_SMOOTHING_SIGMA) -> np.ndarray:
