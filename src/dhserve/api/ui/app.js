@@ -32,7 +32,7 @@ const WORKER_STATES_ZH = { starting: "启动中", idle: "空闲", busy: "忙碌"
                            silent: "无心跳" };
 const STRINGS = {
   en: {
-    tagline: "avatar video + speech → lip-synced MP4",
+    tagline: "avatar video + speech → lip-synced video",
     connecting: "connecting…", forgetKey: "Forget API key", stripLabel: "Workers and GPU",
     service: "Service", workers: "Workers", gpu: "GPU",
     newVideo: "New video", avatarVideo: "Avatar video", avatarHint: "video or still image",
@@ -77,7 +77,7 @@ const STRINGS = {
     locale: [],
   },
   zh: {
-    tagline: "形象视频 + 语音 → 口型同步的数字人视频（MP4）",
+    tagline: "形象视频 + 语音 → 口型同步的数字人视频",
     connecting: "连接中…", forgetKey: "清除 API 密钥", stripLabel: "进程与 GPU",
     service: "服务", workers: "渲染进程", gpu: "GPU",
     newVideo: "新建数字人视频", avatarVideo: "形象视频", avatarHint: "视频或图片",
