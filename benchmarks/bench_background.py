@@ -4,8 +4,8 @@ Uses bench_render.py's 720p 25 fps template (200 frames from examples/avatar.mp4
 and prints, each phase in a fresh interpreter (its own peak RSS):
 
   segment   cold segmentation of the template: ms/frame at 720p, the edge analysis of each
-            frame apart (both then cached: sizes on disk as stored, uncompressed and
-            memory-mapped, and as a compressed npz of them would be)
+            frame apart (both then cached: sizes on disk as stored, the masks packed one by
+            one, the edge cells raw, and as one compressed npz of them would be)
   plain     warm render, background keep (the reference, measured in this run)
   colour    warm render, background #00b140, masks cached: ratio to plain (target <= 1.25)
             (plain and colour run alternately --repeat times in one process, best of each,
@@ -72,13 +72,13 @@ def phase_segment(work: Path, args) -> dict:
     edges_elapsed = time.perf_counter() - started
     digest = file_digest(template)
     cache.store_masks(digest, zip(masks, rows, strict=True), len(masks))
-    stored = sum(f.stat().st_size for f in cache.directory.glob(f"{digest}.*")
-                 if ".masks." in f.name or ".edges." in f.name)
+    sizes = {f.suffix: f.stat().st_size for f in cache.directory.glob(f"{digest}.masks.*")}
     compressed = io.BytesIO()
     np.savez_compressed(compressed, masks=masks, edges=np.concatenate(rows))
     return {"frames": len(frames), "ms_per_frame": 1000 * elapsed / len(frames),
             "edge_ms_per_frame": 1000 * edges_elapsed / len(frames),
-            "mask_shape": list(masks.shape), "stored_kib": stored / 1024,
+            "mask_shape": list(masks.shape), "stored_kib": sum(sizes.values()) / 1024,
+            "edges_kib": sizes.get(".edges", 0) / 1024, "raw_masks_kib": masks.nbytes / 1024,
             "compressed_kib": len(compressed.getvalue()) / 1024}
 
 
@@ -101,7 +101,7 @@ def phase_longtpl_prepare(work: Path, args) -> dict:
     render(work / "long720.mp4", work / "speech-tpl.wav", work / "longtpl-cold.mp4",
            RenderOptions(background="#00b140"), AnalysisCache(work / "templates"))
     stored = sum(f.stat().st_size for f in (work / "templates").iterdir()
-                 if ".masks." in f.name or ".edges." in f.name)
+                 if ".masks." in f.name)
     return {"frames": count, "cold_seconds": time.perf_counter() - started,
             "stored_mib": stored / 2**20}
 
@@ -218,8 +218,10 @@ def main() -> None:
     if seg:
         print(f"segment  {seg.get('ms_per_frame', float('nan')):6.1f} ms/frame cold, edge "
               f"analysis {seg.get('edge_ms_per_frame', float('nan')):.2f} ms/frame (masks "
-              f"{seg.get('mask_shape')}, stored {seg.get('stored_kib', 0):.0f} KiB "
-              f"uncompressed, {seg.get('compressed_kib', 0):.0f} KiB as a compressed npz)")
+              f"{seg.get('mask_shape')}, {seg.get('raw_masks_kib', 0):.0f} KiB raw; stored "
+              f"{seg.get('stored_kib', 0):.0f} KiB, of which edge cells "
+              f"{seg.get('edges_kib', 0):.0f} KiB; all as one compressed npz "
+              f"{seg.get('compressed_kib', 0):.0f} KiB)")
     tpl = results.get("longtpl-prepare", {})
     if tpl:
         print(f"longtpl  {tpl.get('frames')} template frames: cold colour render "

@@ -2,13 +2,13 @@
 
 The second render with the same avatar skips detection entirely, and (with a background other
 than "keep") segmentation and the edge analysis too: the person masks and each frame's edge
-cells are stored beside the analysis, under the same hash, uncompressed, so that a render
-maps them into memory (np.memmap) and reads the frames it meets: the OS page cache holds
-them, the render's memory does not grow with the template's length. Three files: the masks
-(.npy), the edge cells' rows (raw float32) and their offsets (.npy), the masks written last.
-Entries are written to a temporary name and renamed, so concurrent workers never read a
-half-written entry; the files are written with write(), not through a mapping, so a full disk
-is an OSError (ENOSPC), not a SIGBUS.
+cells are stored beside the analysis, under the same hash, and a render maps them into memory
+and reads the frames it meets (the OS page cache holds them, the render's memory does not
+grow with the template's length). Three files: the masks, each compressed on its own
+(.zlib, PackedMasks: a tenth of their raw size), the edge cells' rows (.edges, raw float32),
+and an index of both (.npz), written last. Entries are written to a temporary name and
+renamed, so concurrent workers never read a half-written entry; the files are written with
+write(), not through a mapping, so a full disk is an OSError (ENOSPC), not a SIGBUS.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from typing import BinaryIO
 import numpy as np
 
 from dhserve.engine.face.analysis import ANALYSIS_VERSION, TemplateAnalysis
-from dhserve.engine.face.segmentation import EDGE_ROW, MASK_VERSION, TemplateMasks
+from dhserve.engine.face.segmentation import (
+    EDGE_ROW,
+    MASK_VERSION,
+    PackedMasks,
+    TemplateMasks,
+)
 from dhserve.fsutil import remove_quietly
 
 
@@ -52,24 +57,28 @@ class AnalysisCache:
         return self._write(self.path_for(digest), analysis.to_bytes())
 
     def masks_path_for(self, digest: str) -> Path:
-        return self.directory / f"{digest}.masks.v{MASK_VERSION}.npy"
+        """The entry's index (written last: with it, the entry is complete)."""
+        return self.directory / f"{digest}.masks.v{MASK_VERSION}.npz"
 
-    def _edges_paths(self, digest: str) -> tuple[Path, Path]:
-        stem = f"{digest}.edges.v{MASK_VERSION}"
-        return self.directory / f"{stem}.f32", self.directory / f"{stem}.offsets.npy"
+    def _data_paths(self, digest: str) -> tuple[Path, Path]:
+        """The packed masks and the edge cells' rows (raw float32)."""
+        stem = f"{digest}.masks.v{MASK_VERSION}"
+        return self.directory / f"{stem}.zlib", self.directory / f"{stem}.edges"
 
     def get_masks(self, digest: str) -> TemplateMasks | None:
         """The template's masks and edge cells, memory-mapped, or None when not stored (or
         damaged: not all three files, or ones that do not fit together)."""
-        rows_path, offsets_path = self._edges_paths(digest)
+        blobs_path, rows_path = self._data_paths(digest)
         try:
-            masks = _mapped_npy(self.masks_path_for(digest))
-            offsets = np.load(offsets_path, allow_pickle=False)
-            count = int(offsets[-1]) if offsets.ndim == 1 and offsets.size else -1
-            if offsets.dtype != np.int64 or rows_path.stat().st_size != count * EDGE_ROW * 4:
+            with np.load(self.masks_path_for(digest), allow_pickle=False) as index:
+                shape, blob_offsets, offsets = (index[k] for k in ("shape", "masks", "edges"))
+            if not (shape.shape == (2,) and blob_offsets.dtype == offsets.dtype == np.int64
+                    and blob_offsets.ndim == offsets.ndim == 1 and offsets.size):
                 return None
-            edges = _mapped(rows_path, 0, np.dtype(np.float32), (count, EDGE_ROW))
-        except (OSError, ValueError, EOFError):                    # absent, damaged
+            masks = PackedMasks(_mapped(blobs_path, np.dtype(np.uint8), int(blob_offsets[-1])),
+                                blob_offsets, (int(shape[0]), int(shape[1])))
+            edges = _mapped(rows_path, np.dtype(np.float32), int(offsets[-1]), EDGE_ROW)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, damaged
             return None
         stored = TemplateMasks(masks, edges, offsets)
         return stored if stored.consistent() else None
@@ -78,22 +87,25 @@ class AnalysisCache:
                     count: int) -> TemplateMasks:
         """Stores `count` frames' (mask, edge rows) as they come (a short `pairs` padded with
         its last, a long one cut), and returns them as get_masks will."""
-        rows_path, offsets_path = self._edges_paths(digest)
-        offsets = np.zeros(count + 1, np.int64)
-        with self._temporary(".npy") as (masks_file, masks_tmp), \
-                self._temporary(".f32") as (rows_file, rows_tmp):
+        blobs_path, rows_path = self._data_paths(digest)
+        blob_offsets, offsets = np.zeros(count + 1, np.int64), np.zeros(count + 1, np.int64)
+        shape = np.zeros(2, np.int64)
+        with self._temporary(".zlib") as (blobs_file, blobs_tmp), \
+                self._temporary(".edges") as (rows_file, rows_tmp):
             for index, (mask, rows) in enumerate(_padded(pairs, count)):
-                if index == 0:
-                    np.lib.format.write_array_header_1_0(masks_file, {
-                        "descr": "|u1", "fortran_order": False, "shape": (count, *mask.shape)})
-                masks_file.write(np.ascontiguousarray(mask, np.uint8).tobytes())
+                shape[:] = mask.shape
+                blob = PackedMasks.pack(mask)
+                blobs_file.write(blob)
                 rows_file.write(np.ascontiguousarray(rows, np.float32).tobytes())
+                blob_offsets[index + 1] = blob_offsets[index] + len(blob)
                 offsets[index + 1] = offsets[index] + len(rows)
-            masks_file.close()
+            blobs_file.close()
             rows_file.close()
+            os.replace(blobs_tmp, blobs_path)
             os.replace(rows_tmp, rows_path)
-            self._write(offsets_path, _npy_bytes(offsets))
-            os.replace(masks_tmp, self.masks_path_for(digest))  # last: the entry is complete
+        buffer = io.BytesIO()
+        np.savez(buffer, shape=shape, masks=blob_offsets, edges=offsets)
+        self._write(self.masks_path_for(digest), buffer.getvalue())   # last: entry complete
         stored = self.get_masks(digest)
         if stored is None:      # another worker's entry took the names halfway through ours
             raise OSError(f"template cache entry {digest} changed while it was written")
@@ -119,6 +131,7 @@ class AnalysisCache:
             os.replace(tmp, target)
         return target
 
+
 def _padded(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int
             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The first `count` of `pairs`, the last repeated when there are fewer (none: ValueError)."""
@@ -132,33 +145,16 @@ def _padded(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int
         yield last
 
 
-def _mapped_npy(path: Path) -> np.ndarray:
-    """A C-ordered .npy file's array, mapped read-only (as np.load(mmap_mode="r"), with the
-    mmap object as the array's base, which TemplateMasks.release needs)."""
-    with open(path, "rb") as f:
-        if np.lib.format.read_magic(f) != (1, 0):      # what store_masks writes
-            raise ValueError(f"{path.name}: not a version 1.0 .npy file")
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        if fortran or dtype.hasobject:
-            raise ValueError(f"{path.name}: not a plain C-ordered array")
-        return _mapped(path, f.tell(), dtype, shape)
-
-
-def _mapped(path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """`shape` items of `dtype` from byte `offset` of the file, mapped read-only: the pages
-    are read as they are touched, and are the OS page cache's (ValueError: file too short)."""
+def _mapped(path: Path, dtype: np.dtype, count: int, columns: int = 0) -> np.ndarray:
+    """The file's `count` items (rows of `columns`, with columns) of `dtype`, mapped
+    read-only: the pages are read as they are touched, and are the OS page cache's
+    (ValueError: the file is not that long)."""
+    shape = (count, columns) if columns else (count,)
     size = int(np.prod(shape)) * dtype.itemsize
+    if os.stat(path).st_size != size:
+        raise ValueError(f"{path.name}: not as long as its index says")
     if size == 0:
         return np.zeros(shape, dtype)       # mmap refuses a length of 0
     with open(path, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)   # ValueError when empty
-    if mapped.size() < offset + size:
-        mapped.close()
-        raise ValueError(f"{path.name}: shorter than its header says")
-    return np.ndarray(shape, dtype, buffer=mapped, offset=offset)   # its base: the map
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return np.ndarray(shape, dtype, buffer=mapped)      # its base: the map
