@@ -139,8 +139,8 @@ def _alpha(soft: np.ndarray, polygon: np.ndarray | None, width: int,
 
 
 def edge_rows(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The edge cells of a template frame with its stored `mask`, as rows of EDGE_ROW float32
-    (B, F - B, 1 / (|F - B|^2 + floor), the cell's flat index; see _edge_cells): what
+    """The edge cells of a template frame with its stored `mask`, as rows of EDGE_ROW bytes
+    (B and F rounded, the cell's flat index as uint16 little-endian; see _edge_cells): what
     edge_colours needs of the frame beyond its pixels. The template's backdrop is what they
     describe, so they are computed once, with the masks (cached beside them)."""
     return _edge_rows(frame, cv2.LUT(mask, EDGE_LUT))
@@ -153,9 +153,22 @@ def _edge_rows(frame: np.ndarray, soft: np.ndarray) -> np.ndarray:
     outer = cv2.dilate(soft, np.ones((3, 3), np.uint8))
     table, cells = _edge_cells(frame, *(cv2.resize(m, grid, interpolation=cv2.INTER_AREA)
                                         for m in (inner, outer)))
-    rows = np.empty((cells.size, EDGE_ROW), np.float32)
-    rows[:, :7], rows[:, 7] = table, cells      # a grid index is exact in float32 (< 2**24)
+    rows = np.empty((cells.size, EDGE_ROW), np.uint8)
+    behind = table[:, :3]
+    rows[:, :3] = np.clip(behind + 0.5, 0, 255)                    # means of pixels: 0..255
+    rows[:, 3:6] = np.clip(behind + table[:, 3:6] + 0.5, 0, 255)
+    rows[:, 6:] = cells.astype("<u2").view(np.uint8).reshape(-1, 2)  # < 256 * 256 cells
     return rows
+
+
+def _cell_table(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """edge_rows' rows as _edge_cells gives them: (B, F - B, 1 / (|F - B|^2 + floor)) float32
+    and the cells' flat indices."""
+    behind = rows[:, :3].astype(np.float32)
+    towards = rows[:, 3:6].astype(np.float32) - behind
+    cells = np.ascontiguousarray(rows[:, 6:]).view("<u2")[:, 0].astype(np.int64)
+    return np.column_stack((behind, towards, 1 / (np.einsum("ij,ij->i", towards, towards)
+                                                  + EDGE_COLOUR_FLOOR))), cells
 
 
 def edge_colours(frame: np.ndarray, soft: np.ndarray, alpha: np.ndarray,
@@ -181,7 +194,7 @@ def edge_colours(frame: np.ndarray, soft: np.ndarray, alpha: np.ndarray,
     grid = (max(1, soft.shape[1] // 2), max(1, soft.shape[0] // 2))
     if rows is None:
         rows = _edge_rows(frame, soft)
-    table, cells = rows[:, :7], rows[:, 7].astype(np.int64)
+    table, cells = _cell_table(rows)
     ys, xs, owners = _cell_pixels(cells, grid, width, height)
     flat = ys * width + xs
     keep = alpha.reshape(-1).take(flat) > 0 if not clear_too else np.ones(flat.size, bool)

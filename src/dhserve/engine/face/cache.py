@@ -5,7 +5,7 @@ than "keep") segmentation and the edge analysis too: the person masks and each f
 cells are stored beside the analysis, under the same hash, and a render maps them into memory
 and reads the frames it meets (the OS page cache holds them, the render's memory does not
 grow with the template's length). Three files: the masks, each compressed on its own
-(.zlib, PackedMasks: a tenth of their raw size), the edge cells' rows (.edges, raw float32),
+(.zlib, PackedMasks: a tenth of their raw size), the edge cells' rows (.edges, 8 bytes a cell),
 and an index of both (.npz), written last. Entries are written to a temporary name and
 renamed, so concurrent workers never read a half-written entry; the files are written with
 write(), not through a mapping, so a full disk is an OSError (ENOSPC), not a SIGBUS.
@@ -61,7 +61,7 @@ class AnalysisCache:
         return self.directory / f"{digest}.masks.v{MASK_VERSION}.npz"
 
     def _data_paths(self, digest: str) -> tuple[Path, Path]:
-        """The packed masks and the edge cells' rows (raw float32)."""
+        """The packed masks and the edge cells' rows (8 bytes a cell)."""
         stem = f"{digest}.masks.v{MASK_VERSION}"
         return self.directory / f"{stem}.zlib", self.directory / f"{stem}.edges"
 
@@ -77,7 +77,7 @@ class AnalysisCache:
                 return None
             masks = PackedMasks(_mapped(blobs_path, np.dtype(np.uint8), int(blob_offsets[-1])),
                                 blob_offsets, (int(shape[0]), int(shape[1])))
-            edges = _mapped(rows_path, np.dtype(np.float32), int(offsets[-1]), EDGE_ROW)
+            edges = _mapped(rows_path, np.dtype(np.uint8), int(offsets[-1]), EDGE_ROW)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, damaged
             return None
         stored = TemplateMasks(masks, edges, offsets)
@@ -96,7 +96,7 @@ class AnalysisCache:
                 shape[:] = mask.shape
                 blob = PackedMasks.pack(mask)
                 blobs_file.write(blob)
-                rows_file.write(np.ascontiguousarray(rows, np.float32).tobytes())
+                rows_file.write(np.ascontiguousarray(rows, np.uint8).tobytes())
                 blob_offsets[index + 1] = blob_offsets[index] + len(blob)
                 offsets[index + 1] = offsets[index] + len(rows)
             blobs_file.close()

@@ -25,7 +25,7 @@ MASK_MAX_SIDE = 512
 MASK_SMOOTHING_SIGMA = 1.0   # frames; centred, so the edge does not lag the person
 # bump when stored masks or their edge cells change meaning (background.py's EDGE_ constants)
 MASK_VERSION = 3
-EDGE_ROW = 8                 # float32 columns of an edge cell's row (background.edge_rows)
+EDGE_ROW = 8                 # bytes of an edge cell's row (background.edge_rows)
 # Frames at least this much wider than tall go to the landscape model (144x256 input): on a
 # 1280x720 template the square model's uncertain share of the frame (0.1 < p < 0.9) was 24 %
 # against 7 %, its frame-to-frame change 3x as large; on a square portrait the square model
@@ -138,12 +138,12 @@ class PackedMasks:
 
 @dataclass(frozen=True)
 class TemplateMasks:
-    """A template's person masks and the edge cells of each frame (rows of EDGE_ROW float32,
+    """A template's person masks and the edge cells of each frame (rows of EDGE_ROW bytes,
     frame after frame); from the cache, the masks packed (PackedMasks) and both memory-mapped.
     A frame past the last stored one (a damaged entry) gets the last one's."""
 
     masks: np.ndarray | PackedMasks      # (n, h, w) uint8
-    edges: np.ndarray      # (rows, EDGE_ROW) float32
+    edges: np.ndarray      # (rows, EDGE_ROW) uint8
     offsets: np.ndarray    # (n + 1,) int64: frame i's rows are edges[offsets[i]:offsets[i + 1]]
 
     @classmethod
@@ -152,8 +152,8 @@ class TemplateMasks:
         """In memory, from (mask, edge rows) pairs: the first `count` of them."""
         masks, rows = zip(*islice(pairs, count), strict=True)
         sizes = np.array([0] + [len(r) for r in rows], np.int64)
-        return cls(np.stack(masks), np.concatenate(rows).astype(np.float32, copy=False)
-                   .reshape(-1, EDGE_ROW), np.cumsum(sizes))
+        return cls(np.stack(masks), np.concatenate(rows).reshape(-1, EDGE_ROW),
+                   np.cumsum(sizes))
 
     def __len__(self) -> int:
         return len(self.masks)
@@ -182,7 +182,7 @@ class TemplateMasks:
         return ((masks.consistent() if isinstance(masks, PackedMasks) else
                  masks.ndim == 3 and masks.dtype == np.uint8) and len(self) > 0
                 and self.edges.ndim == 2 and self.edges.shape[1] == EDGE_ROW
-                and self.edges.dtype == np.float32 and offsets.shape == (len(self) + 1,)
+                and self.edges.dtype == np.uint8 and offsets.shape == (len(self) + 1,)
                 and offsets[0] == 0 and offsets[-1] == len(self.edges)
                 and bool(np.all(np.diff(offsets) >= 0)))
 
