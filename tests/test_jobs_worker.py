@@ -15,12 +15,16 @@ import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
-from conftest import dhserve_process, wait_for, write_wav
+from conftest import dhserve_process, encode_video, wait_for, write_wav
 
 from dhserve.config import Settings
 from dhserve.engine.audio import decode_speech
+from dhserve.engine.face import AnalysisCache
+from dhserve.engine.pipeline import RenderOptions, render
+from dhserve.fsutil import file_digest
 from dhserve.jobs import JobSpec, JobState, JobStore
 from dhserve.jobs.model import result_path, upload_dir
 from dhserve.jobs.retention import prune_finished
@@ -479,6 +483,45 @@ def test_retention_and_partials_follow_the_result_container(data_dir, sqlite_sto
     assert prune_finished(sqlite_store, settings) == 2
     assert sorted(p.name for p in settings.results_dir.iterdir()) == [writing.name]
     assert not upload_dir(settings, "sky").exists()
+
+
+def _entry_files(templates: Path, digest: str) -> list[Path]:
+    return sorted(templates.glob(f"{digest}.*"))
+
+
+def test_template_cache_stays_under_its_size_least_recently_used_first(
+        data_dir, sqlite_store, tiny_template, tiny_speech, template_frames, tmp_path):
+    """Every new avatar adds its face analysis and masks to templates/: housekeeping keeps
+    them under DHSERVE_TEMPLATE_CACHE_MB, the template used last stays, what an older
+    format or a killed writer left goes, and a pruned template simply renders again."""
+    settings = Settings(data_dir=data_dir)
+    cache = AnalysisCache(settings.templates_dir)
+    mirrored = encode_video(tmp_path / "mirrored.mp4",
+                            [cv2.resize(f, (256, 256))[:, ::-1] for f in template_frames[:25]])
+    colour = RenderOptions(background="#00b140")
+    for template in (tiny_template, mirrored):
+        assert not render(template, tiny_speech, tmp_path / "out.mp4", colour,
+                          cache).analysis_cached
+    used, unused = file_digest(tiny_template), file_digest(mirrored)
+    for digest, days in ((used, 2), (unused, 1)):        # `used` was made first ...
+        for path in _entry_files(settings.templates_dir, digest):
+            os.utime(path, (time.time() - days * 86400,) * 2)
+    assert render(tiny_template, tiny_speech, tmp_path / "out.mp4", colour,
+                  cache).analysis_cached                 # ... and used again since
+    entry_size = sum(p.stat().st_size for p in _entry_files(settings.templates_dir, used))
+    old_format = settings.templates_dir / f"{used}.masks.v1.npz"
+    old_format.write_bytes(b"an entry of an older dhserve")
+    left = _aged(settings.templates_dir / ".tmp-killed.zlib", 7200)
+    writing = _aged(settings.templates_dir / ".tmp-writing.zlib", 10)
+    small = Settings(data_dir=data_dir, template_cache_mb=1.5 * entry_size / 2**20)
+    prune_finished(sqlite_store, small)
+    assert _entry_files(settings.templates_dir, unused) == []
+    assert len(_entry_files(settings.templates_dir, used)) == 4   # analysis + masks (3 files)
+    assert not old_format.exists() and not left.exists() and writing.exists()
+    again = render(mirrored, tiny_speech, tmp_path / "out.mp4", colour, cache)
+    assert not again.analysis_cached and again.frames == 15       # computed again, rendered
+    prune_finished(sqlite_store, settings)                        # 2 GB: nothing goes
+    assert len(list(settings.templates_dir.glob("*.npz"))) == 4
 
 
 def test_a_rerun_removes_the_partial_file_of_the_attempt_that_was_killed(

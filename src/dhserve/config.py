@@ -109,6 +109,8 @@ class Settings:
     max_attempts: int = 3                # claims per job before it fails as "worker lost"
     max_queued: int = 1000               # queued jobs; over it, submit answers "busy"
     retention_days: float = 7.0          # finished jobs and their files are pruned after this
+    template_cache_mb: float = 2048.0    # face analyses and person masks of templates: the
+                                         # least recently used go above this size
     poll_seconds: float = 1.0            # idle worker's longest wait between claim attempts
     stop_grace_seconds: float = 30.0     # SIGTERM: time the current render gets to finish
     render_nice: int = 10                # CPU priority a `dhserve worker` process gives up

@@ -1,7 +1,8 @@
 """Retention: what the data dir keeps and for how long. Finished jobs go with their results
 and uploads once DHSERVE_RETENTION_DAYS pass; what interrupted work left behind (partial
 results of killed renders, downloads and upload folders of requests that never became a job)
-goes once it is old. Run by the render workers' housekeeping."""
+goes once it is old; the template cache stays under DHSERVE_TEMPLATE_CACHE_MB (least
+recently used templates go). Run by the render workers' housekeeping."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 from dhserve.config import Settings
+from dhserve.engine.face.cache import AnalysisCache
 from dhserve.fsutil import remove_quietly
 from dhserve.jobs.model import (
     JobState,
@@ -55,6 +57,11 @@ def prune_finished(store: JobStore, settings: Settings) -> int:
     if gone:
         log.info("pruned %d finished job(s) older than %g days", len(gone),
                  settings.retention_days)
+    evicted = AnalysisCache(settings.templates_dir).prune(
+        int(settings.template_cache_mb * 2**20), time.time())
+    if evicted:
+        log.info("template cache: removed %d least recently used template(s) to stay under "
+                 "%g MB", len(evicted), settings.template_cache_mb)
     return len(gone)
 
 

@@ -13,6 +13,7 @@ write(), not through a mapping, so a full disk is an OSError (ENOSPC), not a SIG
 
 from __future__ import annotations
 
+import contextlib
 import io
 import mmap
 import os
@@ -44,10 +45,12 @@ class AnalysisCache:
         return self.directory / f"{digest}.v{ANALYSIS_VERSION}.npz"
 
     def get(self, digest: str) -> TemplateAnalysis | None:
+        path = self.path_for(digest)
         try:
-            data = self.path_for(digest).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
+        _touch(path)            # the entry was used now: prune() keeps what is used
         try:
             return TemplateAnalysis.from_bytes(data)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
@@ -81,7 +84,46 @@ class AnalysisCache:
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, damaged
             return None
         stored = TemplateMasks(masks, edges, offsets)
-        return stored if stored.consistent() else None
+        if not stored.consistent():
+            return None
+        _touch(self.masks_path_for(digest))
+        return stored
+
+    def prune(self, max_bytes: int, now: float, stale_tmp_s: float = 3600.0) -> list[str]:
+        """Keeps the cache under `max_bytes`: entries of an older format (never read again)
+        and temporaries a killed writer left go first, then whole entries (a template's
+        analysis and masks together), least recently used first. A render that has an
+        entry's files open or mapped keeps reading them (POSIX: the inode lives on).
+        Returns the digests removed."""
+        current = {self.path_for("").name, self.masks_path_for("").name,
+                   *(path.name for path in self._data_paths(""))}
+        entries: dict[str, list[tuple[Path, os.stat_result]]] = {}
+        for path in self.directory.iterdir() if self.directory.is_dir() else ():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if path.name.startswith(".tmp-"):
+                if st.st_mtime < now - stale_tmp_s:
+                    remove_quietly(path)
+                continue
+            digest, dot, rest = path.name.partition(".")
+            if not dot or "." + rest not in current:     # another format, or not ours
+                if dot and len(digest) == 64:
+                    remove_quietly(path)
+                continue
+            entries.setdefault(digest, []).append((path, st))
+        total = sum(st.st_size for files in entries.values() for _, st in files)
+        removed = []
+        for digest, files in sorted(entries.items(),
+                                    key=lambda kv: max(st.st_mtime for _, st in kv[1])):
+            if total <= max_bytes:
+                break
+            for path, st in files:
+                remove_quietly(path)
+                total -= st.st_size
+            removed.append(digest)
+        return removed
 
     def store_masks(self, digest: str, pairs: Iterable[tuple[np.ndarray, np.ndarray]],
                     count: int) -> TemplateMasks:
@@ -130,6 +172,12 @@ class AnalysisCache:
             f.close()
             os.replace(tmp, target)
         return target
+
+
+def _touch(path: Path) -> None:
+    """Marks a cache file as just used (its mtime); a read-only cache stays usable."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def _padded(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int
