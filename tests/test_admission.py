@@ -42,7 +42,10 @@ def test_a_storage_full_job_is_not_queued_again_while_space_is_still_short(tmp_p
 
 def test_a_background_image_is_judged_by_its_header_before_it_is_decoded(tmp_path):
     """A PNG whose header declares 20000 x 20000 pixels (a decompression bomb's shape) is
-    refused from those 33 bytes; a real image passes; a text file is no image."""
+    refused from those 33 bytes; a real image passes; a text file is no image; a TIFF (whose
+    size is not read from a header here) is refused before OpenCV would decode 64 MP of it;
+    a PNG with a good header and broken pixels passes the submit (nothing is decoded on the
+    web tier) and is refused by the worker's check, which decodes."""
     settings = Settings(data_dir=tmp_path, max_video_pixels=1920 * 1080)
     header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
     bomb = tmp_path / "bomb.png"
@@ -51,10 +54,21 @@ def test_a_background_image_is_judged_by_its_header_before_it_is_decoded(tmp_pat
     photo, notes = tmp_path / "photo.jpg", tmp_path / "notes.png"
     cv2.imwrite(str(photo), np.full((3024, 2737, 3), 90, np.uint8))   # 4 x 1080p: allowed
     notes.write_text("hello")
+    tiff = tmp_path / "big.tif"          # 8000 x 8000, a few hundred KB deflated
+    assert cv2.imwrite(str(tiff), np.zeros((8000, 8000), np.uint8),
+                       [cv2.IMWRITE_TIFF_COMPRESSION, 8])
     check_background_image(photo, settings)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(cv2.imencode(".png", np.full((64, 64, 3), 90, np.uint8))[1]
+                       .tobytes()[:60])     # the header, then the pixels cut off
+    check_background_image(broken, settings)
+    with pytest.raises(InputError) as refused:
+        check_background_image(broken, settings, decode=True)
+    assert (refused.value.code, refused.value.field) == ("options.invalid", "background")
     for path, code, words in ((bomb, "options.invalid", "bomb.png: the image is 20000x20000, "
                                                          "over the limit of 8294400 pixels"),
-                              (notes, "options.invalid", "notes.png: not an image"),
+                              (notes, "options.invalid", "notes.png: not an image of a kind accepted"),
+                              (tiff, "options.invalid", "big.tif: not an image of a kind accepted here (PNG, JPEG, WebP, BMP or GIF)"),
                               (tmp_path / "gone.png", "input.not_found", "no such file")):
         with pytest.raises(InputError) as refused:
             check_background_image(path, settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -32,12 +33,14 @@ DATABASE_URL_PATTERN = re.compile(r"(sqlite|postgresql(\+psycopg)?)://.*", re.DO
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SUPERVISOR_PID_ENV = "DHSERVE_SUPERVISOR_PID"   # set by `dhserve serve` in the processes it starts
 POSITIVE = ("batch_size", "lease_seconds", "heartbeat_seconds", "max_attempts", "max_queued",
-            "poll_seconds", "download_timeout_seconds", "log_max_mb")
+            "poll_seconds", "download_timeout_seconds", "log_max_mb", "template_cache_mb")
 
 
 def option_problem(name: str, value: Any) -> str | None:
     """Why `value` is not valid for the render option `name`, or None when it is. Shared by
     the service's settings and a job's own choices, which report problems differently."""
+    if isinstance(value, float) and math.isnan(value):
+        return "must be a number, got nan"
     if name in CHOICES and value not in CHOICES[name]:
         return f"must be one of {', '.join(CHOICES[name])}; got {value!r}"
     if name == "crf" and not 0 <= value <= 51:

@@ -85,7 +85,7 @@ SCHEMAS: dict[str, Any] = {
                                  "inside the data dir (a bare name: in temp/)"},
                        "audio": {"type": "string"},
                        "background": {"type": "string", "description": "optional background "
-                                      "image (PNG, JPEG, WebP, BMP, TIFF): http(s) URL or a "
+                                      "image (PNG, JPEG, WebP, BMP, GIF): http(s) URL or a "
                                       "path, as video"},
                        "options": {"type": "object", "description": "backend, loop, "
                                    "x264_preset, crf, multiple_faces, face_restore, "

@@ -123,23 +123,29 @@ def check_media(value: str, field: str, kind: str, max_mb: float, max_pixels: in
         raise NO_STREAM[kind](field, f"file has no {kind} stream")
 
 
-def check_background_image(path: Path, settings: Settings) -> None:
+def check_background_image(path: Path, settings: Settings, decode: bool = False) -> None:
     """A background image file can be used: it exists (input.not_found as for the other
-    inputs), is within the size limit, declares no more than BACKGROUND_PIXELS_FACTOR times
-    the template pixel limit (read from its header, before any decoding: a decompression
-    bomb), and decodes as an image (options.invalid naming `background` otherwise). Run at
-    submit for a local file and by the worker after downloading a URL."""
+    inputs), is within the size limit, is a PNG, JPEG, WebP, BMP or GIF whose header
+    declares no more than BACKGROUND_PIXELS_FACTOR times the template pixel limit (read
+    before any decoding: a decompression bomb; a format whose size cannot be read first is
+    refused), and with `decode` decodes (options.invalid naming `background` otherwise).
+    A submit reads the header only (a web thread decodes nothing); the worker decodes, after
+    downloading a URL, before the render."""
     try:
         check_file(path, BACKGROUND, settings.max_input_mb)
         size = image_size(path)
     except OSError as exc:          # a name too long for the file system, say
         raise InputNotFound(BACKGROUND, f"cannot use this path: "
                             f"{exc.strerror or exc}") from None
+    if size is None:
+        raise OptionsInvalid(BACKGROUND, f"{path.name}: not an image of a kind accepted "
+                             "here (PNG, JPEG, WebP, BMP or GIF)")
     limit = BACKGROUND_PIXELS_FACTOR * settings.max_video_pixels
-    if size is not None and size[0] * size[1] > limit:
+    if size[0] * size[1] > limit:
         raise OptionsInvalid(BACKGROUND, f"{path.name}: the image is {size[0]}x{size[1]}, "
                              f"over the limit of {limit} pixels")
-    load_image(path)
+    if decode:
+        load_image(path)
 
 
 def public_error(exc: InputError, settings: Settings,

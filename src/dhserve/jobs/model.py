@@ -36,7 +36,8 @@ BACKGROUND = "background"       # the option, and the name of the optional image
 def background_option(value: object) -> bool:
     """Whether a background is an option (keep, transparent, a #rrggbb colour), as opposed
     to an image, which a job takes as an input."""
-    return isinstance(value, str) and (value in (KEEP, TRANSPARENT) or value.startswith("#"))
+    return isinstance(value, str) and (value in (KEEP, TRANSPARENT) or (
+        value.startswith("#") and not {".", "/"} & set(value)))    # '#1.png' is a file
 
 
 def default_container(background: object) -> str:

@@ -57,8 +57,8 @@ def prune_finished(store: JobStore, settings: Settings) -> int:
     if gone:
         log.info("pruned %d finished job(s) older than %g days", len(gone),
                  settings.retention_days)
-    evicted = AnalysisCache(settings.templates_dir).prune(
-        int(settings.template_cache_mb * 2**20), time.time())
+    limit = min(settings.template_cache_mb, 2.0**40)        # inf: no limit
+    evicted = AnalysisCache(settings.templates_dir).prune(int(limit * 2**20), time.time())
     if evicted:
         log.info("template cache: removed %d least recently used template(s) to stay under "
                  "%g MB", len(evicted), settings.template_cache_mb)
