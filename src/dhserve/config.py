@@ -20,6 +20,8 @@ from typing import Any
 ENV_PREFIX = "DHSERVE_"
 LOOP_MODES = ("pingpong", "restart")
 MULTIPLE_FACE_POLICIES = ("largest", "error")
+# the background option's words; anything else is a #rrggbb colour or an image
+KEEP, TRANSPARENT = "keep", "transparent"
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 GPU_PROVIDERS = ("cuda", "tensorrt")
 CUDNN_CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")

@@ -14,7 +14,7 @@ from dhserve.client import Client, ServerFile
 from dhserve.config import LOOP_MODES, ClientSettings
 from dhserve.errors import InputError, InputNotFound, OutputInvalid
 from dhserve.jobs.downloads import is_url
-from dhserve.jobs.model import background_option, default_container
+from dhserve.jobs.model import CONTENT_TYPES, background_option, default_container
 
 _SERVER_HELP = "The service's URL [env DHSERVE_SERVER; default http://<DHSERVE_BIND>]."
 _KEY_HELP = ("API key, sent as 'Authorization: Bearer'. Better set DHSERVE_API_KEY: a flag "
@@ -116,7 +116,7 @@ def submit(ctx: click.Context, video: str, audio: str, server: str | None,
 def _check_out_suffix(out: Path | None, container: str) -> None:
     """--out names a file of the container the result comes in (a folder gets <id>.<it>)."""
     suffix = out.suffix.lower().lstrip(".") if out is not None and not out.is_dir() else ""
-    if suffix in ("mp4", "webm", "mov") and suffix != container:
+    if suffix in CONTENT_TYPES and suffix != container:
         raise OutputInvalid("--out", f"the result is {'an' if container == 'mp4' else 'a'} "
                             f"{container}: name it .{container}, not .{suffix}")
 

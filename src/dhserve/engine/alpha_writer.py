@@ -16,10 +16,10 @@ from typing import cast
 import av
 import numpy as np
 
+from dhserve.config import TRANSPARENT
 from dhserve.engine.mp4_writer import Mp4Writer
 from dhserve.errors import OptionsInvalid
 
-TRANSPARENT = "transparent"
 ALPHA_SUFFIXES = (".webm", ".mov")
 # VP9: libvpx's realtime mode; its default ("good", cpu-used 1) took seconds per 720p frame.
 VP9_OPTIONS = {"deadline": "realtime", "cpu-used": "8", "row-mt": "1", "crf": "28", "b": "0",

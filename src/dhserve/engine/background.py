@@ -28,12 +28,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dhserve.config import KEEP, TRANSPARENT
 from dhserve.engine.blend import FaceFrame, lower_face_polygon
 from dhserve.engine.face.landmarks import FACE_OVAL
 from dhserve.engine.face.segmentation import EDGE_ROW
 from dhserve.errors import OptionsInvalid
 
-KEEP, TRANSPARENT = "keep", "transparent"
 COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # The mask's contrast curve: below EDGE_LOW is background, above EDGE_HIGH person.

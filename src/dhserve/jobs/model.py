@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dhserve.config import KEEP, TRANSPARENT
+
 if TYPE_CHECKING:
     from dhserve.config import Settings
 
@@ -29,7 +31,6 @@ HEARTBEAT_STALE_FACTOR = 3.0
 # The containers a job's result can be written in, with the Content-Type it is served with.
 # An alpha channel (a transparent background) needs webm or mov; everything else is an mp4.
 CONTENT_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "mov": "video/quicktime"}
-KEEP, TRANSPARENT = "keep", "transparent"
 BACKGROUND = "background"       # the option, and the name of the optional image input
 
 
