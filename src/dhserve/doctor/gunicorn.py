@@ -165,15 +165,10 @@ def _built_in(facts: Facts) -> LoadedConfig:
     missing = _gunicorn_missing()
     if missing:                   # the plan still holds: `dhserve serve` falls back to Flask
         return LoadedConfig(BUILT_IN, None, plan=plan, problem=missing)
-    # Gunicorn (serving.web imports it too): only here, where it is known to import
-    from gunicorn.config import Config
+    # serving.web imports Gunicorn: only here, where it is known to import
+    from dhserve.serving.web import apply_cmd_args, plan_config
 
-    from dhserve.serving.web import apply_cmd_args
-
-    cfg = Config()
-    for key, value in plan.gunicorn_options().items():
-        if key in cfg.settings:          # control_socket_disable: Gunicorn >= 25
-            cfg.set(key, value)
+    cfg = plan_config(plan)
     said = io.StringIO()
     try:                                 # as `dhserve serve` applies it over the plan
         with contextlib.redirect_stderr(said):

@@ -4,7 +4,10 @@ one on the CPU), and supervises them all."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.util
+import io
 import logging
 import sys
 import time
@@ -93,10 +96,6 @@ def _bound_as_gunicorn_will(plan: ServingPlan) -> ServingPlan:
     """The plan with the address Gunicorn will listen on: a --bind in GUNICORN_CMD_ARGS wins,
     as under plain Gunicorn, and the launcher waits for the service (and a fallback to Flask
     listens) there. Unparsable arguments are left for Gunicorn to report as it starts."""
-    import contextlib
-    import dataclasses
-    import io
-
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             binds = _effective_config(plan).bind
@@ -196,9 +195,6 @@ def diagnose(settings: Settings, serving: ServingSettings) -> int:
 
 def _gunicorn_in_effect(plan: ServingPlan) -> str:
     """Gunicorn's settings as the web tier would run them, GUNICORN_CMD_ARGS applied."""
-    import contextlib
-    import io
-
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said):

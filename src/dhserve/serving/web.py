@@ -64,13 +64,21 @@ def apply_cmd_args(cfg: Any, load_file: Any = None) -> list[str]:
     return named
 
 
-def effective_config(plan: ServingPlan) -> Any:
-    """Gunicorn's Config as `dhserve serve` would run the plan: its options with
-    GUNICORN_CMD_ARGS over them (hooks and log set-up left out: they make folders)."""
+def plan_config(plan: ServingPlan) -> Any:
+    """Gunicorn's Config holding the plan's options (hooks and log set-up left out: they
+    make folders); options this Gunicorn does not know (control_socket_disable: >= 25) are
+    skipped."""
     cfg = Config()
     for key, value in plan.gunicorn_options().items():
         if key in cfg.settings:
             cfg.set(key, value)
+    return cfg
+
+
+def effective_config(plan: ServingPlan) -> Any:
+    """Gunicorn's Config as `dhserve serve` would run the plan: its options with
+    GUNICORN_CMD_ARGS over them."""
+    cfg = plan_config(plan)
     apply_cmd_args(cfg)
     return cfg
 
