@@ -72,13 +72,13 @@ def phase_segment(work: Path, args) -> dict:
     edges_elapsed = time.perf_counter() - started
     digest = file_digest(template)
     cache.store_masks(digest, zip(masks, rows, strict=True), len(masks))
-    sizes = {f.suffix: f.stat().st_size for f in cache.directory.glob(f"{digest}.masks.*")}
+    stored = cache.masks_path_for(digest).stat().st_size   # one file: masks, edge rows, index
     compressed = io.BytesIO()
     np.savez_compressed(compressed, masks=masks, edges=np.concatenate(rows))
     return {"frames": len(frames), "ms_per_frame": 1000 * elapsed / len(frames),
             "edge_ms_per_frame": 1000 * edges_elapsed / len(frames),
-            "mask_shape": list(masks.shape), "stored_kib": sum(sizes.values()) / 1024,
-            "edges_kib": sizes.get(".edges", 0) / 1024, "raw_masks_kib": masks.nbytes / 1024,
+            "mask_shape": list(masks.shape), "stored_kib": stored / 1024,
+            "edges_kib": sum(r.nbytes for r in rows) / 1024, "raw_masks_kib": masks.nbytes / 1024,
             "compressed_kib": len(compressed.getvalue()) / 1024}
 
 

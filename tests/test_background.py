@@ -7,6 +7,7 @@ libvpx-vp9 decoder (FFmpeg's native VP9 decoder drops it), ProRes through FFmpeg
 from __future__ import annotations
 
 import mmap
+import threading
 from pathlib import Path
 
 import av
@@ -131,7 +132,7 @@ def test_second_render_does_no_segmentation(transparent_webm, work, cache, tiny_
                     RenderOptions(background="transparent"), cache)
     assert PersonSegmenter.calls == before and edge_work.count == 0    # both from the cache
     assert result.analysis_cached
-    masks = list(cache.directory.glob("*.masks.*.zlib"))
+    masks = list(cache.directory.glob("*.masks.*.bin"))
     assert len(masks) == 1 and masks[0].stat().st_size < 25 * 256 * 256 / 4   # compressed
     names, duration = _streams(result.path)
     assert names == ["prores", "pcm_s16le"] and abs(duration - 0.6) <= 0.06
@@ -295,30 +296,76 @@ def test_cached_masks_are_memory_mapped_not_read_whole(transparent_webm, cache,
     assert all((a == b).all() for a, b in zip(_arrays(masks), read, strict=True))
 
 
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte in a mask", "cell off the grid"])
 def test_damaged_or_old_masks_are_computed_again(transparent_webm, cache, tiny_template,
-                                                 tmp_path, edge_work):
-    """A truncated entry (or one of an older version, which has other names) is computed
-    again and stored whole, with the same result as a render without a cache has."""
+                                                 tmp_path, edge_work, tiny_speech, damage):
+    """A damaged entry (cut short; a byte of a mask flipped, its length right; an edge cell
+    off the grid, its checksum right) or one of an older version (other names) is computed
+    again and stored whole: the render succeeds, with the masks a render without a cache has."""
     from dhserve.fsutil import file_digest
 
     damaged = AnalysisCache(tmp_path)
     digest = file_digest(tiny_template)
     damaged.put(digest, cache.get(digest))
-    (tmp_path / f"{digest}.masks.v2.npz").write_bytes(b"an old entry")
+    (tmp_path / f"{digest}.masks.v3.bin").write_bytes(b"an old entry")
     good, _ = _segmented(tiny_template, cache, cache)
-    for stored in cache.directory.glob(f"{digest}.masks.*"):     # packed masks cut short
-        data = stored.read_bytes()
-        (tmp_path / stored.name).write_bytes(data[:len(data) // 2] if stored.suffix == ".zlib"
-                                             else data)
-    assert len(list(tmp_path.glob(f"{digest}.masks.v*.*"))) == 4
+    entry = damaged.masks_path_for(digest)
+    data = bytearray(cache.masks_path_for(digest).read_bytes())
+    if damage == "truncated":
+        entry.write_bytes(data[:len(data) // 2])
+    elif damage == "flipped byte in a mask":
+        data[int(good.masks.offsets[3]) + 5] ^= 0x10
+        entry.write_bytes(data)
+    else:
+        pairs = [(good.mask(i), np.array(good.edge_rows(i))) for i in range(len(good))]
+        next(rows for _, rows in pairs if len(rows))[0, 6:] = 0xFF   # cell 65535 of 128 x 128
+        damaged.store_masks(digest, iter(pairs), len(pairs))
     before = PersonSegmenter.calls
-    masks, cached = _segmented(tiny_template, damaged, damaged)
-    assert not cached and PersonSegmenter.calls - before == 25 and edge_work.count == 25
+    result = render(tiny_template, tiny_speech, tmp_path / "talk.mp4",
+                    RenderOptions(background="#00b140"), damaged)
+    assert result.frames == 15 and PersonSegmenter.calls - before == edge_work.count == 25
+    masks = damaged.get_masks(digest)
+    assert masks is not None
     in_memory, _ = _segmented(tiny_template, None, cache)
     for again in (masks, in_memory):
         assert all((a == b).all() for a, b in zip(_arrays(again), _arrays(good), strict=True))
-    assert damaged.get_masks(digest) is not None
     assert not list(tmp_path.glob(".tmp-*"))               # nothing half-written left
+
+
+def test_two_workers_storing_one_template_each_keep_a_whole_entry(tmp_path):
+    """Two workers segmenting one new avatar at once, frame for frame: each gets its own
+    masks back whole, and the entry left is one of the two, whole."""
+    barrier = threading.Barrier(2, timeout=10)
+    rng = np.random.default_rng(7)
+    stored: dict[int, object] = {}
+    made = {w: [(rng.integers(0, 256, (16, 12), np.uint8),
+                 np.column_stack((rng.integers(0, 256, (k, 6), np.uint8),
+                                  np.full((k, 2), [w + k, 0], np.uint8))))   # cells < 6 x 8
+                for k in (3, 0, 5, 1)] for w in (0, 1)}
+
+    def pairs(worker: int):
+        for pair in made[worker]:
+            barrier.wait()                  # both write frame i before either goes on
+            yield pair
+        barrier.wait()                      # and both close and rename at once
+
+    def store(worker: int) -> None:
+        stored[worker] = AnalysisCache(tmp_path).store_masks("ab" * 32, pairs(worker), 4)
+
+    threads = [threading.Thread(target=store, args=(w,)) for w in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    expected = {w: [np.stack([m for m, _ in made[w]]), np.concatenate([r for _, r in made[w]]),
+                    np.array([0, 3, 3, 8, 9])] for w in (0, 1)}
+    for worker in (0, 1):
+        assert all((a == b).all() for a, b in zip(_arrays(stored[worker]), expected[worker],
+                                                  strict=True))
+    on_disk = _arrays(AnalysisCache(tmp_path).get_masks("ab" * 32))
+    assert any(all((a == b).all() for a, b in zip(on_disk, expected[w], strict=True))
+               for w in (0, 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{'ab' * 32}.masks.v4.bin"]
 
 
 def test_face_is_opaque_whatever_the_mask_says(tiny_template, cache, transparent_webm):

@@ -509,19 +509,20 @@ def test_template_cache_stays_under_its_size_least_recently_used_first(
     assert render(tiny_template, tiny_speech, tmp_path / "out.mp4", colour,
                   cache).analysis_cached                 # ... and used again since
     entry_size = sum(p.stat().st_size for p in _entry_files(settings.templates_dir, used))
-    old_format = settings.templates_dir / f"{used}.masks.v1.npz"
+    old_format = settings.templates_dir / f"{used}.masks.v3.npz"
     old_format.write_bytes(b"an entry of an older dhserve")
     left = _aged(settings.templates_dir / ".tmp-killed.zlib", 7200)
     writing = _aged(settings.templates_dir / ".tmp-writing.zlib", 10)
     small = Settings(data_dir=data_dir, template_cache_mb=1.5 * entry_size / 2**20)
     prune_finished(sqlite_store, small)
     assert _entry_files(settings.templates_dir, unused) == []
-    assert len(_entry_files(settings.templates_dir, used)) == 4   # analysis + masks (3 files)
+    assert len(_entry_files(settings.templates_dir, used)) == 2   # analysis + masks
     assert not old_format.exists() and not left.exists() and writing.exists()
     again = render(mirrored, tiny_speech, tmp_path / "out.mp4", colour, cache)
     assert not again.analysis_cached and again.frames == 15       # computed again, rendered
     prune_finished(sqlite_store, settings)                        # 2 GB: nothing goes
-    assert len(list(settings.templates_dir.glob("*.npz"))) == 4
+    assert len(list(settings.templates_dir.glob("*.npz"))) == 2     # the analyses ...
+    assert len(list(settings.templates_dir.glob("*.masks.v*.bin"))) == 2    # ... and masks
 
 
 def test_a_rerun_removes_the_partial_file_of_the_attempt_that_was_killed(

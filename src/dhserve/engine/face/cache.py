@@ -4,21 +4,25 @@ The second render with the same avatar skips detection entirely, and (with a bac
 than "keep") segmentation and the edge analysis too: the person masks and each frame's edge
 cells are stored beside the analysis, under the same hash, and a render maps them into memory
 and reads the frames it meets (the OS page cache holds them, the render's memory does not
-grow with the template's length). Three files: the masks, each compressed on its own
-(.zlib, PackedMasks: a tenth of their raw size), the edge cells' rows (.edges, 8 bytes a cell),
-and an index of both (.npz), written last. Entries are written to a temporary name and
-renamed, so concurrent workers never read a half-written entry; the files are written with
-write(), not through a mapping, so a full disk is an OSError (ENOSPC), not a SIGBUS.
+grow with the template's length). One file for them (.masks.v4.bin, layout below): the
+masks, each compressed on its own (PackedMasks: a tenth of their raw size), the edge cells'
+rows (8 bytes a cell), their offsets and a footer with a crc32 of the rest, which a cache hit
+checks (a damaged entry is computed again). Entries are written to a temporary name and
+renamed once, so concurrent workers never read a half-written entry, and two workers storing
+one template each keep their own whole file (the later rename wins); the files are written
+with write(), not through a mapping, so a full disk is an OSError (ENOSPC), not a SIGBUS.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import mmap
 import os
+import shutil
+import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
@@ -35,6 +39,13 @@ from dhserve.engine.face.segmentation import (
     TemplateMasks,
 )
 from dhserve.fsutil import remove_quietly
+
+# A masks entry: [the masks, each zlib-packed][pad to 8][the edge rows, EDGE_ROW bytes each]
+# [blob offsets, int64 (n + 1)][edge row offsets, int64 (n + 1)][footer]; the footer: magic,
+# MASK_VERSION, crc32 of all before it, n, mask height and width, where the edge rows and the
+# offsets start. Little-endian.
+_MAGIC = b"DHMASKS\0"
+_FOOTER = struct.Struct("<8sIIqqqqq")
 
 
 class AnalysisCache:
@@ -60,33 +71,31 @@ class AnalysisCache:
         return self._write(self.path_for(digest), analysis.to_bytes())
 
     def masks_path_for(self, digest: str) -> Path:
-        """The entry's index (written last: with it, the entry is complete)."""
-        return self.directory / f"{digest}.masks.v{MASK_VERSION}.npz"
-
-    def _data_paths(self, digest: str) -> tuple[Path, Path]:
-        """The packed masks and the edge cells' rows (8 bytes a cell)."""
-        stem = f"{digest}.masks.v{MASK_VERSION}"
-        return self.directory / f"{stem}.zlib", self.directory / f"{stem}.edges"
+        """The template's masks entry: one file, renamed into place whole."""
+        return self.directory / f"{digest}.masks.v{MASK_VERSION}.bin"
 
     def get_masks(self, digest: str) -> TemplateMasks | None:
-        """The template's masks and edge cells, memory-mapped, or None when not stored (or
-        damaged: not all three files, or ones that do not fit together)."""
-        blobs_path, rows_path = self._data_paths(digest)
+        """The template's masks and edge cells, memory-mapped, or None when not stored or
+        damaged (a footer that does not fit, a checksum that does not match, an edge cell
+        off the grid): computed again then, and overwritten. The checksum reads the file
+        once; the pages are let go of after it (TemplateMasks.release)."""
+        path = self.masks_path_for(digest)
         try:
-            with np.load(self.masks_path_for(digest), allow_pickle=False) as index:
-                shape, blob_offsets, offsets = (index[k] for k in ("shape", "masks", "edges"))
-            if not (shape.shape == (2,) and blob_offsets.dtype == offsets.dtype == np.int64
-                    and blob_offsets.ndim == offsets.ndim == 1 and offsets.size):
-                return None
-            masks = PackedMasks(_mapped(blobs_path, np.dtype(np.uint8), int(blob_offsets[-1])),
-                                blob_offsets, (int(shape[0]), int(shape[1])))
-            edges = _mapped(rows_path, np.dtype(np.uint8), int(offsets[-1]), EDGE_ROW)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, damaged
+            with open(path, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):          # absent; empty (mmap refuses a length of 0)
             return None
-        stored = TemplateMasks(masks, edges, offsets)
-        if not stored.consistent():
+        entry = _entry(mapped)
+        if entry is None:
             return None
-        _touch(self.masks_path_for(digest))
+        stored, crc = entry
+        with memoryview(mapped) as whole:
+            intact = (zlib.crc32(whole[:len(mapped) - _FOOTER.size]) == crc
+                      and stored.edge_cells_fit())
+        stored.release()
+        if not intact:
+            return None
+        _touch(path)            # the entry was used now: prune() keeps what is used
         return stored
 
     def prune(self, max_bytes: int, now: float, stale_tmp_s: float = 3600.0) -> list[str]:
@@ -95,8 +104,7 @@ class AnalysisCache:
         analysis and masks together), least recently used first. A render that has an
         entry's files open or mapped keeps reading them (POSIX: the inode lives on).
         Returns the digests removed."""
-        current = {self.path_for("").name, self.masks_path_for("").name,
-                   *(path.name for path in self._data_paths(""))}
+        current = {self.path_for("").name, self.masks_path_for("").name}
         entries: dict[str, list[tuple[Path, os.stat_result]]] = {}
         for path in self.directory.iterdir() if self.directory.is_dir() else ():
             try:
@@ -128,30 +136,39 @@ class AnalysisCache:
     def store_masks(self, digest: str, pairs: Iterable[tuple[np.ndarray, np.ndarray]],
                     count: int) -> TemplateMasks:
         """Stores `count` frames' (mask, edge rows) as they come (a short `pairs` padded with
-        its last, a long one cut), and returns them as get_masks will."""
-        blobs_path, rows_path = self._data_paths(digest)
+        its last, a long one cut) in one file, renamed into place once, and returns them
+        mapped from that file (its inode: whatever another worker renames over the name
+        later, these stay whole). Two workers storing one template: the later rename wins,
+        both entries are complete."""
+        target = self.masks_path_for(digest)
         blob_offsets, offsets = np.zeros(count + 1, np.int64), np.zeros(count + 1, np.int64)
-        shape = np.zeros(2, np.int64)
-        with self._temporary(".zlib") as (blobs_file, blobs_tmp), \
-                self._temporary(".edges") as (rows_file, rows_tmp):
+        height = width = 0
+        with self._temporary(target.suffix) as (f, tmp), \
+                tempfile.TemporaryFile(dir=self.directory) as rows_file:   # no name: O_TMPFILE
+            out = _Summed(f)
             for index, (mask, rows) in enumerate(_padded(pairs, count)):
-                shape[:] = mask.shape
+                height, width = mask.shape
                 blob = PackedMasks.pack(mask)
-                blobs_file.write(blob)
+                out.write(blob)
                 rows_file.write(np.ascontiguousarray(rows, np.uint8).tobytes())
                 blob_offsets[index + 1] = blob_offsets[index] + len(blob)
                 offsets[index + 1] = offsets[index] + len(rows)
-            blobs_file.close()
-            rows_file.close()
-            os.replace(blobs_tmp, blobs_path)
-            os.replace(rows_tmp, rows_path)
-        buffer = io.BytesIO()
-        np.savez(buffer, shape=shape, masks=blob_offsets, edges=offsets)
-        self._write(self.masks_path_for(digest), buffer.getvalue())   # last: entry complete
-        stored = self.get_masks(digest)
-        if stored is None:      # another worker's entry took the names halfway through ours
-            raise OSError(f"template cache entry {digest} changed while it was written")
-        return stored
+            out.write(bytes(-out.size % 8))               # the edge rows start aligned
+            edges_at = out.size
+            rows_file.seek(0)
+            shutil.copyfileobj(rows_file, out)
+            offsets_at = out.size
+            out.write(np.stack([blob_offsets, offsets]).astype("<i8").tobytes())
+            f.write(_FOOTER.pack(_MAGIC, MASK_VERSION, out.crc, count, height, width,
+                                 edges_at, offsets_at))
+            f.flush()
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)    # this inode
+            f.close()
+            os.replace(tmp, target)
+        entry = _entry(mapped)
+        if entry is None:
+            raise ValueError(f"the masks of template {digest} do not fit together")
+        return entry[0]
 
     @contextmanager
     def _temporary(self, suffix: str) -> Iterator[tuple[BinaryIO, str]]:
@@ -160,7 +177,7 @@ class AnalysisCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=suffix)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with os.fdopen(fd, "w+b") as f:         # readable too: store_masks maps it
                 yield f, tmp
         except BaseException:
             remove_quietly(Path(tmp))
@@ -193,16 +210,40 @@ def _padded(pairs: Iterable[tuple[np.ndarray, np.ndarray]], count: int
         yield last
 
 
-def _mapped(path: Path, dtype: np.dtype, count: int, columns: int = 0) -> np.ndarray:
-    """The file's `count` items (rows of `columns`, with columns) of `dtype`, mapped
-    read-only: the pages are read as they are touched, and are the OS page cache's
-    (ValueError: the file is not that long)."""
-    shape = (count, columns) if columns else (count,)
-    size = int(np.prod(shape)) * dtype.itemsize
-    if os.stat(path).st_size != size:
-        raise ValueError(f"{path.name}: not as long as its index says")
-    if size == 0:
-        return np.zeros(shape, dtype)       # mmap refuses a length of 0
-    with open(path, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return np.ndarray(shape, dtype, buffer=mapped)      # its base: the map
+class _Summed:
+    """Writes to `f`, counting the bytes and their crc32 (copyfileobj writes through it)."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.size, self.crc = f, 0, 0
+
+    def write(self, data: bytes) -> int:
+        self.f.write(data)
+        self.size += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+        return len(data)
+
+
+def _entry(mapped: mmap.mmap) -> tuple[TemplateMasks, int] | None:
+    """The masks entry in `mapped` (views of it: nothing is read but the footer and the
+    offsets) and the crc32 its footer gives, or None when the footer and the sections do
+    not fit together (the checksum is the caller's to check)."""
+    body = len(mapped) - _FOOTER.size
+    try:
+        magic, version, crc, count, height, width, edges_at, offsets_at = \
+            _FOOTER.unpack_from(mapped, body)
+        if not (magic == _MAGIC and version == MASK_VERSION and count > 0 and height > 0
+                and width > 0 and edges_at % 8 == 0 and 0 <= edges_at <= offsets_at
+                and offsets_at + 2 * 8 * (count + 1) == body):
+            return None
+        blob_offsets, offsets = np.ndarray((2, count + 1), "<i8", mapped, offsets_at
+                                           ).astype(np.int64)     # small: in memory
+        rows = (offsets_at - edges_at) // EDGE_ROW
+        if not (0 <= edges_at - blob_offsets[-1] < 8 and offsets[-1] == rows):
+            return None
+        masks = PackedMasks(np.ndarray((int(blob_offsets[-1]),), np.uint8, mapped),
+                            blob_offsets, (height, width))
+        stored = TemplateMasks(masks, np.ndarray((rows, EDGE_ROW), np.uint8, mapped, edges_at),
+                               offsets)
+    except (ValueError, TypeError, struct.error):     # too short; sections past the end
+        return None
+    return (stored, crc) if stored.consistent() else None

@@ -24,7 +24,7 @@ import numpy as np
 MASK_MAX_SIDE = 512
 MASK_SMOOTHING_SIGMA = 1.0   # frames; centred, so the edge does not lag the person
 # bump when stored masks or their edge cells change meaning (background.py's EDGE_ constants)
-MASK_VERSION = 3
+MASK_VERSION = 4
 EDGE_ROW = 8                 # bytes of an edge cell's row (background.edge_rows)
 # Frames at least this much wider than tall go to the landscape model (144x256 input): on a
 # 1280x720 template the square model's uncertain share of the frame (0.1 < p < 0.9) was 24 %
@@ -171,10 +171,18 @@ class TemplateMasks:
         the process's resident memory does not grow with the template (mapped pages touched
         count in it until they are let go of). Nothing for arrays in memory."""
         masks = self.masks.blobs if isinstance(self.masks, PackedMasks) else self.masks
-        for array in (masks, self.edges):
-            mapped = _mapping(array)
-            if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):   # Linux, macOS
+        maps = {id(m): m for m in map(_mapping, (masks, self.edges)) if m is not None}
+        for mapped in maps.values():            # a stored entry's: one map for both
+            if hasattr(mmap, "MADV_DONTNEED"):  # Linux, macOS
                 mapped.madvise(mmap.MADV_DONTNEED)
+
+    def edge_cells_fit(self) -> bool:
+        """Whether every edge cell lies on its mask's grid (background.edge_rows' grid: half
+        the mask's size), as background.edge_colours needs (a stored entry is checked)."""
+        height, width = (self.masks.shape if isinstance(self.masks, PackedMasks)
+                         else self.masks.shape[1:])
+        cells = self.edges[:, 6].astype(np.int64) | self.edges[:, 7].astype(np.int64) << 8
+        return cells.size == 0 or int(cells.max()) < max(1, width // 2) * max(1, height // 2)
 
     def consistent(self) -> bool:
         """Whether the three arrays fit together (a stored entry is checked with it)."""
