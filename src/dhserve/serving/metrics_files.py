@@ -25,10 +25,7 @@ def fresh_metrics_dir(path: Path) -> Path:
     joined the folder before the web tier restarted goes on counting. Returns it, absolute."""
     path = path.resolve()
     path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        pid = _file_pid(stale)
-        if pid == os.getpid() or not _alive(pid):     # this process never wrote one yet
-            stale.unlink(missing_ok=True)
+    _remove_unwritten(path)
     (path / OWNER_FILE).write_text(f"{os.getpid()}\n")
     return path
 
@@ -42,9 +39,7 @@ def remove_metrics_dir(path: Path) -> None:
             return
     except (OSError, ValueError):
         return
-    for stale in path.glob("*.db"):
-        if not _alive(_file_pid(stale)) or _file_pid(stale) == os.getpid():
-            stale.unlink(missing_ok=True)
+    _remove_unwritten(path)
     (path / OWNER_FILE).unlink(missing_ok=True)
     try:
         path.rmdir()
@@ -79,6 +74,15 @@ def mark_dead(pid: int, folder: Path | None) -> None:
     if folder is None:
         return
     mark_process_dead(pid, str(folder))
+
+
+def _remove_unwritten(path: Path) -> None:
+    """Removes the metrics files no live process writes any more: those of exited processes,
+    and this process's own (made fresh: it has written none yet; removed: it writes no more)."""
+    for stale in path.glob("*.db"):
+        pid = _file_pid(stale)
+        if pid == os.getpid() or not _alive(pid):
+            stale.unlink(missing_ok=True)
 
 
 def _file_pid(path: Path) -> int | None:
