@@ -182,3 +182,18 @@ def dhserve_cli(*args: str) -> list[str]:
 def script(name: str, *args: str) -> list[str]:
     path = ROOT / name
     return [str(path), *args] if name.endswith(".sh") else [PYTHON, str(path), *args]
+
+
+def gunicorn_serves_app(tmp_path: Path, module: str) -> str:
+    """Plain `gunicorn module:app` from the checkout (as the old guides start it): the
+    Server header /livez answers with once it serves (the service then stops cleanly)."""
+    port = free_port()
+    service = ServiceProcess(tmp_path, [PYTHON, "-m", "gunicorn", "--chdir", str(ROOT),
+                                        "-b", f"127.0.0.1:{port}", f"{module}:app"],
+                             port=port)
+    try:
+        service.wait_serving("/livez")
+        return requests.get(service.url + "/livez", timeout=10).headers["Server"]
+    finally:
+        assert service.stop() == 0
+

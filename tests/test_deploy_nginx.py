@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import ROOT, wait_for
-from serving_support import PYTHON, ServiceProcess, dhserve_cli, free_port
+from serving_support import PYTHON, ServiceProcess, dhserve_cli, free_port, gunicorn_serves_app
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CONFIG = ROOT / "deploy" / "nginx" / "dhserve.conf"
@@ -244,12 +244,4 @@ def test_app_server_is_the_guides_other_name_for_the_service(tmp_path):
     assert usage.returncode == 0, usage.stderr
     assert "usage: python app_server.py" in usage.stdout
     assert "runs: dhserve serve" in usage.stdout and "--layout" in usage.stdout
-    port = free_port()
-    service = ServiceProcess(tmp_path, [PYTHON, "-m", "gunicorn", "--chdir", str(ROOT),
-                                        "-b", f"127.0.0.1:{port}", "app_server:app"],
-                             port=port)
-    try:
-        service.wait_serving("/livez")
-        assert requests.get(service.url + "/livez", timeout=10).headers["Server"] == "gunicorn"
-    finally:
-        assert service.stop() == 0
+    assert gunicorn_serves_app(tmp_path, "app_server") == "gunicorn"

@@ -12,10 +12,10 @@ import pytest
 import requests
 from conftest import ROOT, wait_for
 from serving_support import (
-    PYTHON,
     ServiceProcess,
     dhserve_cli,
     free_port,
+    gunicorn_serves_app,
     script,
     stage_example,
 )
@@ -198,15 +198,7 @@ def test_diagnose_shows_keepalive_and_gunicorn_cmd_args_in_effect(tmp_path):
 
 
 def test_gunicorn_finds_the_app_in_app_production(tmp_path):
-    port = free_port()
-    service = ServiceProcess(tmp_path, [PYTHON, "-m", "gunicorn", "--chdir", str(ROOT),
-                                        "-b", f"127.0.0.1:{port}", "app_production:app"],
-                             port=port)
-    try:
-        service.wait_serving("/livez")
-        assert server_software(service) == "gunicorn"
-    finally:
-        assert service.stop() == 0
+    assert gunicorn_serves_app(tmp_path, "app_production") == "gunicorn"
 
 
 def test_nothing_outlives_a_killed_supervisor(tmp_path):
