@@ -16,6 +16,7 @@ from dhserve.engine.face import AnalysisCache
 from dhserve.engine.preflight import RenderOptions
 from dhserve.engine.progress import CallbackProgress
 from dhserve.errors import DhserveError, first_line
+from dhserve.jobs.model import default_container
 
 
 @click.command()
@@ -71,7 +72,7 @@ def render(ctx: click.Context, video_arg: Path | None, audio_arg: Path | None,
     face_restore = choices.pop("face_restore")
     background = choices.pop("background")
     settings = settings_of(ctx, **choices)
-    suffix = ".webm" if background == "transparent" else ".mp4"
+    suffix = "." + default_container(background)
     out = out or settings.results_dir / f"{video.stem}-{audio.stem}{suffix}"
     with ProgressBar(quiet) as bar, reported(bar.finish), \
             _internal_errors(settings, ctx.obj.get("verbose"), bar.finish):

@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from dhserve.config import TRANSPARENT
-from dhserve.engine.mp4_writer import Mp4Writer
+from dhserve.engine.mp4_writer import AAC_FRAME_SIZE, Mp4Writer
 from dhserve.errors import OptionsInvalid
 
 ALPHA_SUFFIXES = (".webm", ".mov")
@@ -32,6 +32,7 @@ class WebmAlphaWriter(Mp4Writer):
 
     FORMAT, FORMAT_OPTIONS = "webm", {}
     AUDIO_CODEC = "libopus"
+    AUDIO_FRAME_SIZE = 960                      # 20 ms at 48 kHz
     AUDIO_RATES: tuple[int, ...] = (48000,)
     AUDIO_FORMAT = "flt"
     VIDEO_CODEC, PIX_FMT, VIDEO_OPTIONS = "libvpx-vp9", "yuva420p", VP9_OPTIONS
@@ -53,6 +54,7 @@ class MovAlphaWriter(WebmAlphaWriter):
 
     FORMAT, FORMAT_OPTIONS = "mov", {"movflags": "+faststart"}
     AUDIO_CODEC = "pcm_s16le"
+    AUDIO_FRAME_SIZE = AAC_FRAME_SIZE           # PCM takes any size: the MP4 writer's
     AUDIO_RATES: tuple[int, ...] = (8000, 16000, 22050, 24000, 32000, 44100, 48000, 96000)
     AUDIO_FORMAT = "s16"
     VIDEO_CODEC, PIX_FMT, VIDEO_OPTIONS = "prores_ks", "yuva444p10le", PRORES_OPTIONS

@@ -35,7 +35,6 @@ from dhserve.engine.face.segmentation import EDGE_ROW
 from dhserve.errors import OptionsInvalid
 
 COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # The mask's contrast curve: below EDGE_LOW is background, above EDGE_HIGH person.
 EDGE_LOW, EDGE_HIGH = 0.3, 0.7
 FACE_SHRINK = 0.94        # the face polygon, pulled towards its centre: its edge stays inside
@@ -64,15 +63,16 @@ def background_problem(value: object) -> str | None:
     return None
 
 
-def check_background(value: str) -> None:
+def check_background(value: str) -> np.ndarray | None:
     """The background can be used: its form, and an image file that exists and decodes;
-    OptionsInvalid naming `background` otherwise. Reads the image header only."""
+    OptionsInvalid naming `background` otherwise. Returns an image background's pixels
+    (decoding it is the real check; the render uses them: Compositor.create), else None."""
     problem = background_problem(value)
     if problem:
         raise OptionsInvalid("background", problem)
     if value in (KEEP, TRANSPARENT) or value.startswith("#"):
-        return
-    load_image(Path(value))     # small next to a render; decoding it all is the real check
+        return None
+    return load_image(Path(value))
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -291,27 +291,23 @@ def _edge_cells(frame: np.ndarray, inner: np.ndarray,
 class Compositor:
     """Puts the person of each output frame over the render's background."""
 
-    background: str
-    width: int
-    height: int
     image: np.ndarray | None = None     # (height, width, 3) RGB; None for transparent
 
     @classmethod
-    def create(cls, background: str, width: int, height: int) -> Compositor:
+    def create(cls, background: str, width: int, height: int,
+               decoded: np.ndarray | None = None) -> Compositor:
+        """`decoded`: an image background's pixels when the caller has them already
+        (check_background), else the file is read here."""
         problem = background_problem(background)     # a bad file: load_image below refuses it
         if problem:
             raise OptionsInvalid("background", problem)
         if background == TRANSPARENT:
-            return cls(background, width, height)
+            return cls()
         if background.startswith("#"):
             rgb = [int(background[i:i + 2], 16) for i in (1, 3, 5)]
-            return cls(background, width, height, np.full((height, width, 3), rgb, np.uint8))
-        return cls(background, width, height, cover(load_image(Path(background)), width,
-                                                    height))
-
-    @property
-    def alpha_output(self) -> bool:
-        return self.image is None
+            return cls(np.full((height, width, 3), rgb, np.uint8))
+        image = decoded if decoded is not None else load_image(Path(background))
+        return cls(cover(image, width, height))
 
     def apply(self, frames: Sequence[np.ndarray], masks: Sequence[np.ndarray] | np.ndarray,
               landmarks: np.ndarray, edges: Sequence[np.ndarray] | None = None

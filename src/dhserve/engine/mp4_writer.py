@@ -57,6 +57,7 @@ class Mp4Writer:
     QUEUE_FRAMES = 8
     FORMAT, FORMAT_OPTIONS = "mp4", {"movflags": "+faststart"}
     AUDIO_CODEC = "aac"
+    AUDIO_FRAME_SIZE = AAC_FRAME_SIZE           # samples per encoded audio frame
     AUDIO_RATES: tuple[int, ...] = AAC_RATES   # others are resampled to AAC_FALLBACK_RATE
     AUDIO_FORMAT = "fltp"
 
@@ -112,7 +113,7 @@ class Mp4Writer:
         assert isinstance(stream, av.AudioStream)      # an audio codec, by its class's name
         self._audio = stream
         self._audio.bit_rate = AAC_BIT_RATE[layout]
-        self._audio_frame_size = {"libopus": 960}.get(self.AUDIO_CODEC, AAC_FRAME_SIZE)
+        self._audio_frame_size = self.AUDIO_FRAME_SIZE
         self._resampler = SteadyResampler(format=self.AUDIO_FORMAT, layout=layout, rate=rate)
         self._fifo = av.AudioFifo()
         self._pending: av.AudioFrame | None = first

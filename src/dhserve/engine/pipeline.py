@@ -149,11 +149,10 @@ def check_output(out: Path) -> Path:
 
 
 def analyse_template(template: MediaInfo, options: RenderOptions, cache: AnalysisCache | None,
-                     progress: Progress, digest: str | None = None
+                     progress: Progress, digest: str
                      ) -> tuple[TemplateAnalysis, bool]:
     """The template's face analysis, from the cache when this exact file was seen before
-    (`digest`: its content hash, when the caller has it)."""
-    digest = digest or (file_digest(template.path) if cache else "")
+    (`digest`: its content hash)."""
     analysis = cache.get(digest) if cache else None
     cached = analysis is not None
     if analysis is None:
@@ -218,7 +217,7 @@ def _render(video: Path, audio: Path, out: Path, options: RenderOptions,
             restorer: FaceRestorer | None, settings: Settings, started: float) -> RenderResult:
     out = check_output(out)
     check_container(options.background, out)
-    check_background(options.background)
+    background_image = check_background(options.background)
     if not options.face_restore:
         restorer = None
     check_models(options, settings, backend is not None, restorer is not None)
@@ -247,7 +246,7 @@ def _render(video: Path, audio: Path, out: Path, options: RenderOptions,
         size = even_size(analysis.width, analysis.height)   # what the encoder keeps
         overlays = [image.place(*size, kind.corner) for kind, image in images]
         done = _animate(template, analysis, masks, backend, restorer, overlays, openness,
-                        mel, Path(audio), out, options, progress)
+                        mel, Path(audio), out, options, progress, background_image)
     finally:
         if own_backend:
             backend.close()
@@ -295,13 +294,13 @@ def _context(analysis: TemplateAnalysis, options: RenderOptions, frames: range,
 def _animate(template: MediaInfo, analysis: TemplateAnalysis, masks: TemplateMasks | None,
              backend: LipSyncBackend, restorer: FaceRestorer | None, overlays: list[Overlay], openness: np.ndarray,
              mel: np.ndarray | None, audio: Path, out: Path, options: RenderOptions,
-             progress: Progress) -> int:
+             progress: Progress, background_image: np.ndarray | None = None) -> int:
     """Streams template frames through the backend (then the restorer and the overlays) into
     the MP4 (with `masks`, the background step before the overlays, into the output its
     background needs); returns frames written."""
     video = template_video(template)
     compositor = None if masks is None else Compositor.create(
-        options.background, analysis.width, analysis.height)
+        options.background, analysis.width, analysis.height, background_image)
     fps, total = video.fps, openness.size
     # Unique per attempt: two deliveries of one job (same pid in two containers, say) never
     # share a temporary file; the rename makes whichever finishes the result.

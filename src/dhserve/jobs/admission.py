@@ -129,8 +129,8 @@ def check_background_image(path: Path, settings: Settings, decode: bool = False)
     declares no more than BACKGROUND_PIXELS_FACTOR times the template pixel limit (read
     before any decoding: a decompression bomb; a format whose size cannot be read first is
     refused), and with `decode` decodes (options.invalid naming `background` otherwise).
-    A submit reads the header only (a web thread decodes nothing); the worker decodes, after
-    downloading a URL, before the render."""
+    A submit, and the worker after downloading a URL, read the header only (a web thread
+    decodes nothing); the render decodes it once, before any heavy work (check_background)."""
     try:
         check_file(path, BACKGROUND, settings.max_input_mb)
         size = image_size(path)

@@ -187,7 +187,7 @@ class JobStore:
         existing = self._find(job_id)
         if existing is None:
             # (refusals: too many in the last hour)
-            raise QueueFull(f"busy: {self.max_queued} jobs are already waiting; retry later")
+            raise self._queue_full()
         if _normalised(existing.spec.payload()) != payload:
             raise JobConflict(f"job {job_id!r} exists with different inputs or options")
         if failed is None and existing.state is JobState.FAILED \
@@ -196,6 +196,9 @@ class JobStore:
             if requeued is not None:
                 return requeued, True
         return existing, False
+
+    def _queue_full(self) -> QueueFull:
+        return QueueFull(f"busy: {self.max_queued} jobs are already waiting; retry later")
 
     def _requeue_failed(self, job_id: str) -> Job | None:
         """Queues a job that failed for a passing reason again, as new (its attempts
@@ -207,7 +210,7 @@ class JobStore:
             depth = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
                 jobs.c.state == JobState.QUEUED.value)).scalar_one()
             if depth >= self.max_queued:
-                raise QueueFull(f"busy: {self.max_queued} jobs are already waiting; retry later")
+                raise self._queue_full()
             row = conn.execute(jobs.update().where(
                 jobs.c.id == job_id, jobs.c.state == JobState.FAILED.value,
                 jobs.c.error_code.in_(RETRYABLE)).values(

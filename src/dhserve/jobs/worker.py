@@ -319,7 +319,7 @@ class RenderWorker:
             if job.spec.background is not None:     # an image: the render's background
                 image = self._input(job.spec.background, BACKGROUND, downloads, progress,
                                     options)
-                check_background_image(image, self.settings, decode=True)
+                check_background_image(image, self.settings)   # header: the render decodes
                 options = dataclasses.replace(options, background=str(image))
             out = result_path(self.settings, job)
             backend = self._backend(options.backend)
