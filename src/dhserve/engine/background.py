@@ -32,6 +32,7 @@ from dhserve.config import KEEP, TRANSPARENT
 from dhserve.engine.blend import FaceFrame, lower_face_polygon
 from dhserve.engine.face.landmarks import FACE_OVAL
 from dhserve.engine.face.segmentation import EDGE_ROW
+from dhserve.engine.overlay import UnusableImage, read_image
 from dhserve.errors import OptionsInvalid
 
 COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
@@ -81,16 +82,10 @@ def load_image(path: Path) -> np.ndarray:
     if not path.exists():
         raise OptionsInvalid("background", f"{name}: not keep, transparent or a #rrggbb "
                              "colour, and no such image file")
-    if path.is_dir():
-        raise OptionsInvalid("background", f"{name}: is a directory, not an image")
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise OptionsInvalid("background", f"{name}: cannot read: {exc.strerror}") from None
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    if image is None or image.size == 0:
-        raise OptionsInvalid("background", f"{name}: not an image that can be decoded "
-                             "(PNG, JPEG, WebP, ...)")
+        image = read_image(path, cv2.IMREAD_COLOR)
+    except UnusableImage as problem:
+        raise OptionsInvalid("background", f"{name}: {problem}") from None
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -53,29 +53,31 @@ def overlay_path(settings: Settings, kind: OverlayKind) -> Path:
     return Path(path)
 
 
-class _Unusable(Exception):
-    """Why a file cannot serve as an overlay; turned into InputError naming the field."""
+class UnusableImage(Exception):
+    """Why a file cannot serve as an image (an overlay, a background); turned into an
+    InputError naming the field."""
 
 
-def _decode(path: Path) -> np.ndarray:
-    """The file's pixels as cv2 reads them (BGR/BGRA/gray, any depth); _Unusable if none."""
+def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """The file's pixels as cv2 reads them with `flags` (by default BGR/BGRA/gray, any
+    depth); UnusableImage saying why if none."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise _Unusable("file not found") from None
+        raise UnusableImage("file not found") from None
     except IsADirectoryError:
-        raise _Unusable("is a directory, not an image") from None
+        raise UnusableImage("is a directory, not an image") from None
     except OSError as exc:
-        raise _Unusable(f"cannot read: {exc.strerror or exc}") from None
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+        raise UnusableImage(f"cannot read: {exc.strerror or exc}") from None
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if image is None or image.size == 0:
-        raise _Unusable("not an image that can be decoded (PNG, JPEG, WebP, ...)")
+        raise UnusableImage("not an image that can be decoded (PNG, JPEG, WebP, ...)")
     if image.ndim == 3 and image.shape[2] not in (1, 2, 3, 4):
-        raise _Unusable(f"unsupported image with {image.shape[2]} channels")
+        raise UnusableImage(f"unsupported image with {image.shape[2]} channels")
     return image
 
 
-def _invalid(path: Path, field: str, reason: str | _Unusable) -> OverlayInvalid:
+def _invalid(path: Path, field: str, reason: str | UnusableImage) -> OverlayInvalid:
     """OverlayInvalid naming the file by its name and its setting, not by its place on the
     server: the message reaches API answers (watermark.png (DHSERVE_WATERMARK_IMAGE): ...)."""
     kind = next((k for k in OVERLAY_KINDS if k.option == field), None)
@@ -88,8 +90,8 @@ def _problem(path: str, mtime_ns: int, size: int) -> str | None:
     """Why the file is not a usable overlay, or None; keyed by its stat, so submits decode
     a given file once, and again only after it changed."""
     try:
-        _decode(Path(path))
-    except _Unusable as problem:
+        read_image(Path(path))
+    except UnusableImage as problem:
         return str(problem)
     return None
 
@@ -123,8 +125,8 @@ class OverlayImage:
         """The image at `path`; no alpha channel means opaque. InputError overlay.invalid
         when it cannot be read or decoded."""
         try:
-            image = _decode(Path(path))
-        except _Unusable as problem:
+            image = read_image(Path(path))
+        except UnusableImage as problem:
             raise _invalid(Path(path), field, problem) from None
         scale = 1.0 / np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0
         pixels = image.astype(np.float32) * np.float32(scale)     # 0..1
