@@ -31,7 +31,7 @@ import numpy as np
 from dhserve.config import KEEP, TRANSPARENT
 from dhserve.engine.blend import FaceFrame, lower_face_polygon
 from dhserve.engine.face.landmarks import FACE_OVAL
-from dhserve.engine.face.segmentation import EDGE_ROW
+from dhserve.engine.face.segmentation import EDGE_ROW, edge_cell_index, edge_grid
 from dhserve.engine.overlay import UnusableImage, read_image
 from dhserve.errors import OptionsInvalid
 
@@ -144,7 +144,7 @@ def edge_rows(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _edge_rows(frame: np.ndarray, soft: np.ndarray) -> np.ndarray:
     """edge_rows from the mask after its contrast curve (`soft`)."""
-    grid = (max(1, soft.shape[1] // 2), max(1, soft.shape[0] // 2))
+    grid = edge_grid(*soft.shape[:2])
     inner = cv2.erode(soft, np.ones((2 * EDGE_INNER + 1,) * 2, np.uint8))
     outer = cv2.dilate(soft, np.ones((3, 3), np.uint8))
     table, cells = _edge_cells(frame, *(cv2.resize(m, grid, interpolation=cv2.INTER_AREA)
@@ -162,7 +162,7 @@ def _cell_table(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     and the cells' flat indices."""
     behind = rows[:, :3].astype(np.float32)
     towards = rows[:, 3:6].astype(np.float32) - behind
-    cells = np.ascontiguousarray(rows[:, 6:]).view("<u2")[:, 0].astype(np.int64)
+    cells = edge_cell_index(rows)
     return np.column_stack((behind, towards, 1 / (np.einsum("ij,ij->i", towards, towards)
                                                   + EDGE_COLOUR_FLOOR))), cells
 
@@ -187,7 +187,7 @@ def edge_colours(frame: np.ndarray, soft: np.ndarray, alpha: np.ndarray,
     them they are computed from `frame`, as edge_rows would.
     """
     height, width = alpha.shape
-    grid = (max(1, soft.shape[1] // 2), max(1, soft.shape[0] // 2))
+    grid = edge_grid(*soft.shape[:2])
     if rows is None:
         rows = _edge_rows(frame, soft)
     table, cells = _cell_table(rows)

@@ -26,6 +26,16 @@ MASK_SMOOTHING_SIGMA = 1.0   # frames; centred, so the edge does not lag the per
 # bump when stored masks or their edge cells change meaning (background.py's EDGE_ constants)
 MASK_VERSION = 4
 EDGE_ROW = 8                 # bytes of an edge cell's row (background.edge_rows)
+
+
+def edge_grid(height: int, width: int) -> tuple[int, int]:
+    """(columns, rows) of the edge cells' grid over a mask of this size: half its size."""
+    return max(1, width // 2), max(1, height // 2)
+
+
+def edge_cell_index(rows: np.ndarray) -> np.ndarray:
+    """The cells' flat indices in the grid, int64: bytes 6-7 of each row, little-endian."""
+    return np.ascontiguousarray(rows[:, 6:8]).view("<u2")[:, 0].astype(np.int64)
 # Frames at least this much wider than tall go to the landscape model (144x256 input): on a
 # 1280x720 template the square model's uncertain share of the frame (0.1 < p < 0.9) was 24 %
 # against 7 %, its frame-to-frame change 3x as large; on a square portrait the square model
@@ -181,8 +191,9 @@ class TemplateMasks:
         the mask's size), as background.edge_colours needs (a stored entry is checked)."""
         height, width = (self.masks.shape if isinstance(self.masks, PackedMasks)
                          else self.masks.shape[1:])
-        cells = self.edges[:, 6].astype(np.int64) | self.edges[:, 7].astype(np.int64) << 8
-        return cells.size == 0 or int(cells.max()) < max(1, width // 2) * max(1, height // 2)
+        cells = edge_cell_index(self.edges)
+        columns, rows = edge_grid(height, width)
+        return cells.size == 0 or int(cells.max()) < columns * rows
 
     def consistent(self) -> bool:
         """Whether the three arrays fit together (a stored entry is checked with it)."""
