@@ -712,6 +712,20 @@ def test_media_encoders_work_and_a_missing_one_is_an_error(checks):
     assert found["h264_nvenc"].status == OK           # the later lines are there all the same
 
 
+def test_transparent_output_encoders_are_listed_and_a_missing_one_only_warns(checks,
+                                                                              monkeypatch):
+    from dhserve.doctor import media
+
+    report = checks("media")
+    for name in ("libvpx-vp9", "libopus", "prores_ks"):
+        assert find(report, "media", name)["status"] == OK
+    monkeypatch.setattr(media, "ALPHA_ENCODERS", ("libvpx-vp9", "libfdk_aac"))
+    facts = Facts(Settings(), None, {}, GpuSummary.from_json(NO_GPU))
+    found = {c.name: c for c in media.media_checks(facts)}
+    assert found["libfdk_aac"].status == WARNING and "transparent" in found["libfdk_aac"].detail
+    assert found["encode"].status == OK               # plain renders are unaffected
+
+
 # -- storage and queue ---------------------------------------------------------------------------
 
 def test_data_dir_under_a_regular_file_is_not_writable(tmp_path, checks):

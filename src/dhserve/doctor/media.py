@@ -8,10 +8,12 @@ import io
 import av
 import numpy as np
 
-from dhserve.doctor.base import ERROR, OK, Check, Facts, guarded
+from dhserve.doctor.base import ERROR, OK, WARNING, Check, Facts, guarded
 from dhserve.errors import first_line
 
 REQUIRED_ENCODERS = ("libx264", "aac")
+# transparent output (background transparent): VP9 with alpha + Opus in WebM, ProRes 4444 in MOV
+ALPHA_ENCODERS = ("libvpx-vp9", "libopus", "prores_ks")
 AAC_FRAME_SAMPLES = 1024           # one AAC frame: the test encode's whole sound
 
 
@@ -40,6 +42,7 @@ def media_checks(facts: Facts, encoders: tuple[str, ...] = REQUIRED_ENCODERS) ->
                             data={"codec": name}))
     if all(c.status == OK for c in checks):
         checks.extend(guarded("media", _encode, "encode"))
+    checks.extend(_alpha_encoder(name) for name in ALPHA_ENCODERS)
     checks.extend(guarded("media", lambda: [_nvenc(facts)], "h264_nvenc"))
     return checks
 
@@ -78,3 +81,19 @@ def _nvenc(facts: Facts) -> Check:
     return Check("media", "h264_nvenc", OK,
                  f"h264_nvenc {nvenc}" + ("" if gpus else "; no GPU, so not usable") +
                  " (dhserve encodes with libx264 either way)", data={"nvenc": nvenc})
+
+
+def _alpha_encoder(name: str) -> Check:
+    """An encoder only transparent output needs: missing, every other render still works."""
+    try:
+        codec = av.codec.Codec(name, "w")
+    except Exception as exc:  # noqa: BLE001 - UnknownCodecError and kin
+        return Check("media", name, WARNING,
+                     f"encoder {name} missing from this FFmpeg ({first_line(exc)}): "
+                     "--background transparent cannot be written",
+                     "PyAV's wheels have it: reinstall PyAV from the wheel",
+                     "pip install --force-reinstall --no-deps --only-binary=:all: \"av<19\"",
+                     data={"codec": name})
+    return Check("media", name, OK, f"encoder {name} ({codec.long_name}), for transparent "
+                 "output", data={"codec": name})
+
